@@ -1,0 +1,1 @@
+"""Event schema, readers, validation, sessions, vocabulary, splits and transitions (no torch)."""

@@ -1,0 +1,1 @@
+"""Rewards, Q-learning heads, d3rlpy bridge, bandits and off-policy evaluation."""
