@@ -1,0 +1,610 @@
+"""Raw event files -> a prepared-dataset folder: events, sessions, vocabulary, splits, RL transitions.
+
+Three passes keep memory bounded by one bucket, not by the input:
+1. stream every file, validate, quarantine bad rows, and scatter kept rows into user-hash buckets on disk;
+2. per bucket: sort, quarantine duplicates, cut sessions, drop short ones, count items;
+   then globally: number sessions by start time, split them, build the item vocabulary;
+3. per bucket: map items, write events and the transitions of each split.
+The folder's manifest.json (see `MANIFEST_KEYS`) is written last, so its presence means the folder is complete;
+a second run with the same inputs and config re-uses the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from . import sessions as S
+from .readers import BadRows, InputError, SourceSpec, read_file
+from .schema import DEFAULT_REWARDS, EVENT_TYPES, QUARANTINE_SCHEMA, TIMESTAMP_TYPE
+from .validate import EventTypes, Validator
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+PAD, OOV = 0, 1  # reserved item indices; real items start at 2
+MANIFEST_KEYS = ("rows_read", "rows_kept", "rows_quarantined", "quarantine_reasons", "events_by_type",
+                 "sessions", "items", "splits", "config", "inputs")
+TRANSITION_FILES = ("state", "action", "event", "reward", "next_state", "done", "session")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How events become sessions, a vocabulary, splits and transitions (saved in manifest.json)."""
+
+    source: str = "events"                  # reader/adapter name, recorded for provenance
+    min_session_length: int = 3             # sessions with fewer events are dropped (and counted)
+    session_gap_minutes: float = 30.0       # inactivity that ends a session when the log has no session id
+    window: int = 10                        # state = last `window` items before the step
+    min_item_count: int = 1                 # rarer items map to the out-of-vocabulary index 1
+    split: str = "random"                   # random (by session, seeded) | temporal (by session start)
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    rewards: tuple[tuple[str, float], ...] = tuple(DEFAULT_REWARDS.items())
+    id_type: str = "auto"                   # auto | int | string, for user, item and session ids
+    strict: bool = False                    # stop at the first bad row instead of quarantining it
+    bucket_bytes: int = 256 << 20           # input bytes per on-disk bucket (memory bound of passes 2 and 3)
+
+    def __post_init__(self) -> None:
+        if self.min_session_length < 1:
+            raise ValueError(f"min_session_length must be >= 1, got {self.min_session_length}")
+        if self.session_gap_minutes <= 0:
+            raise ValueError(f"session_gap_minutes must be > 0, got {self.session_gap_minutes}")
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        if self.min_item_count < 1:
+            raise ValueError(f"min_item_count must be >= 1, got {self.min_item_count}")
+        if self.split not in ("random", "temporal"):
+            raise ValueError(f"split must be 'random' or 'temporal', got {self.split!r}")
+        fr = self.split_fractions
+        if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-9:
+            raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {fr}")
+        if self.id_type not in ("auto", "int", "string"):
+            raise ValueError(f"id_type must be auto, int or string, got {self.id_type!r}")
+        missing = [t for t in EVENT_TYPES if t not in dict(self.rewards)]
+        if missing:
+            raise ValueError(f"rewards lacks event type(s) {missing}")
+
+
+@dataclass
+class _FileStats:
+    path: str
+    sha256: str
+    bytes: int
+    format: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    rows_quarantined: int = 0
+
+
+@dataclass
+class _Run:
+    """State shared by the passes of one prepare run."""
+
+    cfg: PrepareConfig
+    out: Path
+    work: Path
+    files: list[_FileStats]
+    event_types: EventTypes
+    n_buckets: int
+    quarantine: pq.ParquetWriter | None = None
+    reasons: dict[str, int] = field(default_factory=dict)
+    id_types: dict[str, str] = field(default_factory=dict)
+    columns: list[str] = field(default_factory=list)
+
+    def quarantine_rows(self, file_index: int, bad: BadRows) -> None:
+        if not len(bad):
+            return
+        f = self.files[file_index]
+        if self.cfg.strict:
+            i = int(np.argmin(bad.rows))
+            raise InputError(f"{f.path}: row {bad.rows[i]}: field {bad.fields[i]!r}: {bad.reasons[i]} "
+                             f"(value {bad.values[i]!r}); rerun without --strict to quarantine bad rows")
+        table = pa.table({"source_file": pa.array([f.path] * len(bad), pa.string()),
+                          "row": pa.array(bad.rows, pa.int64()), "field": pa.array(bad.fields, pa.string()),
+                          "reason": pa.array(bad.reasons, pa.string()),
+                          "value": pa.array(bad.values, pa.string())}, schema=QUARANTINE_SCHEMA)
+        if self.quarantine is None:
+            self.quarantine = pq.ParquetWriter(self.out / "quarantine.parquet", QUARANTINE_SCHEMA)
+        self.quarantine.write_table(table)
+        f.rows_quarantined += len(bad)
+        for r in bad.reasons:
+            self.reasons[r] = self.reasons.get(r, 0) + 1
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (the inputs' identity in the manifest and the re-use check)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: PrepareConfig, out: Path,
+            progress: bool | None = None) -> dict:
+    """Prepare `inputs` into the folder `out` and return the manifest (also written to out/manifest.json)."""
+    t0 = time.perf_counter()
+    inputs = [Path(p) for p in inputs]
+    specs = [spec_of(p) for p in inputs]  # raises for a bad map before any work
+    for p in inputs:
+        if not p.exists():
+            raise InputError(f"{p}: no such file")
+        if p.is_dir():
+            raise InputError(f"{p}: is a directory, not an event file")
+    files = [_FileStats(str(p), file_sha256(p), p.stat().st_size, s.format_of(p)) for p, s in zip(inputs, specs)]
+    config = _config_dict(cfg, specs)
+    cache_key = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, "config": config,
+                                           "inputs": [f.sha256 for f in files]}, sort_keys=True).encode()).hexdigest()
+    previous = _load_manifest(out)
+    if previous and previous.get("cache_key") == cache_key and _outputs_exist(out, previous):
+        previous["reused"] = True
+        return previous
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("manifest.json", "quarantine.parquet"):
+        (out / stale).unlink(missing_ok=True)
+    work = out / "_work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    total_bytes = sum(f.bytes for f in files)
+    n_buckets = max(1, -(-total_bytes // cfg.bucket_bytes))
+    run = _Run(cfg, out, work, files, EventTypes.build(_event_map(specs), dict(cfg.rewards)), n_buckets)
+    if cfg.id_type != "auto":
+        run.id_types.update({"user_id": cfg.id_type, "item_id": cfg.id_type, "session_id": cfg.id_type})
+    try:
+        timings = {}
+        t = time.perf_counter()
+        _scatter(run, inputs, specs, _progress_bar(total_bytes, progress))
+        timings["read_validate_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        per_bucket, stats = _sessionize(run)
+        timings["sessions_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        session_table, vocab = _globals(run, per_bucket, stats["item_counts"])
+        splits = _emit(run, per_bucket, session_table, vocab)
+        timings["write_s"] = time.perf_counter() - t
+    finally:
+        if run.quarantine is not None:
+            run.quarantine.close()
+        shutil.rmtree(work, ignore_errors=True)
+    if run.quarantine is None:  # always leave a (possibly empty) quarantine file for scripts
+        pq.write_table(QUARANTINE_SCHEMA.empty_table(), out / "quarantine.parquet")
+
+    for f in files:
+        assert f.rows_kept + f.rows_quarantined == f.rows_read, f"row accounting broke for {f.path}"
+    names = run.event_types.names
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "rows_read": sum(f.rows_read for f in files),
+        "rows_kept": sum(f.rows_kept for f in files),
+        "rows_quarantined": sum(f.rows_quarantined for f in files),
+        "quarantine_reasons": dict(sorted(run.reasons.items())),
+        "events_by_type": {names[i]: int(c) for i, c in enumerate(stats["events_by_type"]) if i < len(names)},
+        "sessions": {
+            "before_filter": stats["sessions_before"],
+            "after_filter": stats["sessions_after"],
+            "dropped_short": stats["sessions_before"] - stats["sessions_after"],
+            "events_in_dropped": stats["events_dropped"],
+            "min_length": cfg.min_session_length,
+        },
+        "items": int(len(vocab)),
+        "catalogue_size": int(len(vocab)) + 2,
+        "items_seen": int(stats["items_seen"]),
+        "event_types": [{"name": n, "code": i, "reward": r} for i, (n, r) in
+                        enumerate(zip(names, run.event_types.rewards))],
+        "id_types": {k: v for k, v in run.id_types.items() if k in run.columns},
+        "splits": splits,
+        "config": config,
+        "inputs": [asdict(f) for f in files],
+        "cache_key": cache_key,
+        "timings": {**{k: round(v, 3) for k, v in timings.items()}, "total_s": round(time.perf_counter() - t0, 3)},
+        "reused": False,
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out / "manifest.json")
+    return manifest
+
+
+def _config_dict(cfg: PrepareConfig, specs: list[SourceSpec]) -> dict:
+    d = asdict(cfg)
+    d["rewards"] = dict(cfg.rewards)
+    d["split_fractions"] = list(cfg.split_fractions)
+    d.pop("bucket_bytes")  # does not change the result, only memory
+    unique = []
+    for s in specs:
+        sd = asdict(s)
+        sd["columns"] = dict(s.columns)
+        sd["event_map"] = dict(s.event_map)
+        if sd not in unique:
+            unique.append(sd)
+    d["readers"] = unique
+    return d
+
+
+def _event_map(specs: list[SourceSpec]) -> tuple[tuple[str, str], ...]:
+    merged: dict[str, str] = {}
+    for s in specs:
+        merged.update(dict(s.event_map))
+    return tuple(merged.items())
+
+
+def _load_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _outputs_exist(out: Path, manifest: dict) -> bool:
+    needed = [out / "events.parquet", out / "sessions.parquet", out / "vocab.parquet", out / "quarantine.parquet"]
+    needed += [out / "transitions" / s / f"{n}.npy" for s in SPLITS for n in TRANSITION_FILES]
+    return all(p.exists() for p in needed)
+
+
+def _progress_bar(total_bytes: int, progress: bool | None):
+    from tqdm import tqdm
+
+    disable = (not progress) if progress is not None else (total_bytes < (64 << 20) or None)
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=disable, leave=False)
+
+
+# ---------------------------------------------------------------- pass 1: read, validate, scatter to buckets
+
+def _bucket_of(user: pa.Array, n_buckets: int) -> np.ndarray:
+    if n_buckets == 1:
+        return np.zeros(len(user), np.int64)
+    if pa.types.is_integer(user.type):
+        h = user.to_numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        return ((h >> np.uint64(33)) % np.uint64(n_buckets)).astype(np.int64)
+    import pandas as pd
+
+    return (pd.util.hash_array(np.asarray(user.to_numpy(zero_copy_only=False), dtype=object))
+            % np.uint64(n_buckets)).astype(np.int64)
+
+
+def _scatter(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> None:
+    writers: dict[int, ipc.RecordBatchFileWriter] = {}
+    schema: pa.Schema | None = None
+    done_bytes = 0
+    try:
+        for fi, (path, spec) in enumerate(zip(inputs, specs)):
+            validate = Validator(str(path), fi, run.event_types, spec.time_unit, spec.event_type, run.id_types)
+            stats = run.files[fi]
+            last = 0
+            for raw in read_file(path, spec):
+                bad = raw.bad
+                stats.rows_read += raw.table.num_rows + len(bad)
+                kept = validate(raw, bad) if raw.table.num_rows else None
+                run.quarantine_rows(fi, bad)
+                bar.update(raw.bytes_read - last)
+                last = raw.bytes_read
+                if kept is None or kept.num_rows == 0:
+                    continue
+                stats.rows_kept += kept.num_rows
+                if schema is None:
+                    schema = kept.schema
+                    run.columns = schema.names
+                elif kept.schema != schema:
+                    kept = _conform(kept, schema, path)
+                bucket = _bucket_of(kept.column("user_id").combine_chunks(), run.n_buckets)
+                if run.n_buckets == 1:
+                    parts = [(0, kept)]
+                else:
+                    order = np.argsort(bucket, kind="stable")
+                    counts = np.bincount(bucket, minlength=run.n_buckets)
+                    sorted_t = kept.take(pa.array(order))
+                    offsets = np.concatenate([[0], np.cumsum(counts)])
+                    parts = [(b, sorted_t.slice(offsets[b], counts[b])) for b in range(run.n_buckets) if counts[b]]
+                for b, part in parts:
+                    if b not in writers:
+                        writers[b] = ipc.new_file(str(run.work / f"bucket-{b:04d}.arrow"), schema)
+                    writers[b].write_table(part)
+            done_bytes += stats.bytes
+            bar.update(done_bytes - bar.n)
+    finally:
+        for w in writers.values():
+            w.close()
+        bar.close()
+
+
+def _conform(table: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
+    """Cast a later file's columns to the first file's types; different column sets are an input error."""
+    if table.schema.names != schema.names:
+        raise InputError(f"{path}: maps columns {table.schema.names}, but earlier inputs map {schema.names}; "
+                         "every input of one run must map the same fields")
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise InputError(f"{path}: id types differ from earlier inputs ({table.schema} vs {schema}); "
+                         "pass --id-type string") from None
+
+
+# ---------------------------------------------------------------- pass 2: dedupe and cut sessions per bucket
+
+def _codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Integer stand-ins for ids: the ints themselves, or dictionary codes of strings."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_integer(col.type):
+        return col.to_numpy()
+    return pc.dictionary_encode(col).indices.to_numpy().astype(np.int64)
+
+
+def _sessionize(run: _Run) -> tuple[list[dict], dict]:
+    cfg = run.cfg
+    gap_us = int(cfg.session_gap_minutes * 60e6)
+    n_types = len(run.event_types.names)
+    events_by_type = np.zeros(n_types, np.int64)
+    sessions_before = sessions_after = events_dropped = 0
+    per_bucket = []
+    item_counts = []
+    for b in range(run.n_buckets):
+        path = run.work / f"bucket-{b:04d}.arrow"
+        if not path.exists():
+            continue
+        with pa.memory_map(str(path)) as src:
+            t = ipc.open_file(src).read_all()
+        user = _codes(t.column("user_id"))
+        item = _codes(t.column("item_id"))
+        ts = t.column("timestamp").to_numpy()
+        event = t.column("event").to_numpy()
+        origin = (t.column("_file").to_numpy().astype(np.int64) << 40) | t.column("_row").to_numpy()
+        order = S.event_order(user, ts, item, event, origin)
+        user, item, ts, event = user[order], item[order], ts[order], event[order]
+        dup = S.duplicate_mask(user, ts, item, event)
+        if dup.any():
+            _quarantine_duplicates(run, t.take(pa.array(order[dup])))
+            keep = ~dup
+            order, user, item, ts, event = order[keep], user[keep], item[keep], ts[keep], event[keep]
+        session = None
+        if "session_id" in t.column_names:
+            session = _codes(t.column("session_id").take(pa.array(order)))
+            regroup = np.lexsort((np.arange(len(order)), session, user))  # stable: time order inside a session
+            order, user, item, ts, event, session = (a[regroup] for a in (order, user, item, ts, event, session))
+        events_by_type += np.bincount(event, minlength=n_types)[:n_types]
+        starts = S.session_starts(user, ts, session, gap_us)
+        sid = np.cumsum(starts) - 1  # local session index per row
+        lengths = np.bincount(sid)
+        long_enough = lengths >= cfg.min_session_length
+        sessions_before += len(lengths)
+        sessions_after += int(long_enough.sum())
+        row_keep = long_enough[sid]
+        events_dropped += int((~row_keep).sum())
+        # renumber kept sessions 0..k-1 in this bucket
+        new_id = np.cumsum(long_enough) - 1
+        order, ts, sid = order[row_keep], ts[row_keep], new_id[sid[row_keep]]
+        kept = t.take(pa.array(order)).append_column("_session", pa.array(sid))
+        first_rows = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]) if len(sid) else np.empty(0, np.int64)
+        sess = {"user_id": kept.column("user_id").take(pa.array(first_rows)),
+                "start": ts[first_rows], "length": np.bincount(sid) if len(sid) else np.empty(0, np.int64)}
+        if "session_id" in kept.column_names:
+            sess["session_id"] = kept.column("session_id").take(pa.array(first_rows))
+        out_path = run.work / f"sessions-{b:04d}.arrow"
+        with ipc.new_file(str(out_path), kept.schema) as w:
+            w.write_table(kept)
+        per_bucket.append({"bucket": b, "path": out_path, "sessions": sess})
+        if kept.num_rows:
+            item_counts.append(pc.value_counts(kept.column("item_id").combine_chunks()))
+        path.unlink()
+    # only rows in kept sessions count toward the vocabulary
+    seen = pc.count_distinct(pa.chunked_array([vc.field("values") for vc in item_counts])).as_py() if item_counts else 0
+    stats = {"items_seen": seen, "events_by_type": events_by_type, "sessions_before": int(sessions_before),
+             "sessions_after": int(sessions_after), "events_dropped": int(events_dropped),
+             "item_counts": item_counts}
+    return per_bucket, stats
+
+
+def _quarantine_duplicates(run: _Run, dups: pa.Table) -> None:
+    file_idx = dups.column("_file").to_numpy()
+    rows = dups.column("_row").to_numpy()
+    names = run.event_types.names
+    for fi in np.unique(file_idx):
+        sel = np.flatnonzero(file_idx == fi)
+        bad = BadRows()
+        sub = dups.take(pa.array(sel))
+        users = sub.column("user_id").to_pylist()
+        items = sub.column("item_id").to_pylist()
+        events = sub.column("event").to_pylist()
+        times = sub.column("timestamp").to_pylist()
+        for i in range(len(sel)):
+            bad.add(int(rows[sel[i]]), "*", "duplicate_event",
+                    f"user={users[i]} item={items[i]} event={names[events[i]]} time_us={times[i]}")
+        run.files[fi].rows_kept -= len(sel)
+        run.quarantine_rows(int(fi), bad)
+
+
+# ---------------------------------------------------------------- global: session numbering, splits, vocabulary
+
+def _globals(run: _Run, per_bucket: list[dict], item_counts: list[pa.StructArray]) -> tuple[pa.Table, pa.Table]:
+    """Number sessions by start time, assign splits, and build the vocabulary from item counts."""
+    cfg = run.cfg
+    parts = []
+    for pb in per_bucket:
+        s = pb["sessions"]
+        cols = {"start": pa.array(s["start"], pa.int64()), "user_id": s["user_id"]}
+        if "session_id" in s:
+            cols["session_id"] = s["session_id"]
+        n = len(s["start"])
+        cols["bucket"] = pa.array(np.full(n, pb["bucket"], np.int32))
+        cols["local"] = pa.array(np.arange(n, dtype=np.int64))
+        cols["length"] = pa.array(s["length"].astype(np.int64))
+        parts.append(pa.table(cols))
+    if parts:
+        sessions = pa.concat_tables(parts)
+    else:
+        id_type = pa.int64() if run.id_types.get("user_id") == "int" else pa.string()
+        sessions = pa.table({"start": pa.array([], pa.int64()), "user_id": pa.array([], id_type),
+                             "bucket": pa.array([], pa.int32()), "local": pa.array([], pa.int64()),
+                             "length": pa.array([], pa.int64())})
+    keys = [("start", "ascending"), ("user_id", "ascending")]
+    if "session_id" in sessions.column_names:
+        keys.append(("session_id", "ascending"))
+    keys += [("bucket", "ascending"), ("local", "ascending")]
+    sessions = sessions.sort_by(keys)  # global session index = rank by start time: independent of buckets
+    n = sessions.num_rows
+    split = assign_splits(n, cfg.split, cfg.split_fractions, cfg.seed)
+    sessions = sessions.append_column("session", pa.array(np.arange(n, dtype=np.int64)))
+    sessions = sessions.append_column("split", pa.array(split.astype(np.int8)))
+
+    item_type = pa.int64() if run.id_types.get("item_id") == "int" else pa.string()
+    parts_vc = [pa.table({"item_id": vc.field("values"), "count": vc.field("counts")}) for vc in item_counts]
+    if parts_vc:
+        counts = pa.concat_tables(parts_vc).group_by("item_id").aggregate([("count", "sum")])
+        counts = counts.rename_columns(["item_id", "count"])
+    else:
+        counts = pa.table({"item_id": pa.array([], item_type), "count": pa.array([], pa.int64())})
+    vocab = counts.filter(pc.greater_equal(counts.column("count"), cfg.min_item_count))
+    vocab = vocab.sort_by([("count", "descending"), ("item_id", "ascending")])
+    if vocab.num_rows + 2 >= 1 << 24:
+        raise InputError(f"{vocab.num_rows} items exceed the supported catalogue of 2^24 - 2; "
+                         "raise --min-item-count")
+    vocab = vocab.append_column("index", pa.array(np.arange(2, vocab.num_rows + 2, dtype=np.int32)))
+    return sessions, vocab
+
+
+def assign_splits(n_sessions: int, how: str, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
+    """Split code (0 train, 1 valid, 2 test) per session, sessions numbered by start time.
+
+    random: a seeded permutation cut at the fractions (exact proportions); temporal: the earliest
+    sessions train, the latest test.
+    """
+    n_valid = int(round(n_sessions * fractions[1]))
+    n_test = int(round(n_sessions * fractions[2]))
+    n_train = n_sessions - n_valid - n_test
+    by_rank = np.repeat(np.arange(3, dtype=np.int8), [n_train, n_valid, n_test])
+    if how == "temporal":
+        return by_rank
+    out = np.empty(n_sessions, np.int8)
+    out[np.random.default_rng(seed).permutation(n_sessions)] = by_rank
+    return out
+
+
+# ---------------------------------------------------------------- pass 3: events and transitions per split
+
+def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table) -> dict:
+    cfg, out = run.cfg, run.out
+    W = cfg.window
+    rewards = np.asarray(run.event_types.rewards, np.float32)
+    names = run.event_types.names
+    split_codes = sessions.column("split").to_numpy()
+    lengths = sessions.column("length").to_numpy()
+    n_events = np.bincount(split_codes, weights=lengths, minlength=3).astype(np.int64)
+    n_sessions = np.bincount(split_codes, minlength=3).astype(np.int64)
+
+    tdir = out / "transitions"
+    shutil.rmtree(tdir, ignore_errors=True)
+    arrays = {}
+    for k, s in enumerate(SPLITS):
+        (tdir / s).mkdir(parents=True)
+        n = int(n_events[k])
+        shapes = {"state": ((n, W), np.int32), "next_state": ((n, W), np.int32), "action": ((n,), np.int32),
+                  "event": ((n,), np.int8), "reward": ((n,), np.float32), "done": ((n,), np.bool_),
+                  "session": ((n,), np.int64)}
+        arrays[s] = {name: np.lib.format.open_memmap(tdir / s / f"{name}.npy", mode="w+", dtype=dt, shape=shp)
+                     for name, (shp, dt) in shapes.items()}
+    filled = np.zeros(3, np.int64)
+
+    # lookup tables from (bucket, local) to global session and split
+    bucket_col = sessions.column("bucket").to_numpy()
+    local_col = sessions.column("local").to_numpy()
+    global_col = sessions.column("session").to_numpy()
+    vocab_items = vocab.column("item_id").combine_chunks()
+    split_dict = pa.array(list(SPLITS), pa.string())
+    type_dict = pa.array(list(names), pa.string())
+    writer = None
+    for pb in per_bucket:
+        with pa.memory_map(str(pb["path"])) as src:
+            t = ipc.open_file(src).read_all()
+        sel = bucket_col == pb["bucket"]
+        to_global = np.empty(int(sel.sum()), np.int64)
+        to_global[local_col[sel]] = global_col[sel]
+        local = t.column("_session").to_numpy()
+        glob = to_global[local]
+        split = split_codes[glob]
+        idx = pc.index_in(t.column("item_id"), value_set=vocab_items)
+        item = (idx.to_numpy(zero_copy_only=False) if idx.null_count == 0 else
+                pc.fill_null(idx, -1).to_numpy(zero_copy_only=False)).astype(np.int32) + 2
+        item[item == 1] = OOV  # not in vocabulary (below min count)
+        event = t.column("event").to_numpy().astype(np.int8)
+        starts = np.r_[True, local[1:] != local[:-1]] if len(local) else np.empty(0, bool)
+        first = S.first_index(starts)
+        position = (np.arange(len(local)) - first).astype(np.int32)
+        done = np.r_[local[1:] != local[:-1], True] if len(local) else np.empty(0, bool)
+        state = S.windows(item, first, W, include_current=False)
+        next_state = S.windows(item, first, W, include_current=True)
+        for k, s in enumerate(SPLITS):
+            m = split == k
+            c = int(m.sum())
+            if not c:
+                continue
+            a, lo = arrays[s], int(filled[k])
+            a["state"][lo:lo + c] = state[m]
+            a["next_state"][lo:lo + c] = next_state[m]
+            a["action"][lo:lo + c] = item[m]
+            a["event"][lo:lo + c] = event[m]
+            a["reward"][lo:lo + c] = rewards[event[m]]
+            a["done"][lo:lo + c] = done[m]
+            a["session"][lo:lo + c] = glob[m]
+            filled[k] += c
+        events = _events_table(t, glob, position, split, item, event, split_dict, type_dict)
+        if writer is None:
+            writer = pq.ParquetWriter(out / "events.parquet", events.schema)
+        writer.write_table(events)
+        pb["path"].unlink()
+    if writer is None:  # no events at all: an empty file with the minimal schema
+        pq.write_table(pa.table({"session": pa.array([], pa.int64()), "item": pa.array([], pa.int32())}),
+                       out / "events.parquet")
+    else:
+        writer.close()
+    for a in arrays.values():
+        for m in a.values():
+            m.flush()
+    assert (filled == n_events).all(), (filled, n_events)
+
+    sess_out = pa.table({
+        "session": sessions.column("session"),
+        "user_id": sessions.column("user_id"),
+        **({"session_id": sessions.column("session_id")} if "session_id" in sessions.column_names else {}),
+        "start": sessions.column("start").cast(pa.int64()).cast(TIMESTAMP_TYPE),
+        "length": sessions.column("length").cast(pa.int32()),
+        "split": pa.DictionaryArray.from_arrays(sessions.column("split").combine_chunks(), split_dict),
+    })
+    pq.write_table(sess_out, out / "sessions.parquet")
+    pq.write_table(pa.table({"index": vocab.column("index"), "item_id": vocab.column("item_id"),
+                             "count": vocab.column("count")}), out / "vocab.parquet")
+    return {s: {"sessions": int(n_sessions[k]), "events": int(n_events[k])} for k, s in enumerate(SPLITS)}
+
+
+def _events_table(t: pa.Table, glob: np.ndarray, position: np.ndarray, split: np.ndarray, item: np.ndarray,
+                  event: np.ndarray, split_dict: pa.Array, type_dict: pa.Array) -> pa.Table:
+    cols = {
+        "session": pa.array(glob, pa.int64()),
+        "position": pa.array(position, pa.int32()),
+        "split": pa.DictionaryArray.from_arrays(pa.array(split, pa.int8()), split_dict),
+        "user_id": t.column("user_id"),
+    }
+    if "session_id" in t.column_names:
+        cols["session_id"] = t.column("session_id")
+    cols["item_id"] = t.column("item_id")
+    cols["item"] = pa.array(item, pa.int32())
+    cols["event_type"] = pa.DictionaryArray.from_arrays(pa.array(event, pa.int8()), type_dict)
+    cols["timestamp"] = t.column("timestamp").cast(pa.int64()).cast(TIMESTAMP_TYPE)
+    skip = {"user_id", "session_id", "item_id", "event", "timestamp", "_session", "_file", "_row"}
+    for name in t.column_names:
+        if name not in skip:
+            cols[name] = t.column(name)
+    cols["source_file"] = t.column("_file")  # index into manifest["inputs"]
+    cols["source_row"] = t.column("_row")
+    return pa.table(cols)

@@ -1,0 +1,348 @@
+"""Streaming readers: CSV/TSV, Parquet and JSONL files into Arrow batches named by the event schema.
+
+A reader yields `RawBatch`es: the mapped columns as read (bytes for CSV, typed for Parquet/JSON), the
+1-based row number of every row, and the rows the reader itself could not split (wrong column count,
+malformed JSON, undecodable bytes) as `BadRows`. Parsing and checking values is `validate`'s job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.json as pjson
+import pyarrow.parquet as pq
+
+from .schema import COLUMN_OF_FIELD, FIELDS, REQUIRED_FIELDS
+
+FORMATS = ("csv", "parquet", "jsonl")
+TIME_UNITS = ("auto", "s", "ms", "us", "iso")
+
+
+class InputError(ValueError):
+    """A problem with an input file that stops the run: the message names the file (and row, field)."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How to read one log format into the event schema (a generic reader plus a column map)."""
+
+    fmt: str = "auto"               # csv | parquet | jsonl | auto (by file suffix)
+    sep: str = ","                  # CSV field separator
+    header: bool = True             # CSV has a header line; without one, map columns by 0-based position
+    columns: tuple[tuple[str, str], ...] = ()  # (field or feature name, source column); see schema.FIELDS
+    time_unit: str = "auto"         # auto (numbers are seconds, text is ISO-8601) | s | ms | us | iso
+    event_type: str | None = None   # constant event type for files without an event column
+    event_map: tuple[tuple[str, str], ...] = ()  # raw event name -> canonical type or a reward number
+
+    def __post_init__(self) -> None:
+        if self.fmt not in ("auto", *FORMATS):
+            raise ValueError(f"format must be one of auto, {', '.join(FORMATS)}; got {self.fmt!r}")
+        if self.time_unit not in TIME_UNITS:
+            raise ValueError(f"time unit must be one of {', '.join(TIME_UNITS)}; got {self.time_unit!r}")
+        if len(self.sep) != 1:
+            raise ValueError(f"separator must be one character; got {self.sep!r}")
+        names = [name for name, _ in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a field is mapped twice in {names}")
+        missing = [f for f in REQUIRED_FIELDS if f not in names]
+        if missing:
+            raise ValueError(f"the column map lacks required field(s) {missing}: give --map {missing[0]}=COLUMN")
+        if "event" not in names and self.event_type is None:
+            raise ValueError("the column map has no 'event' column: map one or give a constant --event-type")
+
+    def target_name(self, name: str) -> str:
+        """Column name in the event table: the schema name for a field, the name itself for a feature."""
+        return COLUMN_OF_FIELD.get(name, name)
+
+    def format_of(self, path: Path) -> str:
+        """The file format, from the spec or the file suffix (compressed suffixes like .csv.gz work)."""
+        if self.fmt != "auto":
+            return self.fmt
+        suffixes = [s.lower() for s in path.suffixes]
+        for s in reversed(suffixes):
+            if s in (".parquet", ".pq"):
+                return "parquet"
+            if s in (".jsonl", ".ndjson", ".json"):
+                return "jsonl"
+            if s in (".csv", ".tsv", ".txt", ".dat", ".inter", ".data"):
+                return "csv"
+        return "csv"
+
+
+@dataclass
+class BadRows:
+    """Rows rejected by a reader or validator, columnar so that millions of them stay cheap."""
+
+    rows: list[int] = field(default_factory=list)
+    fields: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)
+
+    def add(self, row: int, field_name: str, reason: str, value: str) -> None:
+        self.rows.append(row)
+        self.fields.append(field_name)
+        self.reasons.append(reason)
+        self.values.append(value[:200])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class RawBatch:
+    """Mapped columns as read, the 1-based row number of each row, and rows the reader rejected."""
+
+    table: pa.Table
+    rows: np.ndarray  # (N,) int64
+    bad: BadRows
+    bytes_read: int = 0  # bytes of the file consumed so far (for progress bars)
+
+
+def parse_map(text: str) -> tuple[tuple[str, str], ...]:
+    """Parse `user=uid,item=sku,time=ts` into ((field, column), ...); keys outside FIELDS are features."""
+    pairs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise ValueError(f"--map entry {part!r} is not KEY=COLUMN (keys: {', '.join(FIELDS)} or a feature name)")
+        key, col = (s.strip() for s in part.split("=", 1))
+        if not key or not col:
+            raise ValueError(f"--map entry {part!r} has an empty key or column")
+        pairs.append((key, col))
+    return tuple(pairs)
+
+
+class _CountingFile(io.RawIOBase):
+    """A read-only file that counts the bytes pyarrow pulls through it (for the progress bar)."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n = self._f.readinto(b)
+        self.count += n or 0
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def read_file(path: Path, spec: SourceSpec, batch_rows: int = 1 << 20) -> Iterator[RawBatch]:
+    """Stream one file as RawBatches; raise InputError (one clear line) for a missing or unusable file."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an event file")
+    fmt = spec.format_of(path)
+    reader: Callable[[Path, SourceSpec, int], Iterator[RawBatch]] = {
+        "csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl,
+    }[fmt]
+    return reader(path, spec, batch_rows)
+
+
+def _missing_columns_error(path: Path, spec: SourceSpec, available: list[str]) -> InputError | None:
+    wanted = [col for _, col in spec.columns]
+    missing = [c for c in wanted if c not in available]
+    if not missing:
+        return None
+    shown = ", ".join(available[:30]) + (" ..." if len(available) > 30 else "")
+    hint = "" if spec.header else " (no header: columns are addressed by 0-based position)"
+    return InputError(f"{path}: no column {missing[0]!r} for the map{hint}; the file has: {shown}")
+
+
+def _read_csv(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBatch]:
+    """CSV/TSV via pyarrow's streaming reader, single-threaded so that bad rows keep their line numbers."""
+    header_lines = 1 if spec.header else 0
+    try:
+        probe = pcsv.open_csv(
+            str(path),
+            read_options=pcsv.ReadOptions(use_threads=False, autogenerate_column_names=not spec.header,
+                                          block_size=1 << 16),
+            parse_options=pcsv.ParseOptions(delimiter=spec.sep, invalid_row_handler=lambda r: "skip"),
+            convert_options=pcsv.ConvertOptions(column_types={}, include_columns=[]),
+        )
+        names = probe.schema.names
+        probe.close()
+    except (pa.ArrowInvalid, pa.ArrowKeyError, UnicodeDecodeError) as e:
+        if "Empty CSV file" in str(e):
+            names = []
+        else:
+            raise InputError(f"{path}: not a readable CSV file ({str(e).splitlines()[0]})") from None
+    if not spec.header:
+        # autogenerated names are f0, f1, ...; the map addresses them by position "0", "1", ...
+        names = [str(i) for i in range(len(names))]
+    if not names:
+        return
+    err = _missing_columns_error(path, spec, names)
+    if err:
+        raise err
+    source_cols = list(dict.fromkeys(col for _, col in spec.columns))  # a column may feed two fields
+    arrow_cols = source_cols if spec.header else [f"f{c}" for c in source_cols]
+    bad_lines: list[tuple[int, str]] = []
+
+    def on_invalid(row) -> str:  # called for rows with too many or too few fields
+        bad_lines.append((int(row.number), row.text))
+        return "skip"
+
+    counting = _CountingFile(path)
+    reader = pcsv.open_csv(
+        io.BufferedReader(counting, buffer_size=1 << 20),
+        read_options=pcsv.ReadOptions(use_threads=False, block_size=max(1 << 20, batch_rows * 24),
+                                      autogenerate_column_names=not spec.header),
+        parse_options=pcsv.ParseOptions(delimiter=spec.sep, invalid_row_handler=on_invalid,
+                                        ignore_empty_lines=False),
+        convert_options=pcsv.ConvertOptions(column_types={c: pa.binary() for c in arrow_cols},
+                                            include_columns=arrow_cols, strings_can_be_null=False,
+                                            quoted_strings_can_be_null=False),
+    )
+    next_line = header_lines + 1  # line number of the next row not yet handed out
+    pending: list[int] = []        # invalid line numbers not yet placed
+    try:
+        for batch in reader:
+            n = batch.num_rows
+            bad = BadRows()
+            new_invalid = sorted(bad_lines)
+            bad_lines.clear()
+            for line, text in new_invalid:
+                bad.add(line, "*", "wrong_column_count", text)
+            pending = sorted(pending + [line for line, _ in new_invalid])
+            rows, next_line, pending = _line_numbers(next_line, n, pending)
+            table = _mapped(spec, batch, dict(zip(source_cols, arrow_cols)))
+            yield RawBatch(table, rows, bad, counting.count)
+        if bad_lines:  # invalid rows after the last batch
+            bad = BadRows()
+            for line, text in sorted(bad_lines):
+                bad.add(line, "*", "wrong_column_count", text)
+            empty = pa.table({spec.target_name(k): pa.array([], pa.binary()) for k, _ in spec.columns})
+            yield RawBatch(empty, np.empty(0, np.int64), bad, counting.count)
+    except pa.ArrowInvalid as e:
+        raise InputError(f"{path}: CSV parse error near line {next_line}: {str(e).splitlines()[0]}") from None
+    finally:
+        reader.close()
+        counting.close()
+
+
+def _mapped(spec: SourceSpec, batch: pa.RecordBatch, arrow_name: dict[str, str]) -> pa.Table:
+    """The batch's mapped columns under their event-table names (one source column may feed two fields)."""
+    return pa.table({spec.target_name(k): batch.column(arrow_name[col]) for k, col in spec.columns})
+
+
+def _line_numbers(start: int, n: int, invalid: list[int]) -> tuple[np.ndarray, int, list[int]]:
+    """Line numbers of the next n valid rows from `start`, skipping invalid lines; returns the leftover."""
+    if not invalid:
+        return np.arange(start, start + n, dtype=np.int64), start + n, []
+    span = np.arange(start, start + n + len(invalid), dtype=np.int64)
+    keep = span[~np.isin(span, np.asarray(invalid, np.int64))][:n]
+    end = int(keep[-1]) + 1 if n else start
+    # invalid lines before `end` are consumed; the rest belong to later batches
+    leftover = [i for i in invalid if i >= end]
+    while leftover and leftover[0] == end:  # invalid lines directly after this batch are consumed too
+        end += 1
+        leftover.pop(0)
+    return keep, end, leftover
+
+
+def _read_parquet(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBatch]:
+    """Parquet in record batches of the mapped columns; row numbers are 1-based row indices."""
+    try:
+        pf = pq.ParquetFile(str(path))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    err = _missing_columns_error(path, spec, pf.schema_arrow.names)
+    if err:
+        raise err
+    source_cols = list(dict.fromkeys(col for _, col in spec.columns))
+    start = 1
+    size = path.stat().st_size
+    total = max(pf.metadata.num_rows, 1)
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=source_cols):
+        n = batch.num_rows
+        table = _mapped(spec, batch, {c: c for c in source_cols})
+        yield RawBatch(table, np.arange(start, start + n, dtype=np.int64), BadRows(),
+                       int(size * min(1.0, (start + n - 1) / total)))
+        start += n
+
+
+def _read_jsonl(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBatch]:
+    """JSON Lines in blocks of whole lines: pyarrow parses a clean block, bad blocks go line by line."""
+    source_cols = [col for _, col in spec.columns]
+    targets = [spec.target_name(k) for k, _ in spec.columns]
+    block_bytes = max(1 << 20, batch_rows * 64)
+    line_no = 1
+    consumed = 0
+    seen_any = False
+    with open(path, "rb") as f:
+        tail = b""
+        while True:
+            chunk = f.read(block_bytes)
+            data = tail + chunk
+            if not chunk:
+                if not data:
+                    break
+                block, tail = data, b""
+            else:
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    tail = data
+                    continue
+                block, tail = data[: cut + 1], data[cut + 1:]
+            consumed += len(block)
+            lines = block.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            table, rows, bad = _parse_json_lines(block, lines, line_no, source_cols, targets)
+            if table.num_rows and not seen_any:
+                seen_any = True
+            line_no += len(lines)
+            yield RawBatch(table, rows, bad, consumed)
+            if not chunk:
+                break
+
+
+def _parse_json_lines(block: bytes, lines: list[bytes], first_line: int, source_cols: list[str],
+                      targets: list[str]) -> tuple[pa.Table, np.ndarray, BadRows]:
+    bad = BadRows()
+    if all(line.strip() for line in lines):
+        try:
+            t = pjson.read_json(io.BytesIO(block), read_options=pjson.ReadOptions(use_threads=False))
+            if t.num_rows == len(lines):
+                cols = [t.column(c) if c in t.column_names else pa.nulls(t.num_rows) for c in source_cols]
+                return (pa.table(cols, names=targets),
+                        np.arange(first_line, first_line + len(lines), dtype=np.int64), bad)
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            pass
+    # slow path: one line at a time, so each bad line is named
+    records: dict[str, list] = {c: [] for c in targets}
+    rows = []
+    for i, raw in enumerate(lines):
+        line = first_line + i
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.add(line, "*", "undecodable_bytes", raw.decode("utf-8", "replace"))
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            bad.add(line, "*", "malformed_row", text)
+            continue
+        if not isinstance(obj, dict):
+            bad.add(line, "*", "malformed_row", text)
+            continue
+        rows.append(line)
+        for src, dst in zip(source_cols, targets):
+            v = obj.get(src)
+            records[dst].append(None if v is None else (v if isinstance(v, str) else json.dumps(v)))
+    table = pa.table({k: pa.array(v, pa.string()) for k, v in records.items()})
+    return table, np.asarray(rows, dtype=np.int64), bad

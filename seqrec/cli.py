@@ -1,0 +1,163 @@
+"""The `seqrec` command: composes readers, configs and models; the only place that parses arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from seqrec.config import ConfigError, from_dict, load_toml
+from seqrec.datasets.adapters import SOURCES, source_spec
+from seqrec.datasets.prepare import PrepareConfig, prepare
+from seqrec.datasets.readers import InputError, parse_map
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, ConfigError, ValueError) as e:
+        print(f"seqrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"seqrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seqrec", description="Offline-RL sequential recommender for campaigns.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="write a seeded synthetic SDK event log (the built-in data)",
+                       description="Write a seeded synthetic SDK event log: users with latent preferences, "
+                                   "sessions, a view > like/cart > purchase funnel and logged nudges.")
+    g.add_argument("--out", required=True, type=Path, help="output file: .parquet, .csv, .tsv or .jsonl")
+    g.add_argument("--events", type=int, default=200_000, help="about how many events (default 200000)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.set_defaults(func=_cmd_generate)
+
+    pr = sub.add_parser("prepare", help="validate event logs and build sessions, vocabulary, splits, transitions",
+                        description="Read event logs, quarantine bad rows, cut sessions, build the item "
+                                    "vocabulary, split by session and write RL transitions to --out, with "
+                                    "a manifest.json summary. Re-uses --out when inputs and config are unchanged.")
+    pr.add_argument("--source", default="events", choices=(*SOURCES, "synthetic"),
+                    help="log format: a named adapter, 'events' for the generic reader, or 'synthetic' "
+                         "to generate the built-in log (default events)")
+    pr.add_argument("--input", nargs="+", type=Path, default=[], metavar="PATH", help="input file(s)")
+    pr.add_argument("--out", required=True, type=Path, help="prepared-dataset folder")
+    pr.add_argument("--config", type=Path, help="TOML file with a [prepare] table (CLI flags override it)")
+    pr.add_argument("--map", help="column map, e.g. user=uid,session=sid,item=sku,time=ts,event=action; "
+                                  "other keys keep a column as a feature; without a header use 0-based positions")
+    pr.add_argument("--sep", help="CSV field separator (default ',' or tab for .tsv); '\\t' means tab")
+    pr.add_argument("--no-header", action="store_true", help="the CSV file has no header line")
+    pr.add_argument("--format", choices=("auto", "csv", "parquet", "jsonl"), default=None,
+                    help="input format (default: from the file suffix)")
+    pr.add_argument("--time-unit", choices=("auto", "s", "ms", "us", "iso"),
+                    help="unit of numeric times, or iso (default auto: numbers are seconds, text is ISO-8601)")
+    pr.add_argument("--event-type", help="constant event type for files without an event column")
+    pr.add_argument("--event-map", help="raw=type pairs mapping extra event names to view/like/cart/purchase, "
+                                        "or raw=REWARD to keep a new event type with that reward")
+    pr.add_argument("--min-session-length", type=int, help="drop shorter sessions (default 3)")
+    pr.add_argument("--session-gap-minutes", type=float, help="inactivity that ends a session (default 30)")
+    pr.add_argument("--window", type=int, help="state window W (default 10)")
+    pr.add_argument("--min-item-count", type=int, help="rarer items map to the out-of-vocabulary index (default 1)")
+    pr.add_argument("--split", choices=("random", "temporal"), help="session split (default random 8:1:1)")
+    pr.add_argument("--seed", type=int, help="seed of the random split (default 0)")
+    pr.add_argument("--id-type", choices=("auto", "int", "string"), help="id column type (default auto)")
+    pr.add_argument("--strict", action="store_true", help="stop at the first bad row instead of quarantining it")
+    pr.add_argument("--events", type=int, default=200_000, help="with --source synthetic: events to generate")
+    pr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="show a progress bar (default: on for large inputs in a terminal)")
+    pr.set_defaults(func=_cmd_prepare)
+    return p
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from seqrec.datasets.synthetic import config_for_events, write_events
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = write_events(config_for_events(args.events, seed=args.seed), args.out)
+    print(f"wrote {rows:,} events to {args.out}")
+    return 0
+
+
+def _prepare_settings(args: argparse.Namespace) -> tuple[PrepareConfig, dict[str, Any]]:
+    """PrepareConfig and reader options from --config's [prepare] table, overridden by flags."""
+    reader_keys = ("map", "sep", "header", "format", "time_unit", "event_type", "event_map")
+    table: dict[str, Any] = dict(load_toml(args.config).get("prepare", {})) if args.config else {}
+    reader = {k: table.pop(k) for k in reader_keys if k in table}
+    flags = {"min_session_length": args.min_session_length, "session_gap_minutes": args.session_gap_minutes,
+             "window": args.window, "min_item_count": args.min_item_count, "split": args.split,
+             "seed": args.seed, "id_type": args.id_type}
+    table.update({k: v for k, v in flags.items() if v is not None})
+    if args.strict:
+        table["strict"] = True
+    table["source"] = args.source
+    cfg = from_dict(PrepareConfig, table, "prepare")
+
+    def pairs(v: Any) -> tuple[tuple[str, str], ...]:
+        if v is None:
+            return ()
+        return tuple((k, str(x)) for k, x in v.items()) if isinstance(v, dict) else parse_map(v)
+
+    sep = args.sep if args.sep is not None else reader.get("sep")
+    opts = {
+        "columns": pairs(args.map if args.map is not None else reader.get("map")),
+        "fmt": args.format or reader.get("format", "auto"),
+        "sep": "\t" if sep in ("\\t", "tab") else sep,
+        "header": False if args.no_header else reader.get("header"),
+        "time_unit": args.time_unit or reader.get("time_unit"),
+        "event_type": args.event_type or reader.get("event_type"),
+        "event_map": pairs(args.event_map if args.event_map is not None else reader.get("event_map")),
+    }
+    return cfg, opts
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    cfg, opts = _prepare_settings(args)
+    inputs = list(args.input)
+    source = args.source
+    if source == "synthetic":
+        from seqrec.datasets.synthetic import config_for_events, write_events
+
+        if inputs:
+            raise ValueError("--source synthetic generates its own log; give no --input")
+        path = args.out / "generated" / f"events-{args.events}-seed{cfg.seed}.parquet"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_events(config_for_events(args.events, seed=cfg.seed), path)
+        inputs, source = [path], "events"
+    if not inputs:
+        raise ValueError("give at least one --input file")
+    manifest = prepare(inputs, lambda p: source_spec(source, p, **opts), cfg, args.out, progress=args.progress)
+    print(summary(manifest, args.out))
+    return 0
+
+
+def summary(m: dict, out: Path) -> str:
+    """The human-readable summary printed by `seqrec prepare` (the same figures as manifest.json)."""
+    lines = [f"prepared {out}" + ("  (re-used: inputs and config unchanged)" if m.get("reused") else "")]
+    lines.append(f"  rows read {m['rows_read']:,}  kept {m['rows_kept']:,}  quarantined {m['rows_quarantined']:,}")
+    if m["quarantine_reasons"]:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in m["quarantine_reasons"].items())
+        lines.append(f"  quarantine: {reasons}  -> {out / 'quarantine.parquet'}")
+    lines.append("  events: " + ", ".join(f"{k} {v:,}" for k, v in m["events_by_type"].items()))
+    s = m["sessions"]
+    lines.append(f"  sessions {s['before_filter']:,} -> {s['after_filter']:,} "
+                 f"(dropped {s['dropped_short']:,} shorter than {s['min_length']}, {s['events_in_dropped']:,} events)")
+    lines.append(f"  items {m['items']:,} (catalogue size with padding and OOV: {m['catalogue_size']:,})")
+    lines.append("  splits: " + ", ".join(f"{k} {v['sessions']:,} sessions / {v['events']:,} events"
+                                          for k, v in m["splits"].items()))
+    t = m.get("timings", {})
+    if t.get("total_s") and not m.get("reused"):
+        lines.append(f"  time {t['total_s']:.2f} s ({m['rows_read'] / max(t['total_s'], 1e-9):,.0f} rows/s)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
