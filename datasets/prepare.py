@@ -53,7 +53,7 @@ class PrepareConfig:
     rewards: tuple[tuple[str, float], ...] = tuple(DEFAULT_REWARDS.items())
     id_type: str = "auto"                   # auto | int | string, for user, item and session ids
     strict: bool = False                    # stop at the first bad row instead of quarantining it
-    bucket_bytes: int = 256 << 20           # input bytes per on-disk bucket (memory bound of passes 2 and 3)
+    bucket_rows: int = 2_000_000            # rows per on-disk user-hash bucket (bounds memory of passes 2, 3)
 
     def __post_init__(self) -> None:
         if self.min_session_length < 1:
@@ -69,6 +69,8 @@ class PrepareConfig:
         fr = self.split_fractions
         if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-9:
             raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {fr}")
+        if self.bucket_rows < 1:
+            raise ValueError(f"bucket_rows must be >= 1, got {self.bucket_rows}")
         if self.id_type not in ("auto", "int", "string"):
             raise ValueError(f"id_type must be auto, int or string, got {self.id_type!r}")
         missing = [t for t in EVENT_TYPES if t not in dict(self.rewards)]
@@ -158,7 +160,8 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     total_bytes = sum(f.bytes for f in files)
-    n_buckets = max(1, -(-total_bytes // cfg.bucket_bytes))
+    est_rows = sum(_estimate_rows(p, f.format) for p, f in zip(inputs, files))
+    n_buckets = max(1, -(-est_rows // cfg.bucket_rows))
     run = _Run(cfg, out, work, files, EventTypes.build(_event_map(specs), dict(cfg.rewards)), n_buckets)
     if cfg.id_type != "auto":
         run.id_types.update({"user_id": cfg.id_type, "item_id": cfg.id_type, "session_id": cfg.id_type})
@@ -221,7 +224,7 @@ def _config_dict(cfg: PrepareConfig, specs: list[SourceSpec]) -> dict:
     d = asdict(cfg)
     d["rewards"] = dict(cfg.rewards)
     d["split_fractions"] = list(cfg.split_fractions)
-    d.pop("bucket_bytes")  # does not change the result, only memory
+    d.pop("bucket_rows")  # changes memory and row order inside files, not the content
     unique = []
     for s in specs:
         sd = asdict(s)
@@ -251,6 +254,19 @@ def _outputs_exist(out: Path, manifest: dict) -> bool:
     needed = [out / "events.parquet", out / "sessions.parquet", out / "vocab.parquet", out / "quarantine.parquet"]
     needed += [out / "transitions" / s / f"{n}.npy" for s in SPLITS for n in TRANSITION_FILES]
     return all(p.exists() for p in needed)
+
+
+def _estimate_rows(path: Path, fmt: str) -> int:
+    """Rows in a file: exact for Parquet, from the mean length of the first lines for text."""
+    if fmt == "parquet":
+        try:
+            return pq.ParquetFile(str(path)).metadata.num_rows
+        except (pa.ArrowInvalid, OSError):
+            return 0
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    lines = max(head.count(b"\n"), 1)
+    return int(path.stat().st_size / (len(head) / lines)) + 1 if head else 0
 
 
 def _progress_bar(total_bytes: int, progress: bool | None):
@@ -360,8 +376,7 @@ def _sessionize(run: _Run) -> tuple[list[dict], dict]:
         item = _codes(t.column("item_id"))
         ts = t.column("timestamp").to_numpy()
         event = t.column("event").to_numpy()
-        origin = (t.column("_file").to_numpy().astype(np.int64) << 40) | t.column("_row").to_numpy()
-        order = S.event_order(user, ts, item, event, origin)
+        order = S.event_order(user, ts)
         user, item, ts, event = user[order], item[order], ts[order], event[order]
         dup = S.duplicate_mask(user, ts, item, event)
         if dup.any():
@@ -493,11 +508,30 @@ def assign_splits(n_sessions: int, how: str, fractions: tuple[float, float, floa
 
 # ---------------------------------------------------------------- pass 3: events and transitions per split
 
+class _NpyAppender:
+    """Writes a .npy file of known shape by appending row blocks, so no split is ever held in memory."""
+
+    def __init__(self, path: Path, dtype: type, shape: tuple[int, ...]) -> None:
+        self.path, self.dtype, self.shape, self.rows = path, np.dtype(dtype), shape, 0
+        self._f = open(path, "wb")  # noqa: SIM115 - closed in close()
+        np.lib.format.write_array_header_1_0(
+            self._f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
+
+    def append(self, block: np.ndarray) -> None:
+        np.ascontiguousarray(block, dtype=self.dtype).tofile(self._f)
+        self.rows += len(block)
+
+    def close(self) -> None:
+        self._f.close()
+        if self.rows != self.shape[0]:
+            raise RuntimeError(f"{self.path}: wrote {self.rows} rows, expected {self.shape[0]}")
+
+
 def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table) -> dict:
+    """Pass 3: events.parquet in bucket order, and per split the transition arrays."""
     cfg, out = run.cfg, run.out
     W = cfg.window
     rewards = np.asarray(run.event_types.rewards, np.float32)
-    names = run.event_types.names
     split_codes = sessions.column("split").to_numpy()
     lengths = sessions.column("length").to_numpy()
     n_events = np.bincount(split_codes, weights=lengths, minlength=3).astype(np.int64)
@@ -505,24 +539,22 @@ def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table
 
     tdir = out / "transitions"
     shutil.rmtree(tdir, ignore_errors=True)
-    arrays = {}
+    files: list[dict[str, _NpyAppender]] = []
     for k, s in enumerate(SPLITS):
         (tdir / s).mkdir(parents=True)
         n = int(n_events[k])
-        shapes = {"state": ((n, W), np.int32), "next_state": ((n, W), np.int32), "action": ((n,), np.int32),
-                  "event": ((n,), np.int8), "reward": ((n,), np.float32), "done": ((n,), np.bool_),
+        shapes = {"state": ((n, W), np.int32), "action": ((n,), np.int32), "event": ((n,), np.int8),
+                  "reward": ((n,), np.float32), "next_state": ((n, W), np.int32), "done": ((n,), np.bool_),
                   "session": ((n,), np.int64)}
-        arrays[s] = {name: np.lib.format.open_memmap(tdir / s / f"{name}.npy", mode="w+", dtype=dt, shape=shp)
-                     for name, (shp, dt) in shapes.items()}
-    filled = np.zeros(3, np.int64)
+        files.append({name: _NpyAppender(tdir / s / f"{name}.npy", dt, shp) for name, (shp, dt) in shapes.items()})
 
-    # lookup tables from (bucket, local) to global session and split
+    # (bucket, local session) -> global session, from the globally sorted session table
     bucket_col = sessions.column("bucket").to_numpy()
     local_col = sessions.column("local").to_numpy()
     global_col = sessions.column("session").to_numpy()
     vocab_items = vocab.column("item_id").combine_chunks()
     split_dict = pa.array(list(SPLITS), pa.string())
-    type_dict = pa.array(list(names), pa.string())
+    type_dict = pa.array(list(run.event_types.names), pa.string())
     writer = None
     for pb in per_bucket:
         with pa.memory_map(str(pb["path"])) as src:
@@ -534,44 +566,39 @@ def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table
         glob = to_global[local]
         split = split_codes[glob]
         idx = pc.index_in(t.column("item_id"), value_set=vocab_items)
-        item = (idx.to_numpy(zero_copy_only=False) if idx.null_count == 0 else
-                pc.fill_null(idx, -1).to_numpy(zero_copy_only=False)).astype(np.int32) + 2
-        item[item == 1] = OOV  # not in vocabulary (below min count)
+        item = (pc.fill_null(idx, OOV - 2).to_numpy(zero_copy_only=False) + 2).astype(np.int32)
         event = t.column("event").to_numpy().astype(np.int8)
         starts = np.r_[True, local[1:] != local[:-1]] if len(local) else np.empty(0, bool)
-        first = S.first_index(starts)
-        position = (np.arange(len(local)) - first).astype(np.int32)
+        position = (np.arange(len(local)) - S.first_index(starts)).astype(np.int32)
         done = np.r_[local[1:] != local[:-1], True] if len(local) else np.empty(0, bool)
-        state = S.windows(item, first, W, include_current=False)
-        next_state = S.windows(item, first, W, include_current=True)
-        for k, s in enumerate(SPLITS):
-            m = split == k
-            c = int(m.sum())
-            if not c:
+        for k in range(3):
+            rows = np.flatnonzero(split == k)  # whole sessions, in order
+            if not len(rows):
                 continue
-            a, lo = arrays[s], int(filled[k])
-            a["state"][lo:lo + c] = state[m]
-            a["next_state"][lo:lo + c] = next_state[m]
-            a["action"][lo:lo + c] = item[m]
-            a["event"][lo:lo + c] = event[m]
-            a["reward"][lo:lo + c] = rewards[event[m]]
-            a["done"][lo:lo + c] = done[m]
-            a["session"][lo:lo + c] = glob[m]
-            filled[k] += c
+            items_k = item[rows]
+            state = S.windows(items_k, position[rows], W)
+            f = files[k]
+            f["state"].append(state)
+            f["action"].append(items_k)
+            f["event"].append(event[rows])
+            f["reward"].append(rewards[event[rows]])
+            f["next_state"].append(S.next_windows(state, items_k))
+            f["done"].append(done[rows])
+            f["session"].append(glob[rows])
         events = _events_table(t, glob, position, split, item, event, split_dict, type_dict)
         if writer is None:
-            writer = pq.ParquetWriter(out / "events.parquet", events.schema)
+            writer = pq.ParquetWriter(out / "events.parquet", events.schema, **_PARQUET_OPTIONS)
         writer.write_table(events)
+        del t
         pb["path"].unlink()
+    for f in files:
+        for a in f.values():
+            a.close()
     if writer is None:  # no events at all: an empty file with the minimal schema
         pq.write_table(pa.table({"session": pa.array([], pa.int64()), "item": pa.array([], pa.int32())}),
                        out / "events.parquet")
     else:
         writer.close()
-    for a in arrays.values():
-        for m in a.values():
-            m.flush()
-    assert (filled == n_events).all(), (filled, n_events)
 
     sess_out = pa.table({
         "session": sessions.column("session"),
@@ -581,10 +608,13 @@ def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table
         "length": sessions.column("length").cast(pa.int32()),
         "split": pa.DictionaryArray.from_arrays(sessions.column("split").combine_chunks(), split_dict),
     })
-    pq.write_table(sess_out, out / "sessions.parquet")
+    pq.write_table(sess_out, out / "sessions.parquet", **_PARQUET_OPTIONS)
     pq.write_table(pa.table({"index": vocab.column("index"), "item_id": vocab.column("item_id"),
                              "count": vocab.column("count")}), out / "vocab.parquet")
     return {s: {"sessions": int(n_sessions[k]), "events": int(n_events[k])} for k, s in enumerate(SPLITS)}
+
+
+_PARQUET_OPTIONS = {"compression": "lz4", "use_dictionary": ["split", "event_type", "nudge_id"]}
 
 
 def _events_table(t: pa.Table, glob: np.ndarray, position: np.ndarray, split: np.ndarray, item: np.ndarray,

@@ -9,22 +9,32 @@ from __future__ import annotations
 import numpy as np
 
 
-def event_order(user: np.ndarray, ts: np.ndarray, item: np.ndarray, event: np.ndarray,
-                origin: np.ndarray) -> np.ndarray:
-    """Permutation sorting rows by (user, time, item, event, origin); duplicates end up adjacent.
-
-    `origin` (file index << 40 | row) breaks ties so the first occurrence in the input is kept.
-    """
-    tie = (event.astype(np.int64) << 56) | origin  # event < 2^7, origin < 2^56
-    return np.lexsort((tie, item, ts, user))
+def event_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Stable permutation sorting rows by (user, time): rows with equal keys keep their input order."""
+    return np.lexsort((ts, user))
 
 
 def duplicate_mask(user: np.ndarray, ts: np.ndarray, item: np.ndarray, event: np.ndarray) -> np.ndarray:
-    """True for rows (already in event_order) equal to the previous row in user, item, event and time."""
-    dup = np.zeros(len(user), bool)
-    if len(user) > 1:
-        dup[1:] = (user[1:] == user[:-1]) & (ts[1:] == ts[:-1]) & (item[1:] == item[:-1]) & (
-            event[1:] == event[:-1])
+    """True for rows (in event_order) repeating an earlier row's user, item, event and time.
+
+    Only rows sharing (user, time) with a neighbour can be duplicates; those few are sorted again by
+    (item, event) with their position as the last key, so the first occurrence in the input is kept.
+    """
+    n = len(user)
+    dup = np.zeros(n, bool)
+    if n < 2:
+        return dup
+    same = (user[1:] == user[:-1]) & (ts[1:] == ts[:-1])
+    if not same.any():
+        return dup
+    in_run = np.zeros(n, bool)
+    in_run[1:] |= same
+    in_run[:-1] |= same
+    c = np.flatnonzero(in_run)
+    sub = c[np.lexsort((c, event[c], item[c], ts[c], user[c]))]
+    again = ((user[sub[1:]] == user[sub[:-1]]) & (ts[sub[1:]] == ts[sub[:-1]])
+             & (item[sub[1:]] == item[sub[:-1]]) & (event[sub[1:]] == event[sub[:-1]]))
+    dup[sub[1:][again]] = True
     return dup
 
 
@@ -42,18 +52,30 @@ def session_starts(user: np.ndarray, ts: np.ndarray, session: np.ndarray | None,
     return start
 
 
-def windows(items: np.ndarray, first: np.ndarray, width: int, include_current: bool) -> np.ndarray:
-    """(N, width) int32 of the last `width` items of each row's session, left-padded with 0.
+def windows(items: np.ndarray, position: np.ndarray, width: int) -> np.ndarray:
+    """(N, width) int32 state windows: row t holds the `width` items before it in its session, left-padded.
 
-    Row t sees items[t-width .. t-1] (state) or items[t-width+1 .. t] (next state, include_current),
-    never an item before `first[t]`, the index of its session's first row.
+    `items` are the rows of whole sessions in order and `position[t]` is t's index inside its session, so
+    row t sees items[t - j] for j = 1..width only where position[t] >= j. Built column by column, O(N * W)
+    with no (N, W) index temporaries.
     """
     n = len(items)
-    end = np.arange(n, dtype=np.int64) + (1 if include_current else 0)  # exclusive end of the window
-    idx = end[:, None] + np.arange(-width, 0, dtype=np.int64)[None, :]  # (N, W)
-    valid = idx >= first[:, None]
-    out = np.where(valid, items[np.clip(idx, 0, max(n - 1, 0))] if n else 0, 0)
-    return out.astype(np.int32, copy=False)
+    out = np.zeros((n, width), np.int32)
+    col = np.empty(n, np.int32)
+    for j in range(1, min(width, n) + 1):
+        col[:j] = 0
+        col[j:] = items[:-j]
+        col[position < j] = 0
+        out[:, width - j] = col
+    return out
+
+
+def next_windows(state: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Next-state windows: drop the oldest item of each state and append the row's own item."""
+    nxt = np.empty_like(state)
+    nxt[:, :-1] = state[:, 1:]
+    nxt[:, -1] = items
+    return nxt
 
 
 def first_index(starts: np.ndarray) -> np.ndarray:

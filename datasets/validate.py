@@ -218,7 +218,7 @@ def _as_text(arr: pa.Array) -> pa.Array:
 def _is_missing(arr: pa.Array) -> np.ndarray:
     missing = arr.is_null()
     if pa.types.is_string(arr.type):
-        missing = pc.or_(missing, pc.equal(pc.binary_length(arr), 0))
+        missing = pc.or_(missing, pc.equal(pc.binary_length(arr), 0).fill_null(False))
     return missing.to_numpy(zero_copy_only=False).astype(bool, copy=False)
 
 
