@@ -32,6 +32,7 @@ from .validate import EventTypes, Validator
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
+LOO_SPLIT = 3  # session-level code under leave-one-out: its events are cut into all three splits
 PAD, OOV = 0, 1  # reserved item indices; real items start at 2
 MANIFEST_KEYS = ("rows_read", "rows_kept", "rows_quarantined", "quarantine_reasons", "events_by_type",
                  "sessions", "items", "splits", "config", "inputs")
@@ -47,7 +48,7 @@ class PrepareConfig:
     session_gap_minutes: float = 30.0       # inactivity that ends a session when the log has no session id
     window: int = 10                        # state = last `window` items before the step
     min_item_count: int = 1                 # rarer items map to the out-of-vocabulary index 1
-    split: str = "random"                   # random (by session, seeded) | temporal (by session start)
+    split: str = "random"                   # random (by session, seeded) | temporal (by start) | loo
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     rewards: tuple[tuple[str, float], ...] = tuple(DEFAULT_REWARDS.items())
@@ -64,8 +65,8 @@ class PrepareConfig:
             raise ValueError(f"window must be >= 1, got {self.window}")
         if self.min_item_count < 1:
             raise ValueError(f"min_item_count must be >= 1, got {self.min_item_count}")
-        if self.split not in ("random", "temporal"):
-            raise ValueError(f"split must be 'random' or 'temporal', got {self.split!r}")
+        if self.split not in ("random", "temporal", "loo"):
+            raise ValueError(f"split must be 'random', 'temporal' or 'loo', got {self.split!r}")
         fr = self.split_fractions
         if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-9:
             raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {fr}")
@@ -493,8 +494,10 @@ def assign_splits(n_sessions: int, how: str, fractions: tuple[float, float, floa
     """Split code (0 train, 1 valid, 2 test) per session, sessions numbered by start time.
 
     random: a seeded permutation cut at the fractions (exact proportions); temporal: the earliest
-    sessions train, the latest test.
+    sessions train, the latest test; loo: every session is in all three (LOO_SPLIT), cut per event later.
     """
+    if how == "loo":
+        return np.full(n_sessions, LOO_SPLIT, np.int8)
     n_valid = int(round(n_sessions * fractions[1]))
     n_test = int(round(n_sessions * fractions[2]))
     n_train = n_sessions - n_valid - n_test
@@ -534,8 +537,13 @@ def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table
     rewards = np.asarray(run.event_types.rewards, np.float32)
     split_codes = sessions.column("split").to_numpy()
     lengths = sessions.column("length").to_numpy()
-    n_events = np.bincount(split_codes, weights=lengths, minlength=3).astype(np.int64)
-    n_sessions = np.bincount(split_codes, minlength=3).astype(np.int64)
+    loo = cfg.split == "loo"
+    if loo:  # per session: last event -> test, the one before -> valid, the rest -> train
+        n_sessions = np.array([len(lengths), int((lengths >= 2).sum()), len(lengths)], np.int64)
+        n_events = np.array([int(np.maximum(lengths - 2, 0).sum()), n_sessions[1], n_sessions[2]], np.int64)
+    else:
+        n_events = np.bincount(split_codes, weights=lengths, minlength=3)[:3].astype(np.int64)
+        n_sessions = np.bincount(split_codes, minlength=3)[:3].astype(np.int64)
 
     tdir = out / "transitions"
     shutil.rmtree(tdir, ignore_errors=True)
@@ -553,7 +561,7 @@ def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table
     local_col = sessions.column("local").to_numpy()
     global_col = sessions.column("session").to_numpy()
     vocab_items = vocab.column("item_id").combine_chunks()
-    split_dict = pa.array(list(SPLITS), pa.string())
+    split_dict = pa.array([*SPLITS, "loo"], pa.string())
     type_dict = pa.array(list(run.event_types.names), pa.string())
     writer = None
     for pb in per_bucket:
@@ -564,27 +572,31 @@ def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table
         to_global[local_col[sel]] = global_col[sel]
         local = t.column("_session").to_numpy()
         glob = to_global[local]
-        split = split_codes[glob]
+        session_len = lengths[glob]
         idx = pc.index_in(t.column("item_id"), value_set=vocab_items)
         item = (pc.fill_null(idx, OOV - 2).to_numpy(zero_copy_only=False) + 2).astype(np.int32)
         event = t.column("event").to_numpy().astype(np.int8)
         starts = np.r_[True, local[1:] != local[:-1]] if len(local) else np.empty(0, bool)
         position = (np.arange(len(local)) - S.first_index(starts)).astype(np.int32)
-        done = np.r_[local[1:] != local[:-1], True] if len(local) else np.empty(0, bool)
+        if loo:
+            split = np.where(position == session_len - 1, 2, np.where(position == session_len - 2, 1, 0))
+        else:
+            split = split_codes[glob]
+        state = S.windows(item, position, W)  # (N, W) over whole sessions, then cut per split
         for k in range(3):
-            rows = np.flatnonzero(split == k)  # whole sessions, in order
+            rows = np.flatnonzero(split == k)  # in session order
             if not len(rows):
                 continue
-            items_k = item[rows]
-            state = S.windows(items_k, position[rows], W)
+            items_k, sess_k = item[rows], glob[rows]
+            state_k = state[rows]
             f = files[k]
-            f["state"].append(state)
+            f["state"].append(state_k)
             f["action"].append(items_k)
             f["event"].append(event[rows])
             f["reward"].append(rewards[event[rows]])
-            f["next_state"].append(S.next_windows(state, items_k))
-            f["done"].append(done[rows])
-            f["session"].append(glob[rows])
+            f["next_state"].append(S.next_windows(state_k, items_k))
+            f["done"].append(np.r_[sess_k[1:] != sess_k[:-1], True])  # last step of the session in this split
+            f["session"].append(sess_k)
         events = _events_table(t, glob, position, split, item, event, split_dict, type_dict)
         if writer is None:
             writer = pq.ParquetWriter(out / "events.parquet", events.schema, **_PARQUET_OPTIONS)

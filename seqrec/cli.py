@@ -66,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--session-gap-minutes", type=float, help="inactivity that ends a session (default 30)")
     pr.add_argument("--window", type=int, help="state window W (default 10)")
     pr.add_argument("--min-item-count", type=int, help="rarer items map to the out-of-vocabulary index (default 1)")
-    pr.add_argument("--split", choices=("random", "temporal"), help="session split (default random 8:1:1)")
+    pr.add_argument("--split", choices=("random", "temporal", "loo"),
+                    help="random 8:1:1 by session (default), temporal by session start, or loo: per session the "
+                         "last event is test, the one before valid, the rest train")
     pr.add_argument("--seed", type=int, help="seed of the random split (default 0)")
     pr.add_argument("--id-type", choices=("auto", "int", "string"), help="id column type (default auto)")
     pr.add_argument("--strict", action="store_true", help="stop at the first bad row instead of quarantining it")

@@ -163,3 +163,19 @@ def test_config_file_and_unknown_key(tmp_path, capsys):
     assert main(["prepare", "--config", str(cfg), "--input", str(log), "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert "prepare.min_sesion_length" in err and "min_session_length" in err
+
+
+def test_leave_one_out_split_cuts_each_session(tmp_path):
+    m = _run([_log(tmp_path)], tmp_path / "out", split="loo")
+    # two kept sessions of 3 and 4 events: test = last events, valid = the ones before, train = the rest
+    assert m["splits"] == {"train": {"sessions": 2, "events": 3}, "valid": {"sessions": 2, "events": 2},
+                           "test": {"sessions": 2, "events": 2}}
+    t = tmp_path / "out" / "transitions"
+    vocab = pq.read_table(tmp_path / "out" / "vocab.parquet").to_pydict()
+    index = dict(zip(vocab["item_id"], vocab["index"]))
+    test_actions = sorted(np.load(t / "test" / "action.npy").tolist())
+    assert test_actions == sorted([index[102], index[203]])
+    state = np.load(t / "test" / "state.npy")
+    row = np.load(t / "test" / "action.npy").tolist().index(index[203])
+    assert state[row, -3:].tolist() == [index[200], index[201], index[202]] and state[row, :-3].sum() == 0
+    assert np.load(t / "train" / "done.npy").sum() == 2  # each session's train part ends once
