@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +38,7 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
 LOO_SPLIT = 3  # session-level code under leave-one-out: its events are cut into all three splits
 PAD, OOV = 0, 1  # reserved item indices; real items start at 2
+_THREADS = 2  # buckets in flight in passes 2 and 3 (the machine this targets has 2 cores)
 MANIFEST_KEYS = ("rows_read", "rows_kept", "rows_quarantined", "quarantine_reasons", "events_by_type",
                  "sessions", "items", "splits", "config", "inputs")
 TRANSITION_FILES = ("state", "action", "event", "reward", "next_state", "done", "session")
@@ -291,45 +296,82 @@ def _bucket_of(user: pa.Array, n_buckets: int) -> np.ndarray:
             % np.uint64(n_buckets)).astype(np.int64)
 
 
-def _scatter(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> None:
-    writers: dict[int, ipc.RecordBatchFileWriter] = {}
+def _validated(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> Iterator[pa.Table]:
+    """Read and validate every file: quarantine bad rows, count per file, yield kept rows in one schema."""
     schema: pa.Schema | None = None
-    done_bytes = 0
+    for fi, (path, spec) in enumerate(zip(inputs, specs)):
+        validate = Validator(str(path), fi, run.event_types, spec.time_unit, spec.event_type, run.id_types)
+        stats = run.files[fi]
+        last = 0
+        for raw in read_file(path, spec):
+            bad = raw.bad
+            stats.rows_read += raw.table.num_rows + len(bad)
+            kept = validate(raw, bad) if raw.table.num_rows else None
+            run.quarantine_rows(fi, bad)
+            bar.update(raw.bytes_read - last)
+            last = raw.bytes_read
+            if kept is None or kept.num_rows == 0:
+                continue
+            stats.rows_kept += kept.num_rows
+            if schema is None:
+                schema = kept.schema
+                run.columns = schema.names
+            elif kept.schema != schema:
+                kept = _conform(kept, schema, path)
+            yield kept
+        bar.update(last and stats.bytes - last)
+
+
+def _prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+    """Run a generator in a background thread, `depth` items ahead (reading overlaps with scattering)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for x in items:
+                if stop.is_set():
+                    return
+                q.put(x)
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
     try:
-        for fi, (path, spec) in enumerate(zip(inputs, specs)):
-            validate = Validator(str(path), fi, run.event_types, spec.time_unit, spec.event_type, run.id_types)
-            stats = run.files[fi]
-            last = 0
-            for raw in read_file(path, spec):
-                bad = raw.bad
-                stats.rows_read += raw.table.num_rows + len(bad)
-                kept = validate(raw, bad) if raw.table.num_rows else None
-                run.quarantine_rows(fi, bad)
-                bar.update(raw.bytes_read - last)
-                last = raw.bytes_read
-                if kept is None or kept.num_rows == 0:
-                    continue
-                stats.rows_kept += kept.num_rows
-                if schema is None:
-                    schema = kept.schema
-                    run.columns = schema.names
-                elif kept.schema != schema:
-                    kept = _conform(kept, schema, path)
+        while (x := q.get()) is not done:
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+
+
+def _scatter(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> None:
+    """Pass 1: validated rows go to user-hash bucket files on disk (Arrow IPC)."""
+    writers: dict[int, ipc.RecordBatchFileWriter] = {}
+    try:
+        for kept in _prefetch(_validated(run, inputs, specs, bar)):
+            if run.n_buckets == 1:
+                parts = [(0, kept)]
+            else:
                 bucket = _bucket_of(kept.column("user_id").combine_chunks(), run.n_buckets)
-                if run.n_buckets == 1:
-                    parts = [(0, kept)]
-                else:
-                    order = np.argsort(bucket, kind="stable")
-                    counts = np.bincount(bucket, minlength=run.n_buckets)
-                    sorted_t = kept.take(pa.array(order))
-                    offsets = np.concatenate([[0], np.cumsum(counts)])
-                    parts = [(b, sorted_t.slice(offsets[b], counts[b])) for b in range(run.n_buckets) if counts[b]]
-                for b, part in parts:
-                    if b not in writers:
-                        writers[b] = ipc.new_file(str(run.work / f"bucket-{b:04d}.arrow"), schema)
-                    writers[b].write_table(part)
-            done_bytes += stats.bytes
-            bar.update(done_bytes - bar.n)
+                order = np.argsort(bucket, kind="stable")
+                counts = np.bincount(bucket, minlength=run.n_buckets)
+                sorted_t = kept.take(pa.array(order))
+                offsets = np.concatenate([[0], np.cumsum(counts)])
+                parts = [(b, sorted_t.slice(offsets[b], counts[b])) for b in range(run.n_buckets) if counts[b]]
+            for b, part in parts:
+                if b not in writers:
+                    writers[b] = ipc.new_file(str(run.work / f"bucket-{b:04d}.arrow"), kept.schema)
+                writers[b].write_table(part)
     finally:
         for w in writers.values():
             w.close()
@@ -360,66 +402,78 @@ def _codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def _sessionize(run: _Run) -> tuple[list[dict], dict]:
-    cfg = run.cfg
-    gap_us = int(cfg.session_gap_minutes * 60e6)
+    """Pass 2 over all buckets, two at a time (the sorts and takes release the GIL)."""
     n_types = len(run.event_types.names)
     events_by_type = np.zeros(n_types, np.int64)
     sessions_before = sessions_after = events_dropped = 0
-    per_bucket = []
-    item_counts = []
-    for b in range(run.n_buckets):
-        path = run.work / f"bucket-{b:04d}.arrow"
-        if not path.exists():
-            continue
-        with pa.memory_map(str(path)) as src:
-            t = ipc.open_file(src).read_all()
-        user = _codes(t.column("user_id"))
-        item = _codes(t.column("item_id"))
-        ts = t.column("timestamp").to_numpy()
-        event = t.column("event").to_numpy()
-        order = S.event_order(user, ts)
-        user, item, ts, event = user[order], item[order], ts[order], event[order]
-        dup = S.duplicate_mask(user, ts, item, event)
-        if dup.any():
-            _quarantine_duplicates(run, t.take(pa.array(order[dup])))
-            keep = ~dup
-            order, user, item, ts, event = order[keep], user[keep], item[keep], ts[keep], event[keep]
-        session = None
-        if "session_id" in t.column_names:
-            session = _codes(t.column("session_id").take(pa.array(order)))
-            regroup = np.lexsort((np.arange(len(order)), session, user))  # stable: time order inside a session
-            order, user, item, ts, event, session = (a[regroup] for a in (order, user, item, ts, event, session))
-        events_by_type += np.bincount(event, minlength=n_types)[:n_types]
-        starts = S.session_starts(user, ts, session, gap_us)
-        sid = np.cumsum(starts) - 1  # local session index per row
-        lengths = np.bincount(sid)
-        long_enough = lengths >= cfg.min_session_length
-        sessions_before += len(lengths)
-        sessions_after += int(long_enough.sum())
-        row_keep = long_enough[sid]
-        events_dropped += int((~row_keep).sum())
-        # renumber kept sessions 0..k-1 in this bucket
-        new_id = np.cumsum(long_enough) - 1
-        order, ts, sid = order[row_keep], ts[row_keep], new_id[sid[row_keep]]
-        kept = t.take(pa.array(order)).append_column("_session", pa.array(sid))
-        first_rows = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]) if len(sid) else np.empty(0, np.int64)
-        sess = {"user_id": kept.column("user_id").take(pa.array(first_rows)),
-                "start": ts[first_rows], "length": np.bincount(sid) if len(sid) else np.empty(0, np.int64)}
-        if "session_id" in kept.column_names:
-            sess["session_id"] = kept.column("session_id").take(pa.array(first_rows))
-        out_path = run.work / f"sessions-{b:04d}.arrow"
-        with ipc.new_file(str(out_path), kept.schema) as w:
-            w.write_table(kept)
-        per_bucket.append({"bucket": b, "path": out_path, "sessions": sess})
-        if kept.num_rows:
-            item_counts.append(pc.value_counts(kept.column("item_id").combine_chunks()))
-        path.unlink()
+    per_bucket, item_counts = [], []
+    buckets = [b for b in range(run.n_buckets) if (run.work / f"bucket-{b:04d}.arrow").exists()]
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        for r in pool.map(lambda b: _sessionize_bucket(run, b), buckets):
+            if r["duplicates"] is not None:
+                _quarantine_duplicates(run, r["duplicates"])
+            events_by_type += r["events_by_type"]
+            sessions_before += r["sessions_before"]
+            sessions_after += len(r["sessions"]["start"])
+            events_dropped += r["events_dropped"]
+            if r["item_counts"] is not None:
+                item_counts.append(r["item_counts"])
+            per_bucket.append({"bucket": r["bucket"], "path": r["path"], "sessions": r["sessions"]})
     # only rows in kept sessions count toward the vocabulary
     seen = pc.count_distinct(pa.chunked_array([vc.field("values") for vc in item_counts])).as_py() if item_counts else 0
     stats = {"items_seen": seen, "events_by_type": events_by_type, "sessions_before": int(sessions_before),
              "sessions_after": int(sessions_after), "events_dropped": int(events_dropped),
              "item_counts": item_counts}
     return per_bucket, stats
+
+
+def _sessionize_bucket(run: _Run, b: int) -> dict:
+    """Sort one bucket by user and time, find duplicates, cut and filter sessions, write it back sorted."""
+    cfg = run.cfg
+    n_types = len(run.event_types.names)
+    path = run.work / f"bucket-{b:04d}.arrow"
+    with pa.memory_map(str(path)) as src:
+        t = ipc.open_file(src).read_all()
+    user = _codes(t.column("user_id"))
+    item = _codes(t.column("item_id"))
+    ts = t.column("timestamp").to_numpy()
+    event = t.column("event").to_numpy()
+    session = _codes(t.column("session_id")) if "session_id" in t.column_names else None
+    order = S.event_order(user, ts)
+    user, item, ts, event = user[order], item[order], ts[order], event[order]
+    dup = S.duplicate_mask(user, ts, item, event)
+    duplicates = None
+    if dup.any():
+        duplicates = t.take(pa.array(order[dup]))
+        keep = ~dup
+        order, user, item, ts, event = order[keep], user[keep], item[keep], ts[keep], event[keep]
+    if session is not None:
+        session = session[order]
+        if not S.sessions_contiguous(user, session):  # interleaved SDK sessions: group them, time order inside
+            regroup = np.lexsort((np.arange(len(order)), session, user))
+            order, user, item, ts, event, session = (a[regroup] for a in (order, user, item, ts, event, session))
+    starts = S.session_starts(user, ts, session, int(cfg.session_gap_minutes * 60e6))
+    sid = np.cumsum(starts) - 1  # local session index per row
+    lengths = np.bincount(sid) if len(sid) else np.empty(0, np.int64)
+    long_enough = lengths >= cfg.min_session_length
+    row_keep = long_enough[sid]
+    new_id = np.cumsum(long_enough) - 1  # renumber kept sessions 0..k-1 in this bucket
+    order, ts, sid = order[row_keep], ts[row_keep], new_id[sid[row_keep]]
+    kept = t.take(pa.array(order)).append_column("_session", pa.array(sid))
+    first_rows = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]) if len(sid) else np.empty(0, np.int64)
+    sess = {"user_id": kept.column("user_id").take(pa.array(first_rows)),
+            "start": ts[first_rows], "length": lengths[long_enough]}
+    if "session_id" in kept.column_names:
+        sess["session_id"] = kept.column("session_id").take(pa.array(first_rows))
+    out_path = run.work / f"sessions-{b:04d}.arrow"
+    with ipc.new_file(str(out_path), kept.schema) as w:
+        w.write_table(kept)
+    del t
+    path.unlink()
+    return {"bucket": b, "path": out_path, "sessions": sess, "duplicates": duplicates,
+            "events_by_type": np.bincount(event, minlength=n_types)[:n_types],
+            "sessions_before": len(lengths), "events_dropped": int((~row_keep).sum()),
+            "item_counts": pc.value_counts(kept.column("item_id").combine_chunks()) if kept.num_rows else None}
 
 
 def _quarantine_duplicates(run: _Run, dups: pa.Table) -> None:
@@ -556,53 +610,26 @@ def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table
                   "session": ((n,), np.int64)}
         files.append({name: _NpyAppender(tdir / s / f"{name}.npy", dt, shp) for name, (shp, dt) in shapes.items()})
 
-    # (bucket, local session) -> global session, from the globally sorted session table
-    bucket_col = sessions.column("bucket").to_numpy()
-    local_col = sessions.column("local").to_numpy()
-    global_col = sessions.column("session").to_numpy()
-    vocab_items = vocab.column("item_id").combine_chunks()
     split_dict = pa.array([*SPLITS, "loo"], pa.string())
     type_dict = pa.array(list(run.event_types.names), pa.string())
+    ctx = {"to_global": _session_lookup(sessions, per_bucket), "vocab_items": vocab.column("item_id").combine_chunks(),
+           "split_codes": split_codes, "lengths": lengths, "loo": loo, "W": W, "rewards": rewards,
+           "split_dict": split_dict, "type_dict": type_dict}
     writer = None
-    for pb in per_bucket:
-        with pa.memory_map(str(pb["path"])) as src:
-            t = ipc.open_file(src).read_all()
-        sel = bucket_col == pb["bucket"]
-        to_global = np.empty(int(sel.sum()), np.int64)
-        to_global[local_col[sel]] = global_col[sel]
-        local = t.column("_session").to_numpy()
-        glob = to_global[local]
-        session_len = lengths[glob]
-        idx = pc.index_in(t.column("item_id"), value_set=vocab_items)
-        item = (pc.fill_null(idx, OOV - 2).to_numpy(zero_copy_only=False) + 2).astype(np.int32)
-        event = t.column("event").to_numpy().astype(np.int8)
-        starts = np.r_[True, local[1:] != local[:-1]] if len(local) else np.empty(0, bool)
-        position = (np.arange(len(local)) - S.first_index(starts)).astype(np.int32)
-        if loo:
-            split = np.where(position == session_len - 1, 2, np.where(position == session_len - 2, 1, 0))
-        else:
-            split = split_codes[glob]
-        state = S.windows(item, position, W)  # (N, W) over whole sessions, then cut per split
-        for k in range(3):
-            rows = np.flatnonzero(split == k)  # in session order
-            if not len(rows):
-                continue
-            items_k, sess_k = item[rows], glob[rows]
-            state_k = state[rows]
-            f = files[k]
-            f["state"].append(state_k)
-            f["action"].append(items_k)
-            f["event"].append(event[rows])
-            f["reward"].append(rewards[event[rows]])
-            f["next_state"].append(S.next_windows(state_k, items_k))
-            f["done"].append(np.r_[sess_k[1:] != sess_k[:-1], True])  # last step of the session in this split
-            f["session"].append(sess_k)
-        events = _events_table(t, glob, position, split, item, event, split_dict, type_dict)
-        if writer is None:
-            writer = pq.ParquetWriter(out / "events.parquet", events.schema, **_PARQUET_OPTIONS)
-        writer.write_table(events)
-        del t
-        pb["path"].unlink()
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        pending: deque = deque()
+        queue = list(per_bucket)
+        while queue or pending:
+            while queue and len(pending) < _THREADS:  # at most two buckets in memory at once
+                pb = queue.pop(0)
+                pending.append(pool.submit(_emit_bucket, pb, ctx))
+            events, parts = pending.popleft().result()
+            for k, part in enumerate(parts):
+                for name, block in part.items():
+                    files[k][name].append(block)
+            if writer is None:
+                writer = pq.ParquetWriter(out / "events.parquet", events.schema, **_PARQUET_OPTIONS)
+            writer.write_table(events)
     for f in files:
         for a in f.values():
             a.close()
@@ -624,6 +651,52 @@ def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table
     pq.write_table(pa.table({"index": vocab.column("index"), "item_id": vocab.column("item_id"),
                              "count": vocab.column("count")}), out / "vocab.parquet")
     return {s: {"sessions": int(n_sessions[k]), "events": int(n_events[k])} for k, s in enumerate(SPLITS)}
+
+
+def _session_lookup(sessions: pa.Table, per_bucket: list[dict]) -> dict[int, np.ndarray]:
+    """Per bucket, the array mapping its local session index to the global session number."""
+    bucket_col = sessions.column("bucket").to_numpy()
+    local_col = sessions.column("local").to_numpy()
+    global_col = sessions.column("session").to_numpy()
+    out = {}
+    for pb in per_bucket:
+        sel = bucket_col == pb["bucket"]
+        to_global = np.empty(int(sel.sum()), np.int64)
+        to_global[local_col[sel]] = global_col[sel]
+        out[pb["bucket"]] = to_global
+    return out
+
+
+def _emit_bucket(pb: dict, ctx: dict) -> tuple[pa.Table, list[dict[str, np.ndarray]]]:
+    """One bucket's events table and, per split, its transition blocks (in session order)."""
+    with pa.memory_map(str(pb["path"])) as src:
+        t = ipc.open_file(src).read_all()
+    W = ctx["W"]
+    local = t.column("_session").to_numpy()
+    glob = ctx["to_global"][pb["bucket"]][local]
+    idx = pc.index_in(t.column("item_id"), value_set=ctx["vocab_items"])
+    item = (pc.fill_null(idx, OOV - 2).to_numpy(zero_copy_only=False) + 2).astype(np.int32)
+    event = t.column("event").to_numpy().astype(np.int8)
+    starts = np.r_[True, local[1:] != local[:-1]] if len(local) else np.empty(0, bool)
+    position = (np.arange(len(local)) - S.first_index(starts)).astype(np.int32)
+    if ctx["loo"]:
+        session_len = ctx["lengths"][glob]
+        split = np.where(position == session_len - 1, 2, np.where(position == session_len - 2, 1, 0))
+    else:
+        split = ctx["split_codes"][glob]
+    state = S.windows(item, position, W)  # (N, W) over whole sessions, then cut per split
+    parts = []
+    for k in range(3):
+        rows = np.flatnonzero(split == k)  # in session order
+        items_k, sess_k, state_k = item[rows], glob[rows], state[rows]
+        parts.append({"state": state_k, "action": items_k, "event": event[rows],
+                      "reward": ctx["rewards"][event[rows]], "next_state": S.next_windows(state_k, items_k),
+                      "done": np.r_[sess_k[1:] != sess_k[:-1], True][:len(rows)],  # last step in this split
+                      "session": sess_k})
+    events = _events_table(t, glob, position, split, item, event, ctx["split_dict"], ctx["type_dict"])
+    del t
+    pb["path"].unlink()
+    return events, parts
 
 
 _PARQUET_OPTIONS = {"compression": "lz4", "use_dictionary": ["split", "event_type", "nudge_id"]}

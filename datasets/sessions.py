@@ -38,6 +38,19 @@ def duplicate_mask(user: np.ndarray, ts: np.ndarray, item: np.ndarray, event: np
     return dup
 
 
+def sessions_contiguous(user: np.ndarray, session: np.ndarray) -> bool:
+    """True if, in (user, time) order, each session id forms one run (no interleaved sessions).
+
+    Cheap check by counting runs per session code; a session id shared by two users counts as two runs,
+    which only makes the caller fall back to the always-correct regrouping sort.
+    """
+    if len(user) < 2:
+        return True
+    run_start = np.r_[True, (session[1:] != session[:-1]) | (user[1:] != user[:-1])]
+    codes = session[run_start]
+    return len(np.unique(codes)) == len(codes)
+
+
 def session_starts(user: np.ndarray, ts: np.ndarray, session: np.ndarray | None, gap_us: int) -> np.ndarray:
     """True where a new session begins: new user, new SDK session id, or (without ids) a gap > gap_us."""
     n = len(user)
