@@ -356,7 +356,7 @@ def _prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
 
 def _scatter(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> None:
     """Pass 1: validated rows go to user-hash bucket files on disk (Arrow IPC)."""
-    writers: dict[int, ipc.RecordBatchFileWriter] = {}
+    writers: dict[int, ipc.RecordBatchStreamWriter] = {}
     try:
         for kept in _prefetch(_validated(run, inputs, specs, bar)):
             if run.n_buckets == 1:
@@ -370,7 +370,8 @@ def _scatter(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> Non
                 parts = [(b, sorted_t.slice(offsets[b], counts[b])) for b in range(run.n_buckets) if counts[b]]
             for b, part in parts:
                 if b not in writers:
-                    writers[b] = ipc.new_file(str(run.work / f"bucket-{b:04d}.arrow"), kept.schema)
+                    # the stream format, unlike the file format, accepts a new dictionary per batch
+                    writers[b] = ipc.new_stream(str(run.work / f"bucket-{b:04d}.arrow"), kept.schema)
                 writers[b].write_table(part)
     finally:
         for w in writers.values():
@@ -433,7 +434,7 @@ def _sessionize_bucket(run: _Run, b: int) -> dict:
     n_types = len(run.event_types.names)
     path = run.work / f"bucket-{b:04d}.arrow"
     with pa.memory_map(str(path)) as src:
-        t = ipc.open_file(src).read_all()
+        t = ipc.open_stream(src).read_all()
     user = _codes(t.column("user_id"))
     item = _codes(t.column("item_id"))
     ts = t.column("timestamp").to_numpy()
@@ -466,7 +467,7 @@ def _sessionize_bucket(run: _Run, b: int) -> dict:
     if "session_id" in kept.column_names:
         sess["session_id"] = kept.column("session_id").take(pa.array(first_rows))
     out_path = run.work / f"sessions-{b:04d}.arrow"
-    with ipc.new_file(str(out_path), kept.schema) as w:
+    with ipc.new_stream(str(out_path), kept.schema) as w:
         w.write_table(kept)
     del t
     path.unlink()
@@ -593,7 +594,7 @@ def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table
     lengths = sessions.column("length").to_numpy()
     loo = cfg.split == "loo"
     if loo:  # per session: last event -> test, the one before -> valid, the rest -> train
-        n_sessions = np.array([len(lengths), int((lengths >= 2).sum()), len(lengths)], np.int64)
+        n_sessions = np.array([int((lengths >= 3).sum()), int((lengths >= 2).sum()), len(lengths)], np.int64)
         n_events = np.array([int(np.maximum(lengths - 2, 0).sum()), n_sessions[1], n_sessions[2]], np.int64)
     else:
         n_events = np.bincount(split_codes, weights=lengths, minlength=3)[:3].astype(np.int64)
@@ -670,7 +671,7 @@ def _session_lookup(sessions: pa.Table, per_bucket: list[dict]) -> dict[int, np.
 def _emit_bucket(pb: dict, ctx: dict) -> tuple[pa.Table, list[dict[str, np.ndarray]]]:
     """One bucket's events table and, per split, its transition blocks (in session order)."""
     with pa.memory_map(str(pb["path"])) as src:
-        t = ipc.open_file(src).read_all()
+        t = ipc.open_stream(src).read_all()
     W = ctx["W"]
     local = t.column("_session").to_numpy()
     glob = ctx["to_global"][pb["bucket"]][local]

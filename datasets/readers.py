@@ -263,6 +263,13 @@ def _read_parquet(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[Raw
     if err:
         raise err
     source_cols = list(dict.fromkeys(col for _, col in spec.columns))
+    # low-cardinality text (event type, nudge, features) decodes far faster as dictionaries; ids and times
+    # stay plain because they are parsed value by value
+    plain = {col for f, col in spec.columns if f in ("user", "item", "session", "time")}
+    schema = pf.schema_arrow
+    as_dict = [c for c in source_cols if c not in plain and pa.types.is_string(schema.field(c).type)]
+    if as_dict:
+        pf = pq.ParquetFile(str(path), read_dictionary=as_dict)
     start = 1
     size = path.stat().st_size
     total = max(pf.metadata.num_rows, 1)
@@ -317,10 +324,12 @@ def _parse_json_lines(block: bytes, lines: list[bytes], first_line: int, source_
         try:
             t = pjson.read_json(io.BytesIO(block), read_options=pjson.ReadOptions(use_threads=False))
             if t.num_rows == len(lines):
-                cols = [t.column(c) if c in t.column_names else pa.nulls(t.num_rows) for c in source_cols]
+                # every column as text, as the line-by-line path gives it: types never depend on the path
+                cols = [t.column(c).cast(pa.string()) if c in t.column_names else pa.nulls(t.num_rows, pa.string())
+                        for c in source_cols]
                 return (pa.table(cols, names=targets),
                         np.arange(first_line, first_line + len(lines), dtype=np.int64), bad)
-        except (pa.ArrowInvalid, UnicodeDecodeError):
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
             pass
     # slow path: one line at a time, so each bad line is named
     records: dict[str, list] = {c: [] for c in targets}

@@ -124,8 +124,8 @@ class Validator:
                 vals = columns[name]
                 nonfinite = ~np.isfinite(vals) & ~_is_missing(arr)
                 codes = np.where(nonfinite & (codes == 0), UNPARSABLE, codes)
-            else:  # nudge_id and free feature columns: text, empty -> null
-                columns[name] = _empty_to_null(_as_text(arr))
+            else:  # nudge_id and free feature columns: passed through, empty text -> null
+                columns[name] = _empty_to_null(arr)
                 codes = np.zeros(n, np.int8)
             note(i, codes.astype(np.int8))
 
@@ -167,6 +167,13 @@ class Validator:
         return kind
 
     def _parse_events(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        if pa.types.is_dictionary(arr.type):  # look up each distinct name once, then gather by index
+            codes, reason = self._parse_events(_as_text(arr.dictionary))
+            idx = arr.indices.fill_null(0).to_numpy(zero_copy_only=False)
+            null = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(len(arr), bool)
+            if not len(codes):
+                return np.zeros(len(arr), np.int16), np.full(len(arr), MISSING, np.int8)
+            return codes[idx], np.where(null, MISSING, reason[idx]).astype(np.int8)
         text = _as_text(arr)
         idx = pc.index_in(text, value_set=self._lookup_keys)
         if idx.null_count:  # retry the misses case- and space-insensitively
@@ -190,7 +197,7 @@ def _schema_order(name: str) -> int:
 def _decode(arr: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
     """Binary -> UTF-8 text, marking undecodable values (fast cast first, element-wise only on failure)."""
     if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+        arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
     n = len(arr)
     if not pa.types.is_binary(arr.type) and not pa.types.is_large_binary(arr.type):
         return arr, np.zeros(n, bool)
@@ -216,6 +223,8 @@ def _as_text(arr: pa.Array) -> pa.Array:
 
 
 def _is_missing(arr: pa.Array) -> np.ndarray:
+    if arr.null_count == 0 and not pa.types.is_string(arr.type):
+        return np.zeros(len(arr), bool)
     missing = arr.is_null()
     if pa.types.is_string(arr.type):
         missing = pc.or_(missing, pc.equal(pc.binary_length(arr), 0).fill_null(False))
@@ -240,9 +249,11 @@ def parse_ids(arr: pa.Array, kind: str) -> tuple[pa.Array, np.ndarray]:
         codes[(codes == 0) & np.asarray(too_long, bool)] = OUT_OF_RANGE
         return text, codes
     if pa.types.is_integer(arr.type):
-        vals = arr.cast(pa.int64()).fill_null(0).to_numpy()
-        codes[(codes == 0) & (vals < 0)] = OUT_OF_RANGE
-        return pa.array(vals), codes
+        ints = arr.cast(pa.int64())
+        vals = (ints.fill_null(0) if ints.null_count else ints).to_numpy()
+        if (vals < 0).any():
+            codes[(codes == 0) & (vals < 0)] = OUT_OF_RANGE
+        return (ints if ints.null_count == 0 else pa.array(vals)), codes
     if pa.types.is_floating(arr.type):
         f = arr.fill_null(0).to_numpy(zero_copy_only=False)
         integral = np.isfinite(f) & (np.floor(f) == f)
@@ -276,7 +287,8 @@ def parse_numbers(arr: pa.Array, required: bool) -> tuple[np.ndarray, np.ndarray
     missing = _is_missing(arr)
     codes = np.where(missing & required, MISSING, 0).astype(np.int8)
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-        return arr.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), codes
+        f = arr.cast(pa.float64())
+        return (f.fill_null(np.nan) if f.null_count else f).to_numpy(zero_copy_only=False), codes
     text = _as_text(arr)
     text_or_null = _empty_to_null(text)
     try:
@@ -294,8 +306,9 @@ def parse_times(arr: pa.Array, unit: str) -> tuple[np.ndarray, np.ndarray]:
     """Microseconds since the epoch (UTC) and reason codes; numbers use `unit`, text may be ISO-8601."""
     n = len(arr)
     if pa.types.is_timestamp(arr.type):
-        missing = arr.is_null().to_numpy(zero_copy_only=False)
-        us = arr.cast(pa.timestamp("us", tz=arr.type.tz)).cast(pa.int64()).fill_null(0).to_numpy()
+        missing = _is_missing(arr)
+        us = arr.cast(pa.timestamp("us", tz=arr.type.tz)).cast(pa.int64())
+        us = (us.fill_null(0) if us.null_count else us).to_numpy()
         codes = np.where(missing, MISSING, np.where(us < 0, REASON_CODE["negative_time"], 0))
         return us, codes.astype(np.int8)
     if pa.types.is_integer(arr.type) and unit != "iso":
