@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from .schema import COLUMN_OF_FIELD, FIELDS, REQUIRED_FIELDS
 
 FORMATS = ("csv", "parquet", "jsonl")
+_PARSED_FIELDS = ("user", "item", "session", "time", "propensity", "value")  # read plain, parsed value by value
 TIME_UNITS = ("auto", "s", "ms", "us", "iso")
 
 
@@ -189,6 +190,9 @@ def _read_csv(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBatc
         raise err
     source_cols = list(dict.fromkeys(col for _, col in spec.columns))  # a column may feed two fields
     arrow_cols = source_cols if spec.header else [f"f{c}" for c in source_cols]
+    # bytes, validated as UTF-8 later; low-cardinality text (event, nudge, features) as dictionaries
+    plain = {col for f, col in spec.columns if f in _PARSED_FIELDS}
+    types = [pa.binary() if c in plain else pa.dictionary(pa.int32(), pa.binary()) for c in source_cols]
     bad_lines: list[tuple[int, str]] = []
 
     def on_invalid(row) -> str:  # called for rows with too many or too few fields
@@ -202,7 +206,7 @@ def _read_csv(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBatc
                                       autogenerate_column_names=not spec.header),
         parse_options=pcsv.ParseOptions(delimiter=spec.sep, invalid_row_handler=on_invalid,
                                         ignore_empty_lines=False),
-        convert_options=pcsv.ConvertOptions(column_types={c: pa.binary() for c in arrow_cols},
+        convert_options=pcsv.ConvertOptions(column_types=dict(zip(arrow_cols, types)),
                                             include_columns=arrow_cols, strings_can_be_null=False,
                                             quoted_strings_can_be_null=False),
     )
@@ -265,7 +269,7 @@ def _read_parquet(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[Raw
     source_cols = list(dict.fromkeys(col for _, col in spec.columns))
     # low-cardinality text (event type, nudge, features) decodes far faster as dictionaries; ids and times
     # stay plain because they are parsed value by value
-    plain = {col for f, col in spec.columns if f in ("user", "item", "session", "time")}
+    plain = {col for f, col in spec.columns if f in _PARSED_FIELDS}
     schema = pf.schema_arrow
     as_dict = [c for c in source_cols if c not in plain and pa.types.is_string(schema.field(c).type)]
     if as_dict:

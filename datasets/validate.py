@@ -141,7 +141,8 @@ class Validator:
         out = {}
         for name, col in columns.items():
             if isinstance(col, np.ndarray):
-                out[name] = pa.array(col if all_ok else col[keep])
+                # NaN in propensity/value only ever means "not given" (NaN text is quarantined): store null
+                out[name] = pa.array(col if all_ok else col[keep], from_pandas=name in ("propensity", "value"))
             else:
                 out[name] = col if all_ok else col.take(pa.array(keep))
         out["_file"] = pa.array(np.full(len(keep), self.file_index, np.int16))
@@ -199,6 +200,12 @@ def _decode(arr: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
     n = len(arr)
+    if pa.types.is_dictionary(arr.type) and pa.types.is_binary(arr.type.value_type):
+        values, bad_values = _decode(arr.dictionary)  # each distinct value decoded once
+        decoded = pa.DictionaryArray.from_arrays(arr.indices, values)
+        if not bad_values.any():
+            return decoded, np.zeros(n, bool)
+        return decoded, bad_values[arr.indices.fill_null(0).to_numpy(zero_copy_only=False)] & ~_is_missing(arr)
     if not pa.types.is_binary(arr.type) and not pa.types.is_large_binary(arr.type):
         return arr, np.zeros(n, bool)
     try:
@@ -223,8 +230,14 @@ def _as_text(arr: pa.Array) -> pa.Array:
 
 
 def _is_missing(arr: pa.Array) -> np.ndarray:
-    if arr.null_count == 0 and not pa.types.is_string(arr.type):
+    if arr.null_count == 0 and not pa.types.is_string(arr.type) and not pa.types.is_dictionary(arr.type):
         return np.zeros(len(arr), bool)
+    if pa.types.is_dictionary(arr.type):
+        null = arr.is_null().to_numpy(zero_copy_only=False).astype(bool, copy=False)
+        if not pa.types.is_string(arr.type.value_type) or not len(arr.dictionary):
+            return null
+        empty = pc.equal(pc.binary_length(arr.dictionary), 0).to_numpy(zero_copy_only=False)
+        return null | empty[arr.indices.fill_null(0).to_numpy(zero_copy_only=False)]
     missing = arr.is_null()
     if pa.types.is_string(arr.type):
         missing = pc.or_(missing, pc.equal(pc.binary_length(arr), 0).fill_null(False))
@@ -232,6 +245,14 @@ def _is_missing(arr: pa.Array) -> np.ndarray:
 
 
 def _empty_to_null(arr: pa.Array) -> pa.Array:
+    if pa.types.is_dictionary(arr.type) and pa.types.is_string(arr.type.value_type):
+        empty = pc.equal(pc.binary_length(arr.dictionary), 0).to_numpy(zero_copy_only=False)
+        if not empty.any():
+            return arr
+        idx = arr.indices.fill_null(0).to_numpy(zero_copy_only=False)
+        mask = pa.array(empty[idx])
+        indices = pc.if_else(mask, pa.scalar(None, arr.indices.type), arr.indices)
+        return pa.DictionaryArray.from_arrays(indices, arr.dictionary)
     if not pa.types.is_string(arr.type):
         return arr
     empty = pc.equal(pc.binary_length(arr), 0)
@@ -321,6 +342,11 @@ def parse_times(arr: pa.Array, unit: str) -> tuple[np.ndarray, np.ndarray]:
         return np.where(codes == 0, vals * mult, 0), codes.astype(np.int8)
     if unit == "iso":
         return _parse_iso(_as_text(arr))
+    if unit == "auto" and pa.types.is_string(arr.type):
+        try:  # all ISO-8601 text: one cast, no number parsing first
+            return _iso_fast(arr)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
     nums, codes = parse_numbers(arr, required=True)
     if unit == "auto" and (codes == UNPARSABLE).any():
         # text that is not a number: try it as an ISO-8601 timestamp
@@ -345,17 +371,28 @@ def _numbers_to_us(nums: np.ndarray, codes: np.ndarray, mult: int) -> tuple[np.n
         return np.where(codes == 0, us, 0).astype(np.int64), codes
 
 
+def _iso_fast(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-array ISO-8601 cast (with offset, else naive as UTC); raises if any value does not cast."""
+    missing = _is_missing(text)
+    text = _empty_to_null(text)
+    try:
+        us = pc.cast(text, pa.timestamp("us", tz="UTC"))
+    except pa.ArrowInvalid:
+        us = pc.cast(text, pa.timestamp("us"))
+    us = us.cast(pa.int64())
+    vals = (us.fill_null(0) if us.null_count else us).to_numpy()
+    codes = np.where(missing, MISSING, np.where(vals < 0, REASON_CODE["negative_time"], 0)).astype(np.int8)
+    return np.where(codes == 0, vals, 0), codes
+
+
 def _parse_iso(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        return _iso_fast(text)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
     missing = _is_missing(text)
     codes = np.where(missing, MISSING, 0).astype(np.int8)
     text = _empty_to_null(text)
-    for target in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):  # with offset; naive means UTC
-        try:
-            us = pc.cast(text, target).cast(pa.int64()).fill_null(0).to_numpy()
-            codes[(codes == 0) & (us < 0)] = REASON_CODE["negative_time"]
-            return np.where(codes == 0, us, 0), codes
-        except pa.ArrowInvalid:
-            continue
     us = np.zeros(len(text), np.int64)
     for i, s in enumerate(text.to_pylist()):  # element-wise fallback names each bad value
         if s is None:

@@ -16,7 +16,7 @@ def shared_data() -> Path:
     env = os.environ.get("SEQREC_SHARED_DATA")
     path = Path(env) if env else DEFAULT_SHARED_DATA
     if not path.is_dir():
-        how = "SEQREC_SHARED_DATA" if env else "the default location (set SEQREC_SHARED_DATA to override)"
+        how = "from SEQREC_SHARED_DATA" if env else "the default; set SEQREC_SHARED_DATA to point elsewhere"
         pytest.skip(f"real data folder {path} is absent ({how}); real-data tests need it")
     return path
 

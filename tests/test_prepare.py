@@ -179,3 +179,17 @@ def test_leave_one_out_split_cuts_each_session(tmp_path):
     row = np.load(t / "test" / "action.npy").tolist().index(index[203])
     assert state[row, -3:].tolist() == [index[200], index[201], index[202]] and state[row, :-3].sum() == 0
     assert np.load(t / "train" / "done.npy").sum() == 2  # each session's train part ends once
+
+
+def test_empty_optional_text_becomes_null_and_features_pass_through(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,event_type,timestamp,nudge_id,propensity,segment\n"
+                    "1,5,view,1700000000,urgency,0.25,young\n"
+                    "1,6,view,1700000060,,,young\n"
+                    "1,7,purchase,1700000120,,,\n")
+    m = _run([path], tmp_path / "out")
+    assert m["rows_kept"] == 3
+    ev = pq.read_table(tmp_path / "out" / "events.parquet").to_pydict()
+    assert ev["nudge_id"] == ["urgency", None, None]
+    assert ev["propensity"] == [0.25, None, None]
+    assert ev["segment"] == ["young", "young", None]

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
 from seqrec.datasets import sessions as S
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
@@ -86,7 +85,8 @@ def _write(log: dict, folder: Path) -> list[Path]:
                      for r in f["rows"]]
             path.write_text("\n".join(lines) + "\n")
         else:
-            pq.write_table(pa.table({c: pa.array([r[c] for r in f["rows"]], pa.string()) for c in cols}), path)
+            table = pa.table({c: pa.array([r[c] for r in f["rows"]], pa.string()) for c in cols})
+            pq.write_table(table, path)
         paths.append(path)
     return paths
 
@@ -154,7 +154,7 @@ def _reference(log: dict, id_type: str) -> tuple[dict, dict]:
     """Expected quarantine {(file, row): (field, reason)} and kept rows {(file, row): event tuple}."""
     quarantined, kept, seen = {}, {}, set()
     for fi, f in enumerate(log["files"]):
-        first_row = 2 if f["format"] == "csv" else 1  # header is line 1 in CSV; JSONL lines, Parquet rows from 1
+        first_row = 2 if f["format"] == "csv" else 1  # CSV: the header is line 1; JSONL, Parquet: from 1
         for k, r in enumerate(f["rows"]):
             row = first_row + k
             problem = _row_problem(r, log["fields"], id_type, f["format"])
@@ -195,7 +195,7 @@ def test_every_row_is_kept_or_quarantined_once(log, id_type):
     n_rows = [len(f["rows"]) for f in log["files"]]
     assert m["rows_read"] == sum(n_rows)
     assert m["rows_kept"] + m["rows_quarantined"] == m["rows_read"]
-    for fi, (f, n) in enumerate(zip(m["inputs"], n_rows)):
+    for fi, (f, n) in enumerate(zip(m["inputs"], n_rows, strict=True)):
         assert f["rows_read"] == n
         assert f["rows_kept"] + f["rows_quarantined"] == f["rows_read"]
         assert f["rows_quarantined"] == sum(1 for (i, _) in expected_q if i == fi)
@@ -208,8 +208,8 @@ def test_every_row_is_kept_or_quarantined_once(log, id_type):
     assert m["quarantine_reasons"] == dict(Counter(reason for _, reason in expected_q.values()))
 
     # with min_session_length 1, every kept row is an event, with its parsed values
-    got_kept = {(e["source_file"], e["source_row"]): (e["user_id"], e["item_id"], e["event_type"], e["timestamp"])
-                for e in ev}
+    got_kept = {(e["source_file"], e["source_row"]):
+                (e["user_id"], e["item_id"], e["event_type"], e["timestamp"]) for e in ev}
     assert len(got_kept) == len(ev)
     assert got_kept == expected_kept
     assert m["rows_kept"] == len(expected_kept)
@@ -239,7 +239,8 @@ def _clean_log(lengths: list[int]) -> dict:
     """One CSV file, user u has one session of lengths[u] view events a minute apart."""
     fields = ["user_id", "item_id", "event_type", "timestamp"]
     rows = [{"user_id": str(u + 1), "item_id": str(10 + k), "event_type": "view",
-             "timestamp": str(BASE_TIME + 60 * k), "shape": "ok"} for u, n in enumerate(lengths) for k in range(n)]
+             "timestamp": str(BASE_TIME + 60 * k), "shape": "ok"}
+            for u, n in enumerate(lengths) for k in range(n)]
     return {"fields": fields, "files": [{"rows": rows, "format": "csv", "columns": fields}]}
 
 
@@ -258,7 +259,7 @@ def test_transitions_rebuild_each_session(log, window, min_len, split, seed):
 
     assert all(len(rows) >= min_len for rows in by_session.values())
     covered = Counter()
-    for k, split_name in enumerate(SPLITS):
+    for split_name in SPLITS:
         t = trans[split_name]
         n = len(t["action"])
         assert m["splits"][split_name]["events"] == n
@@ -272,7 +273,7 @@ def test_transitions_rebuild_each_session(log, window, min_len, split, seed):
             steps = [e for e in events if e["split"] == split_name]
             assert [e["item"] for e in steps] == t["action"][idx].tolist()
             items = [e["item"] for e in events]
-            for row, e in zip(idx, steps):
+            for row, e in zip(idx, steps, strict=True):
                 p = e["position"]
                 before = items[max(0, p - window):p]
                 state = [0] * (window - len(before)) + before
@@ -286,7 +287,8 @@ def test_transitions_rebuild_each_session(log, window, min_len, split, seed):
     assert covered == Counter({s: len(rows) for s, rows in by_session.items()})
     # the manifest counts, per split, the sessions that have steps in it
     for split_name in SPLITS:
-        assert m["splits"][split_name]["sessions"] == len(set(trans[split_name]["session"].tolist())), split_name
+        with_steps = set(trans[split_name]["session"].tolist())
+        assert m["splits"][split_name]["sessions"] == len(with_steps), split_name
 
 
 # ---------------------------------------------------------------- splits
@@ -298,7 +300,8 @@ def _split_of_sessions(out: Path) -> list[tuple]:
 
 
 def _sorted_events(out: Path) -> list[dict]:
-    return sorted(pq.read_table(out / "events.parquet").to_pylist(), key=lambda e: (e["session"], e["position"]))
+    events = pq.read_table(out / "events.parquet").to_pylist()
+    return sorted(events, key=lambda e: (e["session"], e["position"]))
 
 
 def _transitions_by_session(out: Path) -> dict:
@@ -344,12 +347,13 @@ def test_same_seed_same_split_whatever_the_buckets(log, seed, bucket_rows, split
 def many_sessions(draw) -> dict:
     """A clean log of 30 to 60 users with 1 to 3 events each: at least 30 sessions."""
     rows = []
+    fields = ["user_id", "item_id", "event_type", "timestamp"]
     for u in range(draw(st.integers(30, 60))):
         for k in range(draw(st.integers(1, 3))):
-            rows.append({"user_id": str(u + 1), "item_id": str(draw(st.integers(1, 20))), "event_type": "view",
-                         "timestamp": str(BASE_TIME + 60 * k + draw(st.integers(0, 5))), "shape": "ok"})
-    return {"fields": ["user_id", "item_id", "event_type", "timestamp"],
-            "files": [{"rows": rows, "format": "csv", "columns": ["user_id", "item_id", "event_type", "timestamp"]}]}
+            item, jitter = draw(st.integers(1, 20)), draw(st.integers(0, 5))
+            rows.append({"user_id": str(u + 1), "item_id": str(item), "event_type": "view",
+                         "timestamp": str(BASE_TIME + 60 * k + jitter), "shape": "ok"})
+    return {"fields": fields, "files": [{"rows": rows, "format": "csv", "columns": fields}]}
 
 
 @settings(max_examples=30, deadline=None)
@@ -390,7 +394,8 @@ def test_no_session_in_two_splits_and_sizes_follow_8_1_1(log, seed, min_len, spl
     assert {s: m["splits"][s]["sessions"] for s in SPLITS} == {s: sizes[s] for s in SPLITS}
     for e in events:
         assert e["split"] == split_of[e["session"]]
-    assert not (trans["train"] & trans["valid"] or trans["train"] & trans["test"] or trans["valid"] & trans["test"])
+    assert not (trans["train"] & trans["valid"]) and not (trans["train"] & trans["test"])
+    assert not (trans["valid"] & trans["test"])
     for s in SPLITS:
         assert trans[s] == {k for k, v in split_of.items() if v == s}
     if split == "temporal":  # the earliest sessions train, the latest test
@@ -421,7 +426,7 @@ def test_windows_match_a_plain_python_reference(data, width):
     assert got.shape == (len(items), width) and got.dtype == np.int32
     assert got.tolist() == expected
     nxt = S.next_windows(got, np.asarray(items, np.int32))
-    assert nxt.tolist() == [(w + [i])[1:] for w, i in zip(expected, items)]
+    assert nxt.tolist() == [(w + [i])[1:] for w, i in zip(expected, items, strict=True)]
 
 
 @settings(max_examples=50, deadline=None)

@@ -18,11 +18,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from seqrec.cli import main
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.readers import read_file
 from seqrec.datasets.schema import REASONS
+
+from seqrec.cli import main
 
 TAOBAO = ("taobao_userbehavior_slice", "*.csv")
 YOOCHOOSE = ("yoochoose_rsc15_clicks_100k_sessionrec", "yoochoose-clicks-100k_train_full.txt")
@@ -47,7 +47,7 @@ def _prepare(capsys, *args: str) -> tuple[dict, Path]:
 def _check_row_accounting(m: dict, paths: list[Path]) -> None:
     assert m["rows_kept"] + m["rows_quarantined"] == m["rows_read"]
     assert [Path(f["path"]) for f in m["inputs"]] == paths
-    for f, p in zip(m["inputs"], paths):
+    for f, p in zip(m["inputs"], paths, strict=True):
         assert f["rows_kept"] + f["rows_quarantined"] == f["rows_read"], f
         assert f["bytes"] == p.stat().st_size
         assert f["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
@@ -133,7 +133,7 @@ _BASE = [b"543462", b"1715", b"1464116", b"pv", b"1511658000"]
 
 
 def _row(**change: bytes) -> bytes:
-    fields = dict(zip(["user", "item", "category", "behavior", "ts"], _BASE))
+    fields = dict(zip(["user", "item", "category", "behavior", "ts"], _BASE, strict=True))
     fields.update(change)
     return b",".join(fields.values())
 
@@ -148,7 +148,7 @@ _INJECTED: dict[int, tuple[bytes, str, str, str | None]] = {
     30_000: (_row(ts=b"nan"), "timestamp", "nan_time", "nan"),
     40_000: (_row(ts=b"-5"), "timestamp", "negative_time", "-5"),
     45_000: (_row(ts=b"1e20"), "timestamp", "time_out_of_range", "1e20"),
-    50_000: (_row(user=b"1234567890123456789012345"), "user_id", "id_out_of_range", "1234567890123456789012345"),
+    50_000: (_row(user=b"1" * 25), "user_id", "id_out_of_range", "1" * 25),
     55_000: (_row(item=b"-5"), "item_id", "id_out_of_range", "-5"),
     60_000: (b"543462,1715,pv,1511658000", "*", "wrong_column_count", "543462,1715,pv,1511658000"),
     65_000: (_row() + b",7", "*", "wrong_column_count", "543462,1715,1464116,pv,1511658000,7"),
@@ -204,10 +204,10 @@ def test_corrupted_taobao_quarantines_exactly_the_injected_rows(taobao_corrupted
     m, out = taobao_int_ids["corrupted"]
     q = _quarantine(out)
     assert (q["source_file"] == str(bad)).all()
-    assert sorted(zip(q["row"], q["reason"], q["field"])) == sorted(
+    assert sorted(zip(q["row"], q["reason"], q["field"], strict=True)) == sorted(
         (line, reason, field) for line, (_, field, reason, _) in injected.items())
     assert q["row"].is_unique  # each bad row once
-    values = dict(zip(q["row"], q["value"]))
+    values = dict(zip(q["row"], q["value"], strict=True))
     for line, (_, _, _, value) in injected.items():
         if value is not None:
             assert values[line] == value, line
@@ -260,7 +260,8 @@ def test_strict_stops_at_the_first_bad_row(taobao_corrupted, tmp_path, capsys):
 
 def test_strict_passes_on_the_clean_file(shared_file, tmp_path, capsys):
     path = shared_file(*TAOBAO)
-    m, _ = _prepare(capsys, "--source", "taobao", "--strict", "--input", str(path), "--out", str(tmp_path / "o"))
+    m, _ = _prepare(capsys, "--source", "taobao", "--strict", "--input", str(path),
+                    "--out", str(tmp_path / "o"))
     assert m["rows_quarantined"] == 0 and m["rows_kept"] == 110_300
 
 
@@ -273,7 +274,7 @@ def test_line_numbers_survive_small_batches(taobao_corrupted):
         batches += 1
         users = raw.table.column("user_id").to_pylist()
         items = raw.table.column("item_id").to_pylist()
-        for r, u, i in zip(raw.rows.tolist(), users, items):
+        for r, u, i in zip(raw.rows.tolist(), users, items, strict=True):
             assert lines[r - 1].split(b",")[:2] == [u, i], r
         rows += raw.rows.tolist()
         bad_rows += raw.bad.rows
@@ -292,7 +293,7 @@ def _taobao_head(shared_file, n: int = 2000) -> pd.DataFrame:
 
 
 def _insert_lines(good: list[bytes], bad: dict[int, bytes]) -> tuple[list[bytes], dict[int, int]]:
-    """Insert `bad` lines at their (1-based) line numbers among `good`; returns lines and line -> good line."""
+    """Insert `bad` lines at their (1-based) line numbers among `good`: (lines, line -> good line)."""
     out, to_good, it = [], {}, iter(enumerate(good, start=1))
     for line in range(1, len(good) + len(bad) + 1):
         if line in bad:
@@ -306,8 +307,8 @@ def _insert_lines(good: list[bytes], bad: dict[int, bytes]) -> tuple[list[bytes]
 
 def _compare_kept(clean_out: Path, bad_out: Path, to_clean: dict[int, int]) -> None:
     def events(out: Path) -> pd.DataFrame:
-        return pq.read_table(out / "events.parquet").to_pandas().sort_values(["session", "position"]).reset_index(
-            drop=True)
+        ev = pq.read_table(out / "events.parquet").to_pandas()
+        return ev.sort_values(["session", "position"]).reset_index(drop=True)
 
     ev_clean, ev_bad = events(clean_out), events(bad_out)
     assert len(ev_clean) == len(ev_bad) > 0
@@ -336,7 +337,8 @@ def test_jsonl_malformed_lines_are_quarantined(shared_file, tmp_path, capsys):
         _check_row_accounting(results[name][0], [path])
     m, out = results["bad"]
     q = _quarantine(out)
-    assert sorted(zip(q["row"], q["reason"], q["field"])) == sorted((k, r, "*") for k, r in expected.items())
+    got = sorted(zip(q["row"], q["reason"], q["field"], strict=True))
+    assert got == sorted((k, r, "*") for k, r in expected.items())
     assert m["quarantine_reasons"] == dict(Counter(expected.values()))
     assert m["rows_read"] == len(lines) and m["rows_kept"] == len(good)
     assert results["clean"][0]["rows_quarantined"] == 0
@@ -367,12 +369,13 @@ def test_parquet_propensity_out_of_range_is_quarantined(shared_file, tmp_path, c
     results = {}
     for name in ("clean", "bad"):
         path = tmp_path / f"{name}.parquet"
-        results[name] = _prepare(capsys, "--source", "events", "--map", _GENERIC_MAP + ",propensity=propensity",
-                                 "--id-type", "int", "--input", str(path), "--out", str(tmp_path / f"out_{name}"))
+        results[name] = _prepare(capsys, "--source", "events", "--id-type", "int", "--input", str(path),
+                                 "--map", f"{_GENERIC_MAP},propensity=propensity",
+                                 "--out", str(tmp_path / f"out_{name}"))
         _check_row_accounting(results[name][0], [path])
     m, out = results["bad"]
     q = _quarantine(out)
-    assert sorted(zip(q["row"], q["reason"], q["field"])) == sorted(
+    assert sorted(zip(q["row"], q["reason"], q["field"], strict=True)) == sorted(
         (r, "propensity_out_of_range", "propensity") for r in bad_values)
     assert m["quarantine_reasons"] == {"propensity_out_of_range": len(bad_values)}
     assert results["clean"][0]["rows_quarantined"] == 0
