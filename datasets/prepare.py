@@ -84,6 +84,14 @@ class PrepareConfig:
             raise ValueError(f"rewards lacks event type(s) {missing}")
 
 
+class _StrictStop(InputError):
+    """--strict met a bad row; the run still checks whether an earlier row was a duplicate."""
+
+    def __init__(self, file_index: int, row: int, message: str) -> None:
+        super().__init__(message)
+        self.position = (file_index, row)
+
+
 @dataclass
 class _FileStats:
     path: str
@@ -109,6 +117,9 @@ class _Run:
     reasons: dict[str, int] = field(default_factory=dict)
     id_types: dict[str, str] = field(default_factory=dict)
     columns: list[str] = field(default_factory=list)
+    schemas: list[pa.Schema] = field(default_factory=list)  # distinct schemas of kept rows, in order seen
+    schema_sources: list[str] = field(default_factory=list)  # the input that first produced each
+    schema: pa.Schema | None = None  # their union, the schema of every bucket in pass 2
 
     def quarantine_rows(self, file_index: int, bad: BadRows) -> None:
         if not len(bad):
@@ -116,8 +127,9 @@ class _Run:
         f = self.files[file_index]
         if self.cfg.strict:
             i = int(np.argmin(bad.rows))
-            raise InputError(f"{f.path}: row {bad.rows[i]}: field {bad.fields[i]!r}: {bad.reasons[i]} "
-                             f"(value {bad.values[i]!r}); rerun without --strict to quarantine bad rows")
+            raise _StrictStop(file_index, int(bad.rows[i]), f"{f.path}: row {bad.rows[i]}: field {bad.fields[i]!r}: "
+                              f"{bad.reasons[i]} (value {bad.values[i]!r}); rerun without --strict to "
+                              "quarantine bad rows")
         table = pa.table({"source_file": pa.array([f.path] * len(bad), pa.string()),
                           "row": pa.array(bad.rows, pa.int64()), "field": pa.array(bad.fields, pa.string()),
                           "reason": pa.array(bad.reasons, pa.string()),
@@ -174,7 +186,12 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
     try:
         timings = {}
         t = time.perf_counter()
-        _scatter(run, inputs, specs, _progress_bar(total_bytes, progress))
+        try:
+            _scatter(run, inputs, specs, _progress_bar(total_bytes, progress))
+        except _StrictStop as stop:  # a duplicate before the bad row is the first bad row
+            raise _earliest_duplicate(run, before=stop.position) or stop from None
+        if cfg.strict and (dup := _earliest_duplicate(run, before=None)):
+            raise dup
         timings["read_validate_s"] = time.perf_counter() - t
         t = time.perf_counter()
         per_bucket, stats = _sessionize(run)
@@ -297,8 +314,7 @@ def _bucket_of(user: pa.Array, n_buckets: int) -> np.ndarray:
 
 
 def _validated(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> Iterator[pa.Table]:
-    """Read and validate every file: quarantine bad rows, count per file, yield kept rows in one schema."""
-    schema: pa.Schema | None = None
+    """Read and validate every file: quarantine bad rows, count per file, yield kept rows (schemas noted)."""
     for fi, (path, spec) in enumerate(zip(inputs, specs)):
         validate = Validator(str(path), fi, run.event_types, spec.time_unit, spec.event_type, run.id_types)
         stats = run.files[fi]
@@ -307,18 +323,15 @@ def _validated(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> I
             bad = raw.bad
             stats.rows_read += raw.table.num_rows + len(bad)
             kept = validate(raw, bad) if raw.table.num_rows else None
-            run.quarantine_rows(fi, bad)
             bar.update(raw.bytes_read - last)
             last = raw.bytes_read
-            if kept is None or kept.num_rows == 0:
-                continue
-            stats.rows_kept += kept.num_rows
-            if schema is None:
-                schema = kept.schema
-                run.columns = schema.names
-            elif kept.schema != schema:
-                kept = _conform(kept, schema, path)
-            yield kept
+            if kept is not None and kept.num_rows:
+                stats.rows_kept += kept.num_rows
+                if kept.schema not in run.schemas:
+                    run.schemas.append(kept.schema)
+                    run.schema_sources.append(str(path))
+                yield kept  # first, so that --strict can still see a duplicate before the bad row
+            run.quarantine_rows(fi, bad)
         bar.update(last and stats.bytes - last)
 
 
@@ -356,7 +369,7 @@ def _prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
 
 def _scatter(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> None:
     """Pass 1: validated rows go to user-hash bucket files on disk (Arrow IPC)."""
-    writers: dict[int, ipc.RecordBatchStreamWriter] = {}
+    writers: dict[tuple[int, int], ipc.RecordBatchStreamWriter] = {}
     try:
         for kept in _prefetch(_validated(run, inputs, specs, bar)):
             if run.n_buckets == 1:
@@ -368,27 +381,59 @@ def _scatter(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> Non
                 sorted_t = kept.take(pa.array(order))
                 offsets = np.concatenate([[0], np.cumsum(counts)])
                 parts = [(b, sorted_t.slice(offsets[b], counts[b])) for b in range(run.n_buckets) if counts[b]]
+            k = run.schemas.index(kept.schema)  # inputs with other columns go to other part files
             for b, part in parts:
-                if b not in writers:
+                if (b, k) not in writers:
                     # the stream format, unlike the file format, accepts a new dictionary per batch
-                    writers[b] = ipc.new_stream(str(run.work / f"bucket-{b:04d}.arrow"), kept.schema)
-                writers[b].write_table(part)
+                    writers[(b, k)] = ipc.new_stream(str(run.work / f"bucket-{b:04d}-{k:03d}.arrow"), kept.schema)
+                writers[(b, k)].write_table(part)
     finally:
         for w in writers.values():
             w.close()
         bar.close()
 
 
-def _conform(table: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
-    """Cast a later file's columns to the first file's types; different column sets are an input error."""
-    if table.schema.names != schema.names:
-        raise InputError(f"{path}: maps columns {table.schema.names}, but earlier inputs map {schema.names}; "
-                         "every input of one run must map the same fields")
-    try:
-        return table.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise InputError(f"{path}: id types differ from earlier inputs ({table.schema} vs {schema}); "
-                         "pass --id-type string") from None
+def unify_schemas(schemas: list[pa.Schema], sources: list[str]) -> pa.Schema:
+    """One schema for all inputs: the union of their columns; text types that differ become plain strings.
+
+    Inputs may map different optional columns (RC15 clicks have a category, buys a price); a column an
+    input lacks is null there. Conflicting types (int ids in one file, string ids in another) are an error.
+    """
+    names: list[str] = []
+    for sc in schemas:
+        names += [n for n in sc.names if n not in names]
+    fields = []
+    for name in names:
+        types = {sc.field(name).type for sc in schemas if name in sc.names} - {pa.null()}
+        if not types:
+            fields.append(pa.field(name, pa.string()))
+        elif len(types) == 1:
+            fields.append(pa.field(name, types.pop()))
+        elif all(_is_text(t) for t in types):
+            fields.append(pa.field(name, pa.string()))
+        else:
+            where = ", ".join(f"{src}: {sc.field(name).type}" for sc, src in zip(schemas, sources)
+                              if name in sc.names)
+            hint = "; pass --id-type string" if name.endswith("_id") else ""
+            raise InputError(f"column {name!r} has different types across inputs ({where}){hint}")
+    return pa.schema(fields)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or (
+        pa.types.is_dictionary(t) and pa.types.is_string(t.value_type))
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with every column of `schema` (missing ones null) in its order and types."""
+    cols = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            cols.append(col if col.type == f.type else col.cast(f.type))
+        else:
+            cols.append(pa.nulls(table.num_rows, f.type))
+    return pa.table(cols, schema=schema)
 
 
 # ---------------------------------------------------------------- pass 2: dedupe and cut sessions per bucket
@@ -408,7 +453,9 @@ def _sessionize(run: _Run) -> tuple[list[dict], dict]:
     events_by_type = np.zeros(n_types, np.int64)
     sessions_before = sessions_after = events_dropped = 0
     per_bucket, item_counts = [], []
-    buckets = [b for b in range(run.n_buckets) if (run.work / f"bucket-{b:04d}.arrow").exists()]
+    run.schema = unify_schemas(run.schemas, run.schema_sources) if run.schemas else None
+    run.columns = run.schema.names if run.schema is not None else []  # (the manifest lists their id types)
+    buckets = [b for b in range(run.n_buckets) if list(run.work.glob(f"bucket-{b:04d}-*.arrow"))]
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
         for r in pool.map(lambda b: _sessionize_bucket(run, b), buckets):
             if r["duplicates"] is not None:
@@ -432,27 +479,23 @@ def _sessionize_bucket(run: _Run, b: int) -> dict:
     """Sort one bucket by user and time, find duplicates, cut and filter sessions, write it back sorted."""
     cfg = run.cfg
     n_types = len(run.event_types.names)
-    path = run.work / f"bucket-{b:04d}.arrow"
-    with pa.memory_map(str(path)) as src:
-        t = ipc.open_stream(src).read_all()
+    t, parts = _read_bucket(run, b)
     user = _codes(t.column("user_id"))
-    item = _codes(t.column("item_id"))
     ts = t.column("timestamp").to_numpy()
     event = t.column("event").to_numpy()
     session = _codes(t.column("session_id")) if "session_id" in t.column_names else None
-    order = S.event_order(user, ts)
-    user, item, ts, event = user[order], item[order], ts[order], event[order]
-    dup = S.duplicate_mask(user, ts, item, event)
+    order, dup = _find_duplicates(t)
+    user, ts, event = user[order], ts[order], event[order]
     duplicates = None
     if dup.any():
         duplicates = t.take(pa.array(order[dup]))
         keep = ~dup
-        order, user, item, ts, event = order[keep], user[keep], item[keep], ts[keep], event[keep]
+        order, user, ts, event = order[keep], user[keep], ts[keep], event[keep]
     if session is not None:
         session = session[order]
         if not S.sessions_contiguous(user, session):  # interleaved SDK sessions: group them, time order inside
             regroup = np.lexsort((np.arange(len(order)), session, user))
-            order, user, item, ts, event, session = (a[regroup] for a in (order, user, item, ts, event, session))
+            order, user, ts, event, session = (a[regroup] for a in (order, user, ts, event, session))
     starts = S.session_starts(user, ts, session, int(cfg.session_gap_minutes * 60e6))
     sid = np.cumsum(starts) - 1  # local session index per row
     lengths = np.bincount(sid) if len(sid) else np.empty(0, np.int64)
@@ -470,11 +513,51 @@ def _sessionize_bucket(run: _Run, b: int) -> dict:
     with ipc.new_stream(str(out_path), kept.schema) as w:
         w.write_table(kept)
     del t
-    path.unlink()
+    for path in parts:
+        path.unlink()
     return {"bucket": b, "path": out_path, "sessions": sess, "duplicates": duplicates,
             "events_by_type": np.bincount(event, minlength=n_types)[:n_types],
             "sessions_before": len(lengths), "events_dropped": int((~row_keep).sum()),
             "item_counts": pc.value_counts(kept.column("item_id").combine_chunks()) if kept.num_rows else None}
+
+
+def _read_bucket(run: _Run, b: int) -> tuple[pa.Table, list[Path]]:
+    """All part files of bucket b as one table in the unified schema, and the part paths."""
+    parts = sorted(run.work.glob(f"bucket-{b:04d}-*.arrow"))  # in input order of first appearance
+    tables = []
+    for path in parts:
+        with pa.memory_map(str(path)) as src:
+            tables.append(_conform(ipc.open_stream(src).read_all(), run.schema))
+    return (pa.concat_tables(tables) if len(tables) > 1 else tables[0]), parts
+
+
+def _find_duplicates(t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a bucket in (user, time) order, and which of them repeat an earlier row."""
+    user, item = _codes(t.column("user_id")), _codes(t.column("item_id"))
+    ts, event = t.column("timestamp").to_numpy(), t.column("event").to_numpy()
+    order = S.event_order(user, ts)
+    return order, S.duplicate_mask(user[order], ts[order], item[order], event[order])
+
+
+def _earliest_duplicate(run: _Run, before: tuple[int, int] | None) -> InputError | None:
+    """--strict: the duplicate that comes first in input order (and before `before`), as an error."""
+    if not run.schemas:
+        return None
+    run.schema = unify_schemas(run.schemas, run.schema_sources)
+    best: tuple[int, int] | None = None
+    for b in range(run.n_buckets):
+        if not list(run.work.glob(f"bucket-{b:04d}-*.arrow")):
+            continue
+        t, _ = _read_bucket(run, b)
+        order, dup = _find_duplicates(t)
+        if dup.any():
+            rows = order[dup]
+            pos = min(zip(t.column("_file").to_numpy()[rows].tolist(), t.column("_row").to_numpy()[rows].tolist()))
+            best = pos if best is None else min(best, pos)
+    if best is None or (before is not None and best > before):
+        return None
+    return InputError(f"{run.files[best[0]].path}: row {best[1]}: field '*': duplicate_event (same user, item, "
+                      "event type and time as an earlier row); rerun without --strict to quarantine bad rows")
 
 
 def _quarantine_duplicates(run: _Run, dups: pa.Table) -> None:

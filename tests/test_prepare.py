@@ -193,3 +193,29 @@ def test_empty_optional_text_becomes_null_and_features_pass_through(tmp_path):
     assert ev["nudge_id"] == ["urgency", None, None]
     assert ev["propensity"] == [0.25, None, None]
     assert ev["segment"] == ["young", "young", None]
+
+
+def test_rc15_clicks_and_buys_adapter(tmp_path):
+    clicks = tmp_path / "yoochoose-clicks.dat"
+    clicks.write_text("1,2014-04-07T10:51:09.277Z,214536502,0\n1,2014-04-07T10:54:09.868Z,214536500,0\n"
+                      "1,2014-04-07T10:54:46.998Z,214536506,S\n2,2014-04-07T13:56:37.614Z,214662742,0\n")
+    buys = tmp_path / "yoochoose-buys.dat"
+    buys.write_text("1,2014-04-07T10:56:00.000Z,214536502,1046,1\n")
+    m = _run([clicks, buys], tmp_path / "out", source="rc15", min_session_length=1)
+    assert m["events_by_type"] == {"view": 4, "like": 0, "cart": 0, "purchase": 1}
+    assert m["sessions"]["before_filter"] == 2 and m["items"] == 4
+    ev = pq.read_table(tmp_path / "out" / "events.parquet").to_pandas().sort_values(["session", "position"])
+    first = ev[ev.session_id == 1]
+    assert first["event_type"].tolist() == ["view", "view", "view", "purchase"]
+    assert first["value"].tolist()[-1] == 1046.0 and first["user_id"].eq(1).all()
+
+
+def test_retailrocket_adapter(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("timestamp,visitorid,event,itemid,transactionid\n"
+                    "1433221332117,257597,view,355908,\n1433221333000,257597,addtocart,355908,\n"
+                    "1433221334000,257597,transaction,355908,4000\n1433221335000,257597,view,248676,\n")
+    m = _run([path], tmp_path / "out", source="retailrocket", min_session_length=1)
+    assert m["events_by_type"] == {"view": 2, "like": 0, "cart": 1, "purchase": 1}
+    ev = pq.read_table(tmp_path / "out" / "events.parquet").to_pydict()
+    assert min(t.timestamp() for t in ev["timestamp"]) == 1433221332.117

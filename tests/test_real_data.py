@@ -258,6 +258,20 @@ def test_strict_stops_at_the_first_bad_row(taobao_corrupted, tmp_path, capsys):
     assert not (out / "manifest.json").exists()
 
 
+def test_strict_names_a_leading_duplicate_as_the_first_bad_row(shared_file, tmp_path, capsys):
+    """The first bad row may be a duplicate (found after reading): --strict must name it, not a later row."""
+    original = shared_file(*TAOBAO).read_bytes().split(b"\n")[:-1]
+    lines = original[:2] + [original[0]] + original[2:100] + [_row(user=b"")] + original[100:]
+    path = tmp_path / "dup_first.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    rc = main(["prepare", "--source", "taobao", "--id-type", "int", "--strict", "--input", str(path),
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert str(path) in err
+    assert re.search(r"\brow 3\b", err) and "duplicate_event" in err, err
+
+
 def test_strict_passes_on_the_clean_file(shared_file, tmp_path, capsys):
     path = shared_file(*TAOBAO)
     m, _ = _prepare(capsys, "--source", "taobao", "--strict", "--input", str(path),
