@@ -42,28 +42,29 @@ def source_spec(source: str, path: Path, *, columns: tuple[tuple[str, str], ...]
         time_unit=time_unit or base.time_unit,
         event_type=event_type or base.event_type,
         event_map=base.event_map + tuple(event_map),
+        id_type=base.id_type,
     )
 
 
 def _adapter(source: str, path: Path, columns, fmt: str, sep: str | None, header: bool | None) -> SourceSpec:
     if source == "taobao":
-        return SourceSpec(fmt="csv", sep=",", header=False, time_unit="s",
+        return SourceSpec(id_type="int", fmt="csv", sep=",", header=False, time_unit="s",
                           columns=(("user", "0"), ("item", "1"), ("item_category", "2"), ("event", "3"),
                                    ("time", "4")))
     if source == "rc15":
         if "buy" in path.name.lower():
-            return SourceSpec(fmt="csv", sep=",", header=False, time_unit="iso", event_type="purchase",
+            return SourceSpec(id_type="int", fmt="csv", sep=",", header=False, time_unit="iso", event_type="purchase",
                               columns=(("user", "0"), ("session", "0"), ("time", "1"), ("item", "2"),
                                        ("value", "3"), ("quantity", "4")))
-        return SourceSpec(fmt="csv", sep=",", header=False, time_unit="iso", event_type="view",
+        return SourceSpec(id_type="int", fmt="csv", sep=",", header=False, time_unit="iso", event_type="view",
                           columns=(("user", "0"), ("session", "0"), ("time", "1"), ("item", "2"),
                                    ("item_category", "3")))
     if source == "sessionrec":
-        return SourceSpec(fmt="csv", sep="\t", header=True, time_unit="s", event_type="view",
+        return SourceSpec(id_type="int", fmt="csv", sep="\t", header=True, time_unit="s", event_type="view",
                           columns=(("user", "SessionId"), ("session", "SessionId"), ("item", "ItemId"),
                                    ("time", "Time")))
     if source == "retailrocket":
-        return SourceSpec(fmt="csv", sep=",", header=True, time_unit="ms",
+        return SourceSpec(id_type="int", fmt="csv", sep=",", header=True, time_unit="ms",
                           columns=(("user", "visitorid"), ("item", "itemid"), ("event", "event"),
                                    ("time", "timestamp")))
     if source == "movielens":
@@ -103,12 +104,17 @@ def _column_names(path: Path, fmt: str, sep: str) -> list[str]:
             return pq.ParquetFile(str(path)).schema_arrow.names
         except Exception as e:  # noqa: BLE001 - any failure here is an unreadable file
             raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+    if spec_fmt == "jsonl":  # keys of the first JSON object among the first lines (bad lines are quarantined)
+        with open(path, "rb") as f:
+            for _, raw in zip(range(1000), f):
+                try:
+                    obj = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                if isinstance(obj, dict):
+                    return list(obj)
+        raise InputError(f"{path}: no JSON object in the first 1000 lines; cannot find column names")
     line = _first_line(path)
-    if spec_fmt == "jsonl":
-        try:
-            return list(json.loads(line))
-        except (ValueError, TypeError):
-            raise InputError(f"{path}: first line is not a JSON object; cannot find column names") from None
     names = [n.strip().strip('"') for n in line.split(sep)]
     if not any(n in COLUMN_OF_FIELD.values() for n in names):
         raise InputError(f"{path}: no usable column: the header has none of user_id, item_id, timestamp "
@@ -119,13 +125,13 @@ def _column_names(path: Path, fmt: str, sep: str) -> list[str]:
 def _movielens(path: Path) -> SourceSpec:
     first = _first_line(path)
     if "user_id:token" in first:  # RecBole atomic file
-        return SourceSpec(fmt="csv", sep="\t", header=True, time_unit="s", event_map=MOVIELENS_EVENTS,
+        return SourceSpec(id_type="int", fmt="csv", sep="\t", header=True, time_unit="s", event_map=MOVIELENS_EVENTS,
                           columns=(("user", "user_id:token"), ("item", "item_id:token"),
                                    ("event", "rating:float"), ("time", "timestamp:float")))
     if first.lower().startswith("userid,"):  # ratings.csv of ml-latest / ml-25m
-        return SourceSpec(fmt="csv", sep=",", header=True, time_unit="s", event_map=MOVIELENS_EVENTS,
+        return SourceSpec(id_type="int", fmt="csv", sep=",", header=True, time_unit="s", event_map=MOVIELENS_EVENTS,
                           columns=(("user", "userId"), ("item", "movieId"), ("event", "rating"),
                                    ("time", "timestamp")))
     # ml-100k u.data: user item rating timestamp, tab separated, no header
-    return SourceSpec(fmt="csv", sep="\t", header=False, time_unit="s", event_map=MOVIELENS_EVENTS,
+    return SourceSpec(id_type="int", fmt="csv", sep="\t", header=False, time_unit="s", event_map=MOVIELENS_EVENTS,
                       columns=(("user", "0"), ("item", "1"), ("event", "2"), ("time", "3")))

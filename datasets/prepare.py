@@ -181,8 +181,9 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
     est_rows = sum(_estimate_rows(p, f.format) for p, f in zip(inputs, files))
     n_buckets = max(1, -(-est_rows // cfg.bucket_rows))
     run = _Run(cfg, out, work, files, EventTypes.build(_event_map(specs), dict(cfg.rewards)), n_buckets)
-    if cfg.id_type != "auto":
-        run.id_types.update({"user_id": cfg.id_type, "item_id": cfg.id_type, "session_id": cfg.id_type})
+    id_type = cfg.id_type if cfg.id_type != "auto" else next((s.id_type for s in specs if s.id_type != "auto"), "auto")
+    if id_type != "auto":  # named adapters know their ids are integers: a stray text id is then quarantined
+        run.id_types.update({"user_id": id_type, "item_id": id_type, "session_id": id_type})
     try:
         timings = {}
         t = time.perf_counter()

@@ -41,12 +41,15 @@ class SourceSpec:
     time_unit: str = "auto"         # auto (numbers are seconds, text is ISO-8601) | s | ms | us | iso
     event_type: str | None = None   # constant event type for files without an event column
     event_map: tuple[tuple[str, str], ...] = ()  # raw event name -> canonical type or a reward number
+    id_type: str = "auto"           # the format's id type when known (named adapters: int); see validate
 
     def __post_init__(self) -> None:
         if self.fmt not in ("auto", *FORMATS):
             raise ValueError(f"format must be one of auto, {', '.join(FORMATS)}; got {self.fmt!r}")
         if self.time_unit not in TIME_UNITS:
             raise ValueError(f"time unit must be one of {', '.join(TIME_UNITS)}; got {self.time_unit!r}")
+        if self.id_type not in ("auto", "int", "string"):
+            raise ValueError(f"id type must be auto, int or string; got {self.id_type!r}")
         if len(self.sep) != 1:
             raise ValueError(f"separator must be one character; got {self.sep!r}")
         names = [name for name, _ in self.columns]

@@ -25,6 +25,7 @@ _NUMBER_RE = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$|^\s*[+-
 _CANONICAL_INT_RE = r"^(0|[1-9][0-9]{0,17}|[1-8][0-9]{18}|9[01][0-9]{17}|92[0-1][0-9]{16})$"  # < 9.22e18
 _POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)
 
+AUTO_INT_SHARE = 0.99  # share of canonical integers in the first values that makes an "auto" id column int
 MISSING = REASON_CODE["missing_value"]
 UNPARSABLE = REASON_CODE["unparsable_value"]
 OUT_OF_RANGE = REASON_CODE["id_out_of_range"]
@@ -67,7 +68,8 @@ class Validator:
     """Turns RawBatches of one file into typed event tables; remembers id types decided on first sight.
 
     `id_types` maps user/item/session to "int" or "string"; "auto" is decided from the first batch that
-    has values: int when every value is a canonical integer (no sign, no leading zeros), else string.
+    has values: int when at least 99% are canonical integers (no sign, no leading zeros; the rest are then
+    quarantined), else string.
     """
 
     path: str
@@ -161,7 +163,10 @@ class Validator:
         if pa.types.is_integer(values.type):
             kind = "int"
         elif pa.types.is_string(values.type):
-            kind = "int" if pc.all(pc.match_substring_regex(values, _CANONICAL_INT_RE)).as_py() else "string"
+            # int when (nearly) all are canonical integers: a few stray values are then quarantined as
+            # unparsable instead of silently turning the whole column into text
+            ints = pc.sum(pc.match_substring_regex(values, _CANONICAL_INT_RE)).as_py() or 0
+            kind = "int" if ints >= AUTO_INT_SHARE * len(values) else "string"
         else:
             kind = "string"
         self.id_types[name] = kind

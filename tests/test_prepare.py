@@ -219,3 +219,28 @@ def test_retailrocket_adapter(tmp_path):
     assert m["events_by_type"] == {"view": 2, "like": 0, "cart": 1, "purchase": 1}
     ev = pq.read_table(tmp_path / "out" / "events.parquet").to_pydict()
     assert min(t.timestamp() for t in ev["timestamp"]) == 1433221332.117
+
+
+def test_auto_ids_stay_int_with_a_stray_value_and_adapters_default_to_int(tmp_path):
+    rows = [f"{u},{i},view,{1_700_000_000 + 60 * i}" for u in range(20) for i in range(10)]
+    rows[5] = "3,abc,view,1700000300"
+    m = _run([_csv(tmp_path / "l.csv", rows)], tmp_path / "out")
+    assert m["id_types"]["item_id"] == "int"
+    assert m["quarantine_reasons"] == {"unparsable_value": 1}
+    # fewer than 99% integers: the column is text and nothing is quarantined
+    mixed = [f"{u},{'sku-' if i % 2 else ''}{i},view,{1_700_000_000 + 60 * i}" for u in range(5) for i in range(10)]
+    m = _run([_csv(tmp_path / "m.csv", mixed)], tmp_path / "out2")
+    assert m["id_types"]["item_id"] == "string" and m["rows_quarantined"] == 0
+    # a named adapter knows its ids are integers
+    taobao = tmp_path / "tb.csv"
+    taobao.write_text("1,2,3,pv,1511658000\n1,x,3,pv,1511658060\n")
+    m = _run([taobao], tmp_path / "out3", source="taobao", min_session_length=1)
+    assert m["id_types"]["item_id"] == "int" and m["quarantine_reasons"] == {"unparsable_value": 1}
+
+
+def test_jsonl_default_map_skips_a_malformed_first_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"user_id": 1, "item_id": 5, "event_type": "view", "timestamp": 1700000000\n'
+                    '{"user_id": 1, "item_id": 6, "event_type": "view", "timestamp": 1700000060}\n')
+    m = _run([path], tmp_path / "out", min_session_length=1)
+    assert m["rows_read"] == 2 and m["quarantine_reasons"] == {"malformed_row": 1}
