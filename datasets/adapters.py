@@ -4,7 +4,7 @@
 |--------------|----------------------------------------------------|-----------------------------------------|
 | events       | any CSV/TSV/Parquet/JSONL; --map or schema names   | canonical names and synonyms, --event-map |
 | taobao       | UserBehavior.csv: user,item,category,behavior,ts   | pv/fav/cart/buy -> view/like/cart/purchase |
-| rc15         | yoochoose-clicks.dat + yoochoose-buys.dat          | clicks -> view, buys -> purchase (price as value) |
+| rc15         | yoochoose-clicks.dat + yoochoose-buys.dat          | clicks -> view, buys -> purchase (+ price) |
 | sessionrec   | session-rec TSV with header SessionId ItemId Time  | clicks -> view                          |
 | retailrocket | events.csv: timestamp,visitorid,event,itemid,...   | view/addtocart/transaction -> view/cart/purchase |
 | movielens    | ml-100k u.data, RecBole .inter, ratings.csv        | rating >= 4 -> like, else view          |

@@ -4,10 +4,10 @@ One row is one thing a user did to one product at one moment:
 
 | column       | type                      | required | meaning                                                    |
 |--------------|---------------------------|----------|------------------------------------------------------------|
-| user_id      | int64 or string           | yes      | who (opaque key; int64 when every id is a canonical integer) |
-| session_id   | int64 or string           | no       | the SDK's session; sessions come from an inactivity gap if absent |
+| user_id      | int64 or string           | yes      | who (opaque key; int64 when ids are canonical integers)    |
+| session_id   | int64 or string           | no       | the SDK's session; else cut at an inactivity gap           |
 | item_id      | int64 or string           | yes      | which product                                              |
-| event_type   | string                    | yes      | view (= click), like (favourite), cart, purchase, or a mapped extra type |
+| event_type   | string                    | yes      | view (= click), like, cart, purchase, or a mapped extra    |
 | timestamp    | timestamp[us, UTC]        | yes      | when                                                       |
 | nudge_id     | string                    | no       | the nudge shown with this event, if any                    |
 | propensity   | float64 in (0, 1]         | no       | probability with which the logging policy chose that nudge |

@@ -408,8 +408,8 @@ def _parse_iso(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
             codes[i] = UNPARSABLE
             continue
         if t.tzinfo is None:
-            t = t.replace(tzinfo=dt.timezone.utc)
-        delta = t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+            t = t.replace(tzinfo=dt.UTC)
+        delta = t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
         us[i] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
         if us[i] < 0:
             codes[i] = REASON_CODE["negative_time"]

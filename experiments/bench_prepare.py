@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
-
 from seqrec.datasets.synthetic import config_for_events, write_events
 
 

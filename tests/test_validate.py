@@ -3,7 +3,6 @@
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from seqrec.datasets.readers import BadRows, RawBatch
 from seqrec.datasets.schema import DEFAULT_REWARDS, REASON_CODE
 from seqrec.datasets.validate import EventTypes, Validator, parse_ids, parse_numbers, parse_times
@@ -85,7 +84,8 @@ def test_validator_first_failing_field_and_accounting():
         "propensity": pa.array([b"0.5", b"", b"", b"", b"", b"1.5"], pa.binary()),
     })
     bad = BadRows()
-    kept = _validator(id_types={"user_id": "int", "item_id": "int"})(RawBatch(table, np.arange(2, 8, dtype=np.int64), BadRows()), bad)
+    validate = _validator(id_types={"user_id": "int", "item_id": "int"})
+    kept = validate(RawBatch(table, np.arange(2, 8, dtype=np.int64), BadRows()), bad)
     assert kept.column("user_id").to_pylist() == [1]
     assert kept.column("event").to_pylist() == [0]
     got = sorted(zip(bad.rows, bad.fields, bad.reasons))
