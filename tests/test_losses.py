@@ -1,0 +1,61 @@
+"""TD targets and actor weights against numbers computed by hand."""
+
+import pytest
+import torch
+
+from seqrec.rl.losses import HeadConfig, advantage, double_q_target, negative_targets, td_loss, weighted_ce
+
+
+def test_double_q_target_uses_main_argmax_and_target_value_and_stops_at_session_end():
+    reward = torch.tensor([0.2, 1.0])
+    done = torch.tensor([False, True])
+    q_main = torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, 0.0]])    # argmax: item 1, item 0
+    q_target = torch.tensor([[9.0, 2.0, 7.0], [4.0, 8.0, 8.0]])  # valued by the other copy: 2.0, (4.0)
+    y = double_q_target(reward, done, q_main, q_target, gamma=0.5)
+    # row 0: 0.2 + 0.5 * 2.0 = 1.2 (not 0.2 + 0.5 * 9.0: the target network's own max is not used)
+    # row 1: session end, no future value: 1.0
+    assert torch.allclose(y, torch.tensor([1.2, 1.0]))
+    assert not y.requires_grad
+
+
+def test_negative_targets_keep_the_state_and_have_zero_reward():
+    q_state_main = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    q_state_target = torch.tensor([[6.0, 4.0], [3.0, 10.0]])
+    assert torch.allclose(negative_targets(q_state_main, q_state_target, gamma=0.5), torch.tensor([3.0, 5.0]))
+
+
+def test_td_loss_is_mean_squared_error_and_does_not_move_the_target():
+    q = torch.tensor([1.0, 2.0], requires_grad=True)
+    target = torch.tensor([0.0, 4.0], requires_grad=True)
+    loss = td_loss(q, target)
+    assert loss.item() == pytest.approx((1.0 + 4.0) / 2)
+    loss.backward()
+    assert target.grad is None and torch.allclose(q.grad, torch.tensor([1.0, -2.0]))
+
+
+def test_advantage_subtracts_the_mean_over_positive_and_negatives_and_clips():
+    q_pos = torch.tensor([4.0, 0.0, 30.0])
+    q_neg = torch.tensor([[1.0, 1.0], [3.0, 3.0], [0.0, 0.0]])
+    # means: (4+1+1)/3 = 2 -> A = 2; (0+3+3)/3 = 2 -> -2 clipped to 0; 30 - 10 = 20 clipped to 10
+    assert torch.allclose(advantage(q_pos, q_neg, 0.0, 10.0), torch.tensor([2.0, 0.0, 10.0]))
+
+
+def test_weighted_cross_entropy():
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
+    action = torch.tensor([0, 2])
+    ce = torch.tensor([-torch.log(torch.tensor(0.5)), -torch.log(torch.tensor(0.8))])
+    assert weighted_ce(logits, action).item() == pytest.approx(ce.mean().item(), rel=1e-6)
+    w = torch.tensor([2.0, 0.0])
+    assert weighted_ce(logits, action, w).item() == pytest.approx((2 * ce[0] / 2).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"variant": "dqn"}, "variant"),
+    ({"gamma": 1.0}, "gamma"),
+    ({"negatives": 0}, "negatives"),
+    ({"warmup_steps": -1}, "warmup_steps"),
+    ({"advantage_min": 2.0, "advantage_max": 1.0}, "advantage_min"),
+])
+def test_head_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HeadConfig(**kwargs)
