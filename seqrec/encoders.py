@@ -1,0 +1,223 @@
+"""Sequence encoders: a window of item ids -> a state vector, scored against item embeddings.
+
+Item ids are vocabulary indices: 0 = padding, 1 = out-of-vocabulary, real items 2..I-1. A state is the
+window of the last W items, left-padded with 0, int64 (B, T) with T <= max_len. Encoding (`encode`,
+`encode_all`) is kept apart from scoring (`score`, `score_all`): the supervised head, the Q head and
+two-tower retrieval meet at that seam.
+
+Invariants, each tested in tests/test_encoders.py:
+- causal: the state after position t never depends on the items after t;
+- padding carries nothing: pads are masked out of attention as keys and zeroed after every block, so the
+  state after (a, b, c) is the same whatever number of pads precede it and whatever the pad row holds;
+- an empty history (an all-padding window, as d3rlpy's shape probe sends) has a finite, learned state
+  `empty_state`; `encode_all` gives it at every padded position too, since no item has been seen there.
+
+Positions (SASRec). positions="right" (the default) counts from the newest item: the last column is 0,
+the one before it 1, and so on. Left padding then never moves a real item, and the newest item, the one a
+serving state ends with, always has the same positional embedding whatever T is. The price: in
+`encode_all` the item at column t sits at position T-1-t, so an earlier state there is not exactly the state
+`encode` gives for the window that ends at t. positions="left" counts real items from the oldest one in
+the window (the first real item is 0); positions then depend only on the prefix and
+`encode_all(x)[:, t]` equals `encode` of the left-padded window ending at t, at the cost of the newest item's
+position varying with how full the window is.
+
+Weights are tied by default (tied=True), as in SASRec: the input item table (I, D) also scores the output,
+so `score_all` is one matmul `state @ E.T`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD = 0                     # padding id: masked everywhere, embedding row kept at zero for lookups
+OOV = 1                     # out-of-vocabulary id: an ordinary learned row
+MAX_NUM_ITEMS = 2**24       # d3rlpy casts observations to float32, exact for integers up to 2**24
+ENCODER_KINDS: tuple[str, ...] = ("sasrec", "gru")
+POSITION_KINDS: tuple[str, ...] = ("right", "left")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What one sequence encoder is; `build_encoder` creates it; validated on construction."""
+
+    kind: str = "sasrec"        # "sasrec" (causal self-attention) or "gru" (GRU4Rec, the cheap baseline)
+    num_items: int = 0          # catalogue size I, padding and OOV included (must be set, >= 3)
+    max_len: int = 10           # T, the state window W: the longest window encode accepts
+    dim: int = 64               # D: embedding and state width (GRU4Rec: also the hidden size, 1 layer)
+    blocks: int = 1             # SASRec transformer blocks
+    heads: int = 1              # SASRec attention heads (dim % heads == 0)
+    dropout: float = 0.1        # on embeddings, attention weights and residual branches (GRU: embeddings)
+    positions: str = "right"    # SASRec positions: "right" from the newest item, "left" from the oldest
+    tied: bool = True           # score with the input item table (SASRec's choice) instead of a second one
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENCODER_KINDS:
+            raise ValueError(f"kind must be one of {ENCODER_KINDS}, got {self.kind!r}")
+        _check_int("num_items", self.num_items, 3, MAX_NUM_ITEMS)
+        _check_int("max_len", self.max_len, 1)
+        _check_int("dim", self.dim, 1)
+        _check_int("blocks", self.blocks, 1)
+        _check_int("heads", self.heads, 1)
+        if self.dim % self.heads:
+            raise ValueError(f"heads must divide dim, got dim={self.dim}, heads={self.heads}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.positions not in POSITION_KINDS:
+            raise ValueError(f"positions must be one of {POSITION_KINDS}, got {self.positions!r}")
+        if not isinstance(self.tied, bool):
+            raise ValueError(f"tied must be a bool, got {self.tied!r}")
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    """Raise a ValueError naming `name` unless `value` is an int in [low, high]."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):  # type: ignore[operator]
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+
+
+class SequenceEncoder(nn.Module):
+    """Base of the encoders: the item table (I, D), padding_idx 0, scoring, and the empty-history state."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.num_items, cfg.dim, padding_idx=PAD)
+        self.out_emb = None if cfg.tied else nn.Embedding(cfg.num_items, cfg.dim, padding_idx=PAD)
+        for table in (self.item_emb, self.out_emb):
+            if table is not None:  # rows of about unit norm, so initial logits are O(1)
+                nn.init.normal_(table.weight, std=cfg.dim**-0.5)
+                with torch.no_grad():
+                    table.weight[PAD].zero_()
+        self.empty_state = nn.Parameter(torch.zeros(cfg.dim))  # (D,) the state before any item
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The (I, D) table that scores items: the input table when tied."""
+        return self.item_emb.weight if self.out_emb is None else self.out_emb.weight
+
+    def _ids(self, items: torch.Tensor) -> torch.Tensor:
+        """Check a (B, T) window and return it as int64 (d3rlpy hands ids over as float32)."""
+        if items.dim() != 2:
+            raise ValueError(f"items must be (B, T), got shape {tuple(items.shape)}")
+        if items.shape[1] > self.cfg.max_len:
+            raise ValueError(f"window length {items.shape[1]} exceeds max_len={self.cfg.max_len}")
+        return items.long()  # (B, T)
+
+    def encode_all(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D): the state after every position, for training on every prefix."""
+        raise NotImplementedError
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, D): the state after the last position, the one a recommendation starts from."""
+        return self.encode_all(items)[:, -1]  # (B, D)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """Same as `encode`, so the module plugs in wherever an encoder (B, T) -> (B, D) is expected."""
+        return self.encode(items)
+
+    def score(self, state: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        """(B, D) states and (B, K) candidate ids -> (B, K) dot products, to rank a shortlist."""
+        emb = F.embedding(item_ids, self.output_weight)  # (B, K, D)
+        return torch.einsum("bkd,bd->bk", emb, state)  # (B, K)
+
+    def score_all(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, D) states -> (B, I) dot products with the whole catalogue in one matmul (pad and OOV included)."""
+        return state @ self.output_weight.T  # (B, I)
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: masked multi-head self-attention then a point-wise feed-forward."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.norm_attn = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) and (B, T, T) mask of keys each query may see -> (B, T, D)."""
+        b, t, d = x.shape
+        qkv = self.qkv(self.norm_attn(x)).view(b, t, 3, self.heads, d // self.heads)  # (B, T, 3, H, D/H)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D/H)
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), dropout_p=p)  # (B, H, T, D/H)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))  # (B, T, D)
+        return x + self.drop(self.ff(self.norm_ff(x)))  # (B, T, D)
+
+
+class SASRec(SequenceEncoder):
+    """Causal self-attention over the window (Kang & McAuley 2018), with learned positional embeddings."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__(cfg)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        nn.init.normal_(self.pos_emb.weight, std=cfg.dim**-0.5)
+        self.blocks = nn.ModuleList(_Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.blocks))
+        self.final_norm = nn.LayerNorm(cfg.dim)
+
+    def _positions(self, keep: torch.Tensor) -> torch.Tensor:
+        """Position index of every column, (T,) or (B, T); see the module docstring for the two choices."""
+        if self.cfg.positions == "right":
+            return torch.arange(keep.shape[1] - 1, -1, -1, device=keep.device)  # (T,) newest = 0
+        return (keep.long().cumsum(1) - 1).clamp(min=0)  # (B, T) oldest real item = 0
+
+    def encode_all(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D) causal states; padded positions get `empty_state`."""
+        items = self._ids(items)  # (B, T)
+        t = items.shape[1]
+        keep = (items != PAD).unsqueeze(-1)  # (B, T, 1)
+        x = self.item_emb(items) + self.pos_emb(self._positions(keep.squeeze(-1)))  # (B, T, D)
+        x = self.emb_dropout(x) * keep  # (B, T, D) pads carry nothing
+        causal = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()  # (T, T) key <= query
+        eye = torch.eye(t, dtype=torch.bool, device=items.device)  # (T, T)
+        # A query sees earlier real items, and always itself: no row is fully masked, so no NaN.
+        allowed = (causal & keep.transpose(1, 2)) | eye  # (B, T, T)
+        for block in self.blocks:
+            x = block(x, allowed) * keep  # (B, T, D)
+        x = self.final_norm(x)  # (B, T, D)
+        return torch.where(keep, x, self.empty_state)  # (B, T, D)
+
+
+class GRU4Rec(SequenceEncoder):
+    """Item embedding -> one GRU layer -> hidden state after each item (Hidasi et al. 2016): the baseline."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__(cfg)
+        self.gru = nn.GRU(cfg.dim, cfg.dim, batch_first=True)
+
+    def encode_all(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D) hidden states; padded positions get `empty_state`.
+
+        A GRU's biases would change its state on pad inputs, so the real items are first moved to the front
+        (a stable sort, order kept), run through the GRU, and the outputs moved back to their columns.
+        """
+        items = self._ids(items)  # (B, T)
+        keep = items != PAD  # (B, T)
+        order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices  # (B, T)
+        front = items.gather(1, order)  # (B, T) real items first, pads after
+        x = self.emb_dropout(self.item_emb(front)) * (front != PAD).unsqueeze(-1)  # (B, T, D)
+        h, _ = self.gru(x)  # (B, T, D) outputs at trailing pads are never used
+        back = order.argsort(dim=1)  # (B, T) inverse permutation
+        h = h.gather(1, back.unsqueeze(-1).expand_as(h))  # (B, T, D)
+        return torch.where(keep.unsqueeze(-1), h, self.empty_state)  # (B, T, D)
+
+
+def build_encoder(cfg: EncoderConfig) -> SequenceEncoder:
+    """Create the encoder `cfg` describes."""
+    if cfg.kind == "sasrec":
+        return SASRec(cfg)
+    if cfg.kind == "gru":
+        return GRU4Rec(cfg)
+    raise ValueError(f"kind must be one of {ENCODER_KINDS}, got {cfg.kind!r}")
