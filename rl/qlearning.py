@@ -1,0 +1,135 @@
+"""The SQN family: a shared sequence encoder with a supervised head and a double-Q head, and its learner.
+
+`TwoHeadNet` scores the catalogue twice from one state: supervised logits (the encoder's item table) and
+Q values (a linear layer D -> I). `Learner` holds two such networks for double Q-learning (each batch a
+coin decides which one learns and which one values the next state) and applies the variant's loss.
+Randomness (coin, negatives, dropout) is drawn from generators seeded by (seed, step), so a resumed run
+repeats exactly the steps an uninterrupted one would take.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seqrec.encoders import EncoderConfig, build_encoder
+
+from .losses import HeadConfig, advantage, double_q_target, negative_targets, td_loss, weighted_ce
+
+FIRST_ITEM = 2  # 0 = padding, 1 = OOV: negatives are drawn from real items only
+
+
+class TwoHeadNet(nn.Module):
+    """Encoder + supervised head (+ Q head): items (B, T) -> logits (B, I), q (B, I) or None."""
+
+    def __init__(self, enc: EncoderConfig, q_head: bool) -> None:
+        super().__init__()
+        self.encoder = build_encoder(enc)
+        self.q = nn.Linear(enc.dim, enc.num_items) if q_head else None
+
+    def forward(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        state = self.encoder.encode(items)  # (B, D)
+        logits = self.encoder.score_all(state)  # (B, I)
+        return logits, (self.q(state) if self.q is not None else None)
+
+    def q_values(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, I) Q values only (no supervised scores: saves a catalogue-wide matmul)."""
+        if self.q is None:
+            raise ValueError("this network has no Q head (variant 'ce')")
+        return self.q(self.encoder.encode(items))
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator that depends only on (seed, step): the same draws whether or not the run was resumed."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+    return g
+
+
+class Learner(nn.Module):
+    """One (ce) or two (Q variants) TwoHeadNets, their optimisers, and the update of the chosen variant."""
+
+    def __init__(self, enc: EncoderConfig, head: HeadConfig, lr: float) -> None:
+        super().__init__()
+        self.enc, self.head = enc, head
+        n = 1 if head.variant == "ce" else 2
+        self.nets = nn.ModuleList([TwoHeadNet(enc, q_head=head.variant != "ce") for _ in range(n)])
+        self.opts = [torch.optim.Adam(net.parameters(), lr=lr) for net in self.nets]
+
+    def scores(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, I) supervised scores of the first network: what the papers recommend from."""
+        return self.nets[0](state)[0]
+
+    def q_values(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, I) Q values of the first network (re-ranking, d3rlpy-style comparisons)."""
+        return self.nets[0].q_values(state)
+
+    def update(self, batch: dict[str, torch.Tensor], step: int, seed: int) -> dict[str, float]:
+        """One gradient step on a batch of transitions; returns losses and statistics for TensorBoard.
+
+        Dropout draws from the global RNG, re-seeded from (seed, step) inside a fork so the caller's RNG
+        state is untouched.
+        """
+        device = batch["state"].device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(step_generator(seed, step).initial_seed())
+            return self._update(batch, step, seed)
+
+    def _update(self, batch: dict[str, torch.Tensor], step: int, seed: int) -> dict[str, float]:
+        h = self.head
+        g = step_generator(seed, step, batch["state"].device)
+        s, a = batch["state"], batch["action"]
+        if h.variant == "ce":
+            logits, _ = self.nets[0](s)
+            loss = weighted_ce(logits, a)
+            self._apply(0, loss)
+            return {"loss/ce": loss.item(), "loss/total": loss.item()}
+
+        main = int(torch.randint(0, 2, (1,), generator=g, device=g.device).item())  # who learns this batch
+        net, other = self.nets[main], self.nets[1 - main]
+        logits, q = net(s)  # (B, I), (B, I)
+        with torch.no_grad():
+            q_next_main = net.q_values(batch["next_state"])
+            q_next_other = other.q_values(batch["next_state"])
+        target = double_q_target(batch["reward"], batch["done"], q_next_main, q_next_other, h.gamma)
+        q_pos = q.gather(1, a.unsqueeze(1)).squeeze(1)  # (B,)
+        td = td_loss(q_pos, target)
+        stats = {"q/mean": q_pos.mean().item(), "q/target_mean": target.mean().item()}
+
+        weight = None
+        if h.variant in ("snqn", "sa2c"):
+            neg = _negatives(a, h.negatives, self.enc.num_items, g)  # (B, N)
+            q_neg = q.gather(1, neg)  # (B, N)
+            with torch.no_grad():
+                q_state_other = other.q_values(s)
+            neg_target = negative_targets(q.detach(), q_state_other, h.gamma)  # (B,)
+            td = td + td_loss(q_neg, neg_target.unsqueeze(1).expand_as(q_neg))
+            if h.variant == "sa2c" and step >= h.warmup_steps:
+                weight = advantage(q_pos, q_neg, h.advantage_min, h.advantage_max)
+                stats["advantage/mean"] = weight.mean().item()
+        elif h.variant == "sac" and step >= h.warmup_steps:
+            weight = q_pos.detach()
+        ce = weighted_ce(logits, a, weight)
+        loss = ce + h.td_weight * td
+        self._apply(main, loss)
+        return {"loss/ce": ce.item(), "loss/td": td.item(), "loss/total": loss.item(), **stats}
+
+    def _apply(self, i: int, loss: torch.Tensor) -> None:
+        opt = self.opts[i]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def optim_state(self) -> list[dict]:
+        return [o.state_dict() for o in self.opts]
+
+    def load_optim_state(self, states: list[dict]) -> None:
+        for o, st in zip(self.opts, states, strict=True):
+            o.load_state_dict(st)
+
+
+def _negatives(action: torch.Tensor, n: int, num_items: int, g: torch.Generator) -> torch.Tensor:
+    """(B, n) uniform real items different from each row's positive (a collision moves to the next item)."""
+    span = num_items - FIRST_ITEM
+    neg = torch.randint(0, span - 1, (action.shape[0], n), generator=g, device=g.device) + FIRST_ITEM
+    return torch.where(neg >= action.unsqueeze(1), neg + 1, neg)  # skip the positive: uniform over the rest

@@ -1,0 +1,67 @@
+"""The learner: every variant takes finite steps, double Q trains one network per batch, steps repeat exactly."""
+
+import pytest
+import torch
+
+from seqrec.encoders import EncoderConfig
+from seqrec.rl.losses import VARIANTS, HeadConfig
+from seqrec.rl.qlearning import Learner, _negatives, step_generator
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _batch(n=8, items=30, w=5):
+    g = torch.Generator().manual_seed(0)
+    state = torch.randint(0, items, (n, w), generator=g)
+    action = torch.randint(2, items, (n,), generator=g)
+    next_state = torch.cat([state[:, 1:], action[:, None]], dim=1)
+    return {"state": state, "action": action, "next_state": next_state,
+            "reward": torch.full((n,), 0.2), "done": torch.tensor([False] * (n - 1) + [True])}
+
+
+def _learner(variant, seed=0):
+    torch.manual_seed(seed)
+    return Learner(EncoderConfig(kind="sasrec", num_items=30, max_len=5, dim=16),
+                   HeadConfig(variant=variant, negatives=4, warmup_steps=1), lr=0.01)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_steps_with_finite_losses(variant):
+    learner = _learner(variant)
+    for step in range(3):  # step 0 is warm-up for sac/sa2c, later steps use the weighted actor loss
+        stats = learner.update(_batch(), step=step, seed=0)
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
+    assert "loss/ce" in stats and ("loss/td" in stats) == (variant != "ce")
+
+
+def test_double_q_updates_only_the_network_that_learns():
+    learner = _learner("sqn")
+    before = [[p.detach().clone() for p in net.parameters()] for net in learner.nets]
+    learner.update(_batch(), step=0, seed=0)
+    changed = [any(not torch.equal(p, q) for p, q in zip(net.parameters(), old))
+               for net, old in zip(learner.nets, before)]
+    assert sorted(changed) == [False, True]
+
+
+def test_steps_depend_only_on_seed_and_step():
+    a, b = _learner("sa2c"), _learner("sa2c")
+    for step in range(3):
+        sa = a.update(_batch(), step=step, seed=7)
+        sb = b.update(_batch(), step=step, seed=7)
+        assert sa == sb
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_negatives_are_real_items_other_than_the_positive():
+    action = torch.tensor([2, 5, 29])
+    neg = _negatives(action, 200, 30, step_generator(0, 0))
+    assert neg.min() >= 2 and neg.max() <= 29
+    assert not (neg == action[:, None]).any()
+    assert set(neg[0].tolist()) == set(range(3, 30))  # uniform over every other real item
