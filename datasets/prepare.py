@@ -808,3 +808,22 @@ def _events_table(t: pa.Table, glob: np.ndarray, position: np.ndarray, split: np
     cols["source_file"] = t.column("_file")  # index into manifest["inputs"]
     cols["source_row"] = t.column("_row")
     return pa.table(cols)
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a prepared-dataset folder; a clear error when the folder is not one."""
+    m = _load_manifest(Path(folder))
+    if m is None:
+        raise InputError(f"{folder}: not a prepared dataset (no manifest.json); run `seqrec prepare` first")
+    return m
+
+
+def load_transitions(folder: str | Path, split: str) -> dict[str, np.ndarray]:
+    """One split's transition arrays, memory-mapped (state, action, event, reward, next_state, done, session)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    d = Path(folder) / "transitions" / split
+    try:
+        return {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in TRANSITION_FILES}
+    except FileNotFoundError as e:
+        raise InputError(f"{folder}: missing transitions for split {split!r} ({e.filename})") from None

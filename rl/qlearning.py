@@ -82,7 +82,7 @@ class Learner(nn.Module):
         if h.variant == "ce":
             logits, _ = self.nets[0](s)
             loss = weighted_ce(logits, a)
-            self._apply(0, loss)
+            self._step(0, loss)
             return {"loss/ce": loss.item(), "loss/total": loss.item()}
 
         main = int(torch.randint(0, 2, (1,), generator=g, device=g.device).item())  # who learns this batch
@@ -111,10 +111,10 @@ class Learner(nn.Module):
             weight = q_pos.detach()
         ce = weighted_ce(logits, a, weight)
         loss = ce + h.td_weight * td
-        self._apply(main, loss)
+        self._step(main, loss)
         return {"loss/ce": ce.item(), "loss/td": td.item(), "loss/total": loss.item(), **stats}
 
-    def _apply(self, i: int, loss: torch.Tensor) -> None:
+    def _step(self, i: int, loss: torch.Tensor) -> None:
         opt = self.opts[i]
         opt.zero_grad(set_to_none=True)
         loss.backward()

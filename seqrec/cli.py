@@ -76,6 +76,28 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="show a progress bar (default: on for large inputs in a terminal)")
     pr.set_defaults(func=_cmd_prepare)
+
+    tr = sub.add_parser("train", help="train an encoder with a supervised or Q-learning head on a prepared dataset",
+                        description="Train from a TOML config ([data] dir, [encoder], [head], [train]); writes "
+                                    "config.json, checkpoints/ and TensorBoard logs (tb/) under --out.")
+    tr.add_argument("--config", required=True, type=Path, help="TOML run config")
+    tr.add_argument("--data", help="prepared-dataset folder (overrides data.dir)")
+    tr.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
+    tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override any config field, e.g. --set train.max_steps=200 (repeatable)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tr.add_argument("--device", choices=("auto", "cpu", "cuda"), help="shorthand for --set train.device=...")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="rank the whole catalogue for every held-out event; write metrics.json",
+                        description="HR@k and NDCG@k (k = 5, 10, 20) per event type on a split, beside the "
+                                    "popularity baseline, written to RUN/metrics.json.")
+    ev.add_argument("--run", required=True, type=Path, help="run folder")
+    ev.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    ev.add_argument("--protocol", default="sessions", choices=("sessions", "loo"),
+                    help="sessions: every event of held-out sessions (the papers'); loo: leave-one-out data")
+    ev.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    ev.set_defaults(func=_cmd_evaluate)
     return p
 
 
@@ -139,6 +161,39 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     manifest = prepare(inputs, lambda p: source_spec(source, p, **opts), cfg, args.out, progress=args.progress)
     print(summary(manifest, args.out))
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from seqrec.train import load_run_config, train
+
+    overrides = list(args.set) + ([f"train.device={args.device!r}".replace("'", '"')] if args.device else [])
+    cfg = load_run_config(args.config, overrides, args.data)
+    out = args.out or Path("runs") / args.config.stem
+    result = train(cfg, out, resume=args.resume)
+    best = result["best"]
+    print(f"trained {out} to step {result['step']}: best {cfg.train.select_metric} = "
+          f"{best if best is None else round(best, 4)} at step {result['best_step']}")
+    print(f"  checkpoints: {out / 'checkpoints'}   TensorBoard: tensorboard --logdir {out / 'tb'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from seqrec.train import evaluate
+
+    metrics = evaluate(args.run, args.split, args.protocol, args.checkpoint)
+    print(metrics_table(metrics, args.split))
+    print(f"  written to {args.run / 'metrics.json'}")
+    return 0
+
+
+def metrics_table(metrics: dict, split: str) -> str:
+    """Markdown table of a split's metrics per event type, model beside popularity."""
+    lines = [f"| {split} | events | HR@5 | NDCG@5 | HR@10 | NDCG@10 | HR@20 | NDCG@20 |", "|---" * 8 + "|"]
+    for who, rows in (("model", metrics[split]), ("popularity", metrics["popularity"][split])):
+        for ev, r in rows.items():
+            vals = " | ".join(f"{r[f'{m}@{k}']:.4f}" for k in (5, 10, 20) for m in ("hr", "ndcg"))
+            lines.append(f"| {who} {ev} | {r['count']:,} | {vals} |")
+    return "\n".join(lines)
 
 
 def summary(m: dict, out: Path) -> str:

@@ -1,0 +1,316 @@
+"""Training and evaluation of a run: one TOML file -> frozen configs -> a run folder.
+
+Run folder: config.json, checkpoints/{last,best}.pt (+ .json), tb/ (TensorBoard), metrics.json.
+Every step's randomness comes from (seed, step), and checkpoints hold the model and optimiser states, so
+a run killed at any moment and resumed from its last checkpoint ends exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seqrec.config import ConfigError, from_dict, load_toml
+from seqrec.datasets.prepare import load_transitions, read_manifest
+from seqrec.encoders import EncoderConfig
+from seqrec.metrics import RankingMetrics, target_ranks
+from seqrec.rl.losses import HeadConfig
+from seqrec.rl.qlearning import Learner
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop: batches, optimiser, schedule of validation and checkpoints, device."""
+
+    batch_size: int = 256
+    lr: float = 0.005
+    max_steps: int = 2000
+    eval_every: int = 500            # validation (and checkpoint) every N steps, and at the end
+    log_every: int = 50              # TensorBoard scalars every N steps
+    select_metric: str = "purchase/ndcg@10"  # EVENT/METRIC on the valid split that picks the best checkpoint
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda
+    amp: bool = True                 # bfloat16 autocast on CUDA (ignored on CPU)
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_steps", "eval_every", "log_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.select_metric.count("/") != 1:
+            raise ValueError(f"select_metric must be EVENT/METRIC like purchase/ndcg@10, got {self.select_metric!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run is: the prepared data, the encoder, the head (variant) and the loop."""
+
+    data: str
+    encoder: EncoderConfig
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": self.data, "encoder": asdict(self.encoder), "head": asdict(self.head),
+                "train": asdict(self.train)}
+
+
+SECTIONS = ("data", "encoder", "head", "train")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` (value as a TOML literal, else a string) -> (section, key, value)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value (sections: {', '.join(SECTIONS)})")
+    path, raw = text.split("=", 1)
+    section, key = path.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key, value
+
+
+def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None = None) -> RunConfig:
+    """Compose the RunConfig from a TOML dict, --set overrides and --data; num_items and max_len default
+    to the prepared dataset's catalogue size and window."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}]; valid sections: {', '.join(SECTIONS)}")
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {text!r}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
+        if section == "data":
+            raw["data"] = {**raw.get("data", {}), key: value}
+        else:
+            raw.setdefault(section, {})[key] = value
+    data_section = raw.get("data", {})
+    bad = sorted(set(data_section) - {"dir"})
+    if bad:
+        raise ConfigError(f"unknown key data.{bad[0]}; valid keys in [data]: dir")
+    data_dir = data or data_section.get("dir")
+    if not data_dir:
+        raise ConfigError("no prepared dataset: give --data DIR or data.dir in the config")
+    manifest = read_manifest(data_dir)
+    enc = {"num_items": manifest["catalogue_size"], "max_len": manifest["config"]["window"], **raw.get("encoder", {})}
+    return RunConfig(data=str(data_dir), encoder=from_dict(EncoderConfig, enc, "encoder"),
+                     head=from_dict(HeadConfig, raw.get("head", {}), "head"),
+                     train=from_dict(TrainConfig, raw.get("train", {}), "train"))
+
+
+def load_run_config(path: str | Path, overrides: list[str] = (), data: str | None = None) -> RunConfig:
+    return run_config(load_toml(path), overrides, data)
+
+
+def saved_config(run: Path) -> RunConfig:
+    """The RunConfig a run was trained with, from its config.json."""
+    try:
+        d = json.loads((run / "config.json").read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run}: not a run folder (no config.json)") from None
+    return RunConfig(data=d["data"], encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
+                     head=from_dict(HeadConfig, d["head"], "head"), train=from_dict(TrainConfig, d["train"], "train"))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+class EpochSampler:
+    """Batch indices that depend only on (seed, step): each epoch is a seeded permutation of the data."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n == 0:
+            raise ConfigError("the training split has no transitions")
+        self.n, self.b, self.seed = n, batch_size, seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k >= epoch - 1}
+            self._cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._cache[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        pos = step * self.b + np.arange(self.b)  # positions in the endless stream of epochs
+        epochs = pos // self.n
+        out = np.empty(self.b, np.int64)
+        for e in np.unique(epochs):
+            m = epochs == e
+            out[m] = self._perm(int(e))[pos[m] % self.n]
+        return np.sort(out)  # sorted: friendlier reads from the memory-mapped arrays
+
+
+def to_batch(arrays: dict[str, np.ndarray], idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    """Rows `idx` of the transition arrays as tensors on `device`."""
+    return {
+        "state": torch.from_numpy(np.asarray(arrays["state"][idx], np.int64)).to(device),
+        "next_state": torch.from_numpy(np.asarray(arrays["next_state"][idx], np.int64)).to(device),
+        "action": torch.from_numpy(np.asarray(arrays["action"][idx], np.int64)).to(device),
+        "reward": torch.from_numpy(np.asarray(arrays["reward"][idx], np.float32)).to(device),
+        "done": torch.from_numpy(np.asarray(arrays["done"][idx], np.bool_)).to(device),
+    }
+
+
+@torch.no_grad()
+def evaluate_arrays(score_fn, arrays: dict[str, np.ndarray], event_names: tuple[str, ...], device: torch.device,
+                    batch_size: int = 1024) -> dict[str, dict[str, float]]:
+    """HR/NDCG@k per event type: every transition's action is a target ranked over the whole catalogue."""
+    metrics = RankingMetrics(event_names)
+    n = len(arrays["action"])
+    for lo in range(0, n, batch_size):
+        idx = np.arange(lo, min(lo + batch_size, n))
+        state = torch.from_numpy(np.asarray(arrays["state"][idx], np.int64)).to(device)
+        target = torch.from_numpy(np.asarray(arrays["action"][idx], np.int64)).to(device)
+        ranks = target_ranks(score_fn(state).float(), target)
+        metrics.add(ranks, torch.from_numpy(np.asarray(arrays["event"][idx], np.int64)))
+    return metrics.result()
+
+
+def popularity_scorer(train_actions: np.ndarray, num_items: int, device: torch.device):
+    """Scores every state with the item counts of the training split (the papers' popularity baseline)."""
+    counts = torch.from_numpy(np.bincount(np.asarray(train_actions), minlength=num_items).astype(np.float32))
+    counts = counts.to(device)
+    return lambda state: counts.expand(state.shape[0], -1)
+
+
+def _save(path: Path, payload: dict, info: dict) -> None:
+    """Atomic checkpoint: state dicts (loadable with weights_only=True) and a JSON sidecar."""
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    side = path.with_suffix(".json.tmp")
+    side.write_text(json.dumps(info, indent=2))
+    os.replace(side, path.with_suffix(".json"))
+
+
+def _event_names(manifest: dict) -> tuple[str, ...]:
+    return tuple(e["name"] for e in sorted(manifest["event_types"], key=lambda e: e["code"]))
+
+
+def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None = None) -> dict:
+    """Train (or resume) the run in `out`; returns the final validation metrics and the best checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    t_cfg = cfg.train
+    device = pick_device(t_cfg.device)
+    manifest = read_manifest(cfg.data)
+    names = _event_names(manifest)
+    ckpt_dir = out / "checkpoints"
+    if not resume and (ckpt_dir / "last.pt").exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    if resume and saved.exists() and json.loads(saved.read_text()) != cfg.to_dict():
+        raise ConfigError(f"{out}: --resume with a different config than the run's config.json")
+    saved.write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    torch.manual_seed(t_cfg.seed)  # initialisation
+    learner = Learner(cfg.encoder, cfg.head, t_cfg.lr).to(device)
+    start, best, best_step = 0, None, None
+    if resume and (ckpt_dir / "last.pt").exists():
+        state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
+        learner.load_state_dict(state["model"])
+        learner.load_optim_state(state["optim"])
+        start, best, best_step = int(state["step"]), state["best"], state["best_step"]
+
+    train_arrays = load_transitions(cfg.data, "train")
+    valid_arrays = load_transitions(cfg.data, "valid")
+    sampler = EpochSampler(len(train_arrays["action"]), t_cfg.batch_size, t_cfg.seed)
+    writer = SummaryWriter(str(out / "tb"), purge_step=start if start else None)
+    if start == 0:
+        rows = [f"|{sec}.{k}|{v}|" for sec, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()]
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(rows), 0)
+    event, metric = t_cfg.select_metric.split("/")
+    amp = t_cfg.amp and device.type == "cuda"
+    last_metrics: dict = {}
+    t_log, n_log = time.perf_counter(), 0
+    bar = tqdm(range(start, t_cfg.max_steps), initial=start, total=t_cfg.max_steps, desc="train",
+               disable=None if progress is None else not progress, leave=False)
+    for step in bar:
+        learner.train()
+        batch = to_batch(train_arrays, sampler.indices(step), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            stats = learner.update(batch, step, t_cfg.seed)
+        n_log += t_cfg.batch_size
+        done = step + 1
+        if done % t_cfg.log_every == 0:
+            for k, v in stats.items():
+                writer.add_scalar(k, v, done)
+            writer.add_scalar("perf/samples_per_s", n_log / (time.perf_counter() - t_log), done)
+            t_log, n_log = time.perf_counter(), 0
+        if done % t_cfg.eval_every == 0 or done == t_cfg.max_steps:
+            learner.eval()
+            last_metrics = evaluate_arrays(learner.scores, valid_arrays, names, device, t_cfg.eval_batch_size)
+            for ev, row in last_metrics.items():
+                for m, v in row.items():
+                    if m != "count":
+                        writer.add_scalar(f"metrics/{ev}_{m}", v, done)
+            value = _selected(last_metrics, event, metric)
+            payload = {"model": learner.state_dict(), "optim": learner.optim_state(), "step": done}
+            if value is not None and (best is None or value > best):
+                best, best_step = value, done
+                _save(ckpt_dir / "best.pt", {**payload, "best": best, "best_step": best_step},
+                      {"step": done, "select_metric": t_cfg.select_metric, "value": value, "valid": last_metrics})
+            _save(ckpt_dir / "last.pt", {**payload, "best": best, "best_step": best_step},
+                  {"step": done, "best": best, "best_step": best_step, "valid": last_metrics})
+            bar.set_postfix({t_cfg.select_metric: value})
+            t_log, n_log = time.perf_counter(), 0  # evaluation time is not training speed
+    writer.close()
+    return {"step": t_cfg.max_steps, "valid": last_metrics, "best": best, "best_step": best_step}
+
+
+def _selected(metrics: dict, event: str, metric: str) -> float | None:
+    """The selection metric; falls back to view events when the data has no events of the named type."""
+    row = metrics.get(event) or metrics.get("view")
+    return None if row is None else row.get(metric)
+
+
+def evaluate(run: Path, split: str = "test", protocol: str = "sessions", checkpoint: str = "best") -> dict:
+    """Metrics of the run's checkpoint on `split`, with the popularity baseline; merged into metrics.json."""
+    cfg = saved_config(run)
+    manifest = read_manifest(cfg.data)
+    prepared_as = manifest["config"]["split"]
+    if (protocol == "loo") != (prepared_as == "loo"):
+        raise ConfigError(f"--protocol {protocol} needs data prepared with --split "
+                          f"{'loo' if protocol == 'loo' else 'random or temporal'}; {cfg.data} has {prepared_as!r}")
+    device = pick_device(cfg.train.device)
+    path = run / "checkpoints" / f"{checkpoint}.pt"
+    if not path.exists():
+        path = run / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise ConfigError(f"{run}: no checkpoint; train the run first")
+    learner = Learner(cfg.encoder, cfg.head, cfg.train.lr).to(device)
+    learner.load_state_dict(torch.load(path, map_location=device, weights_only=True)["model"])
+    learner.eval()
+    names = _event_names(manifest)
+    arrays = load_transitions(cfg.data, split)
+    model = evaluate_arrays(learner.scores, arrays, names, device, cfg.train.eval_batch_size)
+    pop = popularity_scorer(load_transitions(cfg.data, "train")["action"], cfg.encoder.num_items, device)
+    popularity = evaluate_arrays(pop, arrays, names, device, cfg.train.eval_batch_size)
+    out_path = run / "metrics.json"
+    metrics = json.loads(out_path.read_text()) if out_path.exists() else {}
+    metrics[split] = model
+    metrics.setdefault("popularity", {})[split] = popularity
+    metrics.setdefault("checkpoint", {})[split] = {"path": str(path.relative_to(run)), "protocol": protocol}
+    out_path.write_text(json.dumps(metrics, indent=2))
+    return metrics
