@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from seqrec.rl.losses import HeadConfig, advantage, double_q_target, negative_targets, td_loss, weighted_ce
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
-from seqrec.encoders import EncoderConfig
 from seqrec.rl.losses import VARIANTS, HeadConfig
 from seqrec.rl.qlearning import Learner, _negatives, step_generator
+
+from seqrec.encoders import EncoderConfig
 
 
 @pytest.fixture(autouse=True)

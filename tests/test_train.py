@@ -1,0 +1,142 @@
+"""Training runs: config errors, checkpoints, TensorBoard tags, metrics.json, and exact resume after kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from seqrec.datasets.adapters import source_spec
+from seqrec.datasets.prepare import PrepareConfig, prepare
+from seqrec.datasets.synthetic import SyntheticConfig, write_events
+
+from seqrec.cli import main
+from seqrec.config import ConfigError
+from seqrec.train import load_run_config, train
+
+CONFIG = """
+[encoder]
+kind = "sasrec"
+dim = 16
+dropout = 0.1
+
+[head]
+variant = "sqn"
+
+[train]
+batch_size = 32
+lr = 0.01
+max_steps = 40
+eval_every = 20
+log_every = 10
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    write_events(SyntheticConfig(users=150, items=40, seed=3), d / "events.parquet")
+    prepare([d / "events.parquet"], lambda p: source_spec("events", p), PrepareConfig(), d / "prepared")
+    return d / "prepared"
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    p = tmp_path / "run.toml"
+    p.write_text(CONFIG)
+    return p
+
+
+def test_config_composes_sections_overrides_and_dataset_defaults(config, data):
+    cfg = load_run_config(config, ["train.max_steps=7", "head.variant='sa2c'", "encoder.blocks=2"], str(data))
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert cfg.train.max_steps == 7 and cfg.head.variant == "sa2c" and cfg.encoder.blocks == 2
+    assert cfg.encoder.num_items == manifest["catalogue_size"] and cfg.encoder.max_len == 10
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_step=3", r"unknown key train.max_step; valid keys in \[train\]"),
+    ("trian.max_steps=3", "unknown section 'trian'"),
+    ("head.variant='dqn'", "variant must be one of"),
+    ("train.lr=fast", "train.lr must be float"),
+    ("max_steps=3", "expected section.key=value"),
+])
+def test_bad_overrides_name_the_key(config, data, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(config, [override], str(data))
+
+
+def test_unknown_key_in_the_file(tmp_path, data):
+    p = tmp_path / "bad.toml"
+    p.write_text("[train]\nbatchsize = 3\n")
+    with pytest.raises(ConfigError, match="train.batchsize.*batch_size"):
+        load_run_config(p, [], str(data))
+
+
+def test_train_writes_checkpoints_tensorboard_and_evaluate_writes_metrics(config, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--data", str(data), "--out", str(out)]) == 0
+    for name in ("last", "best"):
+        state = torch.load(out / "checkpoints" / f"{name}.pt", weights_only=True)
+        assert state["step"] > 0 and "model" in state
+        assert json.loads((out / "checkpoints" / f"{name}.json").read_text())["step"] == state["step"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss/ce", "loss/td", "q/mean", "perf/samples_per_s", "metrics/purchase_hr@10"} <= tags
+    assert main(["evaluate", "--run", str(out), "--split", "test"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for block in (metrics["test"], metrics["popularity"]["test"]):
+        assert {"view", "purchase"} <= set(block)
+        assert all(0.0 <= block["view"][f"{m}@{k}"] <= 1.0 for m in ("hr", "ndcg") for k in (5, 10, 20))
+    assert "popularity purchase" in capsys.readouterr().out
+    # the same run folder is not silently overwritten
+    assert main(["train", "--config", str(config), "--data", str(data), "--out", str(out)]) == 2
+
+
+def test_evaluate_rejects_a_protocol_the_data_was_not_prepared_for(config, data, tmp_path):
+    out = tmp_path / "run"
+    train(load_run_config(config, ["train.max_steps=2", "train.eval_every=2"], str(data)), out, progress=False)
+    assert main(["evaluate", "--run", str(out), "--protocol", "loo"]) == 2
+
+
+def _last_step(out: Path) -> int:
+    try:
+        return json.loads((out / "checkpoints" / "last.json").read_text())["step"]
+    except (OSError, ValueError):
+        return 0
+
+
+def test_kill_9_then_resume_ends_with_the_same_metrics(config, data, tmp_path):
+    args = ["--config", str(config), "--data", str(data), "--set", "train.max_steps=400", "--set",
+            "train.eval_every=25", "--set", "head.variant='sa2c'", "--set", "head.warmup_steps=100"]
+    whole = tmp_path / "whole"
+    assert main(["train", *args, "--out", str(whole)]) == 0
+
+    killed = tmp_path / "killed"
+    # same thread count as this process: float sums must happen in the same order to compare bit for bit
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "seqrec", "train", *args, "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _last_step(killed) < 50 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = _last_step(killed)
+    assert 0 < stopped_at < 400, "the kill should land mid-run"
+    assert main(["train", *args, "--out", str(killed), "--resume"]) == 0
+
+    a = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 400 and a["best_step"] == b["best_step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert (json.loads((whole / "checkpoints" / "last.json").read_text())["valid"]
+            == json.loads((killed / "checkpoints" / "last.json").read_text())["valid"])
