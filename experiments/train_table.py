@@ -1,0 +1,76 @@
+"""Train every model config over several seeds on one prepared dataset and write a markdown results table.
+
+Each (model, seed) is a run under OUT/<model>-seed<k> (config.json, checkpoints, TensorBoard); the table
+gives mean and standard deviation over seeds of HR@10 and NDCG@10 for purchases and views on the test
+split (the papers' protocol), with the popularity baseline as the first row.
+
+    python experiments/train_table.py --data data/taobao --out runs/taobao --seeds 0,1,2
+    python experiments/train_table.py --data data/yc --models sasrec,sasrec_sqn --set train.max_steps=1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from seqrec.train import evaluate, load_run_config, train
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+MODELS = ("sasrec", "sasrec_sqn", "sasrec_sac", "sasrec_snqn", "sasrec_sa2c", "gru4rec", "gru4rec_sqn")
+COLUMNS = (("purchase", "hr@10"), ("purchase", "ndcg@10"), ("view", "hr@10"), ("view", "ndcg@10"))
+
+
+def run_one(model: str, seed: int, data: str, out: Path, overrides: list[str]) -> dict:
+    """Train (or resume, or re-use) one model with one seed and return its test metrics."""
+    run = out / f"{model}-seed{seed}"
+    cfg = load_run_config(CONFIGS / f"{model}.toml", [*overrides, f"train.seed={seed}"], data)
+    done = run / "checkpoints" / "last.json"
+    finished = done.exists() and json.loads(done.read_text())["step"] >= cfg.train.max_steps
+    if not finished:
+        train(cfg, run, resume=(run / "checkpoints" / "last.pt").exists())
+    return evaluate(run, "test", "loo" if json.loads((Path(data) / "manifest.json").read_text())["config"][
+        "split"] == "loo" else "sessions")
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="prepared-dataset folder")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the runs and table.md")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated config names in experiments/configs")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override every config")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results: dict[str, list[dict]] = {}
+    popularity: dict = {}
+    for model in args.models.split(","):
+        for seed in seeds:
+            metrics = run_one(model, seed, args.data, args.out, args.set)
+            results.setdefault(model, []).append(metrics["test"])
+            popularity = metrics["popularity"]["test"]
+            print(f"{model} seed {seed}: " + ", ".join(
+                f"{ev} {m} {metrics['test'].get(ev, {}).get(m, float('nan')):.4f}" for ev, m in COLUMNS), flush=True)
+    header = "| model | " + " | ".join(f"{ev} {m.upper()}" for ev, m in COLUMNS) + " |"
+    lines = [header, "|---" * (len(COLUMNS) + 1) + "|",
+             "| popularity | " + " | ".join(cell([popularity[ev][m]] if ev in popularity else [])
+                                            for ev, m in COLUMNS) + " |"]
+    for model, runs in results.items():
+        lines.append(f"| {model} | " + " | ".join(cell([r[ev][m] for r in runs if ev in r]) for ev, m in COLUMNS) + " |")
+    table = "\n".join(lines)
+    note = f"\n\n{len(seeds)} seeds ({args.seeds}); data {args.data}; overrides {args.set or 'none'}\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text(table + note)
+    print(table + note)
+
+
+if __name__ == "__main__":
+    main()
