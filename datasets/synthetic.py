@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from .schema import EVENT_TYPES, TIMESTAMP_TYPE
+
 NUDGE_ARMS: tuple[str, ...] = (
     "default_option", "preset_plan", "gain_framing", "loss_framing", "urgency",
     "progress_bar", "incentive", "reminder", "gamified_goal", "social_proof", "peer_choice",
@@ -43,14 +45,13 @@ NUDGE_FAMILY: dict[str, str] = {
     "social_proof": "social_appeal", "peer_choice": "social_appeal",
 }
 
-EVENT_TYPES: tuple[str, ...] = ("view", "like", "cart", "purchase")
 
 SCHEMA = pa.schema([
     ("user_id", pa.int64()),
     ("session_id", pa.int64()),
     ("item_id", pa.int64()),
     ("event_type", pa.string()),
-    ("timestamp", pa.timestamp("us", tz="UTC")),
+    ("timestamp", TIMESTAMP_TYPE),
     ("nudge_id", pa.string()),
     ("propensity", pa.float64()),
     ("value", pa.float64()),
