@@ -13,3 +13,29 @@ def test_bench_prepare_smoke(tmp_path):
                          capture_output=True, text=True, check=True, timeout=300)
     table = [line for line in out.stdout.splitlines() if line.startswith("| parquet") or line.startswith("| csv")]
     assert len(table) == 2, out.stdout
+
+
+def test_bench_train_smoke():
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_train.py"), "--catalogues", "500",
+                          "--steps", "2", "--batch", "32", "--warmup", "1", "--mm-samples", "2",
+                          "--eval-batches", "1", "--variants", "gru4rec,sasrec,sasrec-sqn", "--epoch",
+                          "--epoch-transitions", "64"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    rows = [line.split(" | ")[0] for line in out.stdout.splitlines() if line.startswith("| ") and "| 500 |" in line]
+    assert rows == ["| gru4rec", "| sasrec", "| sasrec-sqn"], out.stdout
+    assert "GFLOP/s" in out.stdout and "| epoch s |" in out.stdout, out.stdout
+
+
+def test_train_table_smoke(tmp_path):
+    from seqrec.datasets.adapters import source_spec
+    from seqrec.datasets.prepare import PrepareConfig, prepare
+    from seqrec.datasets.synthetic import SyntheticConfig, write_events
+
+    write_events(SyntheticConfig(users=120, items=30, seed=1), tmp_path / "ev.parquet")
+    prepare([tmp_path / "ev.parquet"], lambda p: source_spec("events", p), PrepareConfig(), tmp_path / "data")
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "train_table.py"), "--data",
+                          str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--models", "sasrec,gru4rec_sqn",
+                          "--seeds", "0,1", "--set", "train.max_steps=4", "--set", "train.eval_every=2",
+                          "--set", "encoder.dim=8"], capture_output=True, text=True, check=True, timeout=300)
+    table = (tmp_path / "runs" / "table.md").read_text()
+    assert "| popularity |" in table and "| sasrec |" in table and "| gru4rec_sqn |" in table, out.stdout
