@@ -64,7 +64,8 @@ def main() -> None:
              "| popularity | " + " | ".join(cell([popularity[ev][m]] if ev in popularity else [])
                                             for ev, m in COLUMNS) + " |"]
     for model, runs in results.items():
-        lines.append(f"| {model} | " + " | ".join(cell([r[ev][m] for r in runs if ev in r]) for ev, m in COLUMNS) + " |")
+        cells = (cell([r[ev][m] for r in runs if ev in r]) for ev, m in COLUMNS)
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     note = f"\n\n{len(seeds)} seeds ({args.seeds}); data {args.data}; overrides {args.set or 'none'}\n"
     args.out.mkdir(parents=True, exist_ok=True)
