@@ -9,6 +9,11 @@ bound, and the achieved fraction of it is printed (target: 0.70 or more at 26,70
 configuration runs in a fresh process, so every row has its own peak RSS (torch itself included: the
 baseline after `import torch` is printed under the table).
 
+On CPU, glibc hands big temporaries ((B, I) logits: 27 MB at 26,702 items, 100 MB at 100,000) back to the
+OS and page-faults them in again at every step; --retain-heap (mallopt in each child) shows the rate
+without that cost ("page-faulted MiB/step" in the per-row lines). The forward product runs much slower when
+I is not a multiple of 8 (26,702 is not), which the bound includes since it times the same shape.
+
 On CUDA an epoch over a synthetic RC15-sized set (1.1 million transitions, batch 256) is timed too (the
 issue's target: under 10 s); on CPU only with --epoch, since it takes minutes there.
 
@@ -344,7 +349,7 @@ def main() -> None:
     busy = [f"{r['model']} at {r['items']:,}" for r in rows if r["mm_drift"] > 0.25 and r["t_mm"]["fwd"] > 1e-3]
     if busy:
         print(f"WARNING: the bare matmul changed speed by more than 25% around the steps of {', '.join(busy)}: "
-              "the machine was busy, those figures are not reliable.")
+              "the machine was busy (or the kernel is unstable at this shape): read those rows with care.")
     print("eval states/s = ranked targets per second (one state each); sessions/s = states/s / events per "
           f"session ({RC15_SESSION_LEN} in RC15).")
 
