@@ -35,7 +35,6 @@ flops; nothing else in a step is that large at I >> D):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -50,6 +49,7 @@ from seqrec.rl.qlearning import FIRST_ITEM, Learner
 
 from seqrec.encoders import EncoderConfig
 from seqrec.metrics import target_ranks
+from seqrec.train import retain_heap
 
 # model name -> (encoder kind, head variant)
 MODELS = {"gru4rec": ("gru", "ce"), "sasrec": ("sasrec", "ce"), "sasrec-sqn": ("sasrec", "sqn"),
@@ -134,18 +134,6 @@ def rss_mib() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         return float("nan")
-
-
-def retain_heap() -> bool:
-    """glibc: serve every allocation from the heap and never give freed memory back to the OS, so large
-    temporaries are not page-faulted in afresh at every step (what MALLOC_MMAP_MAX_=0 and a huge
-    MALLOC_TRIM_THRESHOLD_ do). Returns False where mallopt is unavailable."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 def minor_faults() -> int:

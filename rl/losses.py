@@ -42,16 +42,22 @@ class HeadConfig:
             raise ValueError(f"td_weight must be >= 0, got {self.td_weight}")
 
 
+def td_target(reward: torch.Tensor, done: torch.Tensor, future: torch.Tensor, gamma: float) -> torch.Tensor:
+    """r + gamma * future, with no future value at the end of a session. All (B,); detached."""
+    return (reward + gamma * (1.0 - done.float()) * future).detach()
+
+
 def double_q_target(reward: torch.Tensor, done: torch.Tensor, q_next_main: torch.Tensor,
                     q_next_target: torch.Tensor, gamma: float) -> torch.Tensor:
     """r + gamma * Q'(s', argmax_a Q(s', a)), with no future value at the end of a session.
 
     reward, done: (B,); q_next_main, q_next_target: (B, I) Q values of the next state from the network
-    being trained and from the other copy. Returns (B,), detached.
+    being trained and from the other copy. Returns (B,), detached. (The learner computes the same value
+    without the other copy's full (B, I) matrix: it only needs the row of the arg-max.)
     """
     best = q_next_main.argmax(dim=1, keepdim=True)  # (B, 1) chosen by the trained network
     future = q_next_target.gather(1, best).squeeze(1)  # (B,) valued by the other copy
-    return (reward + gamma * (1.0 - done.float()) * future).detach()
+    return td_target(reward, done, future, gamma)
 
 
 def td_loss(q_taken: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

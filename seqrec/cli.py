@@ -164,8 +164,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from seqrec.train import load_run_config, train
+    from seqrec.train import load_run_config, retain_heap, train
 
+    retain_heap()
     overrides = list(args.set) + ([f"train.device={args.device!r}".replace("'", '"')] if args.device else [])
     cfg = load_run_config(args.config, overrides, args.data)
     out = args.out or Path("runs") / args.config.stem
@@ -178,8 +179,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from seqrec.train import evaluate
+    from seqrec.train import evaluate, retain_heap
 
+    retain_heap()
     metrics = evaluate(args.run, args.split, args.protocol, args.checkpoint)
     print(metrics_table(metrics, args.split))
     print(f"  written to {args.run / 'metrics.json'}")

@@ -7,6 +7,7 @@ a run killed at any moment and resumed from its last checkpoint ends exactly as 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import time
@@ -124,6 +125,21 @@ def saved_config(run: Path) -> RunConfig:
         raise ConfigError(f"{run}: not a run folder (no config.json)") from None
     return RunConfig(data=d["data"], encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
                      head=from_dict(HeadConfig, d["head"], "head"), train=from_dict(TrainConfig, d["train"], "train"))
+
+
+def retain_heap() -> bool:
+    """glibc: keep freed memory in the heap instead of returning it to the OS, so the large (B, I)
+    temporaries of every step are not page-faulted in afresh (MALLOC_MMAP_MAX_=0 and a huge
+    MALLOC_TRIM_THRESHOLD_). Called once per process by the CLI; returns False where unavailable.
+
+    Measured by experiments/bench_train.py at 26,702 items: SASRec 3,584 -> 4,697 samples/s.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def pick_device(name: str) -> torch.device:

@@ -65,3 +65,14 @@ def test_negatives_are_real_items_other_than_the_positive():
     assert neg.min() >= 2 and neg.max() <= 29
     assert not (neg == action[:, None]).any()
     assert set(neg[0].tolist()) == set(range(3, 30))  # uniform over every other real item
+
+
+def test_q_at_equals_the_full_q_head_gathered():
+    """The learner values only the rows it needs; they must equal the full (B, I) Q head's entries, so the
+    TD targets equal double_q_target / negative_targets computed on full matrices."""
+    net = _learner("sqn").nets[0].eval()
+    b = _batch()
+    ids = torch.randint(2, 30, (8, 5))
+    with torch.no_grad():
+        full = net.q_values(b["state"])
+        assert torch.allclose(net.q_at(net.encoder.encode(b["state"]), ids), full.gather(1, ids), atol=1e-6)
