@@ -10,8 +10,8 @@ configuration runs in a fresh process, so every row has its own peak RSS (torch 
 baseline after `import torch` is printed under the table).
 
 On CPU, glibc hands big temporaries ((B, I) logits: 27 MB at 26,702 items, 100 MB at 100,000) back to the
-OS and page-faults them in again at every step; --retain-heap (mallopt in each child) shows the rate
-without that cost ("page-faulted MiB/step" in the per-row lines). The forward product runs much slower when
+OS and page-faults them in again at every step; --retain-heap (on by default, as in `seqrec train`) removes
+that cost; --no-retain-heap shows the rate with it ("page-faulted MiB/step" in the per-row lines). The forward product runs much slower when
 I is not a multiple of 8 (26,702 is not), which the bound includes since it times the same shape.
 
 On CUDA an epoch over a synthetic RC15-sized set (1.1 million transitions, batch 256) is timed too (the
@@ -26,10 +26,10 @@ flops; nothing else in a step is that large at I >> D):
   ce   (SASRec, GRU4Rec): forward logits = state @ E.T (1, "fwd"); backward of it: grad wrt the state
        G @ E (B, I) x (I, D) (1, "grad_state") and grad wrt the tied item table G.T @ state (I, B) x (B, D)
        (1, "grad_weight").                                                               -> 3 = 1 + 1 + 1
-  sqn  the above, plus the Q head `q(state)` (nn.Linear D -> I: addmm, forward 1, backward 1 + 1), plus
-       the no-grad Q values of the next state from both networks, net.q_values and other.q_values
-       (forward 2).                                                                      -> 8 = 4 + 2 + 2
-  sa2c / snqn: sqn plus other.q_values(state) for the negatives' targets (forward 1).    -> 9 = 5 + 2 + 2
+  sqn / sac: the above, plus the no-grad Q values of the next state from the learning network,
+       net.q_values(next_state), for the arg-max (forward 1); the taken action's Q and the other network's
+       value of the arg-max are gathered rows (q_at), not catalogue products.            -> 4 = 2 + 1 + 1
+  sa2c / snqn: sqn plus net.q(state) for the negatives' arg-max (forward 1).             -> 5 = 3 + 1 + 1
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from seqrec.train import retain_heap
 MODELS = {"gru4rec": ("gru", "ce"), "sasrec": ("sasrec", "ce"), "sasrec-sqn": ("sasrec", "sqn"),
           "sasrec-snqn": ("sasrec", "snqn"), "sasrec-sa2c": ("sasrec", "sa2c")}
 # catalogue-wide products per training step by head variant: (fwd, grad_state, grad_weight); see the docstring
-MATMULS = {"ce": (1, 1, 1), "sqn": (4, 2, 2), "sac": (4, 2, 2), "snqn": (5, 2, 2), "sa2c": (5, 2, 2)}
+MATMULS = {"ce": (1, 1, 1), "sqn": (2, 1, 1), "sac": (2, 1, 1), "snqn": (3, 1, 1), "sa2c": (3, 1, 1)}
 SHAPES = ("fwd", "grad_state", "grad_weight")
 RC15_TRANSITIONS = 1_100_000  # RC15: ~200,000 sessions, 1.1 million events, one transition per event
 RC15_SESSION_LEN = 5.5
@@ -266,8 +266,8 @@ def main() -> None:
     ap.add_argument("--epoch", action=argparse.BooleanOptionalAction, default=None,
                     help="time one epoch of a synthetic RC15-sized set (default: on CUDA only)")
     ap.add_argument("--epoch-transitions", type=int, default=RC15_TRANSITIONS)
-    ap.add_argument("--retain-heap", action="store_true",
-                    help="glibc mallopt: keep freed memory (no mmap/trim), so big temporaries are not page-faulted")
+    ap.add_argument("--retain-heap", action=argparse.BooleanOptionalAction, default=True,
+                    help="glibc mallopt: keep freed memory (no mmap/trim), as `seqrec train` does (default on)")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of a few steps per row")
     ap.add_argument("--profile-steps", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
