@@ -11,8 +11,9 @@ baseline after `import torch` is printed under the table).
 
 On CPU, glibc hands big temporaries ((B, I) logits: 27 MB at 26,702 items, 100 MB at 100,000) back to the
 OS and page-faults them in again at every step; --retain-heap (on by default, as in `seqrec train`) removes
-that cost; --no-retain-heap shows the rate with it ("page-faulted MiB/step" in the per-row lines). The forward product runs much slower when
-I is not a multiple of 8 (26,702 is not), which the bound includes since it times the same shape.
+that cost; --no-retain-heap shows the rate with it ("page-faulted MiB/step" in the per-row lines). The
+forward product runs much slower when I is not a multiple of 8 (26,702 is not), which the bound includes
+since it times the same shape.
 
 On CUDA an epoch over a synthetic RC15-sized set (1.1 million transitions, batch 256) is timed too (the
 issue's target: under 10 s); on CPU only with --epoch, since it takes minutes there.
@@ -49,7 +50,7 @@ from seqrec.rl.qlearning import FIRST_ITEM, Learner
 
 from seqrec.encoders import EncoderConfig
 from seqrec.metrics import target_ranks
-from seqrec.train import retain_heap
+from seqrec.train import pick_device, retain_heap
 
 # model name -> (encoder kind, head variant)
 MODELS = {"gru4rec": ("gru", "ce"), "sasrec": ("sasrec", "ce"), "sasrec-sqn": ("sasrec", "sqn"),
@@ -226,14 +227,6 @@ def run_one(model: str, items: int, args: argparse.Namespace, device: torch.devi
             "baseline_rss_mib": baseline, "peak_gpu_mib": peak_gpu, "profile": profile,
             "faulted_mib_per_step": faults * os.sysconf("SC_PAGE_SIZE") / 2**20 / args.steps,
             "mm_drift": drift, "retained_heap": retained}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
-    return torch.device(name)
 
 
 def fmt_row_line(r: dict) -> str:
