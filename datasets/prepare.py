@@ -167,7 +167,7 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
     cache_key = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, "config": config,
                                            "inputs": [f.sha256 for f in files]}, sort_keys=True).encode()).hexdigest()
     previous = _load_manifest(out)
-    if previous and previous.get("cache_key") == cache_key and _outputs_exist(out, previous):
+    if previous and previous.get("cache_key") == cache_key and _outputs_exist(out):
         previous["reused"] = True
         return previous
 
@@ -274,7 +274,7 @@ def _load_manifest(out: Path) -> dict | None:
         return None
 
 
-def _outputs_exist(out: Path, manifest: dict) -> bool:
+def _outputs_exist(out: Path) -> bool:
     needed = [out / "events.parquet", out / "sessions.parquet", out / "vocab.parquet", out / "quarantine.parquet"]
     needed += [out / "transitions" / s / f"{n}.npy" for s in SPLITS for n in TRANSITION_FILES]
     return all(p.exists() for p in needed)

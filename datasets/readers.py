@@ -295,7 +295,6 @@ def _read_jsonl(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBa
     block_bytes = max(1 << 20, batch_rows * 64)
     line_no = 1
     consumed = 0
-    seen_any = False
     with open(path, "rb") as f:
         tail = b""
         while True:
@@ -316,8 +315,6 @@ def _read_jsonl(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBa
             if lines and lines[-1] == b"":
                 lines.pop()
             table, rows, bad = _parse_json_lines(block, lines, line_no, source_cols, targets)
-            if table.num_rows and not seen_any:
-                seen_any = True
             line_no += len(lines)
             yield RawBatch(table, rows, bad, consumed)
             if not chunk:

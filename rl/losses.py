@@ -1,8 +1,8 @@
 """The TD and actor losses of SQN, SAC, SNQN and SA2C (Xin et al. 2020, 2022) as plain tensor functions.
 
 Every function takes tensors already on the right device and returns a scalar loss (or a target); the
-learner decides which network is "main" and which "target" in each batch (double Q-learning: two copies
-trained alternately, each evaluated by the other).
+learner (rl/qlearning.py) decides which network learns in each batch and computes the double-Q value of
+the next state (`double_q_value`: two copies trained alternately, each valued by the other).
 """
 
 from __future__ import annotations
@@ -47,28 +47,9 @@ def td_target(reward: torch.Tensor, done: torch.Tensor, future: torch.Tensor, ga
     return (reward + gamma * (1.0 - done.float()) * future).detach()
 
 
-def double_q_target(reward: torch.Tensor, done: torch.Tensor, q_next_main: torch.Tensor,
-                    q_next_target: torch.Tensor, gamma: float) -> torch.Tensor:
-    """r + gamma * Q'(s', argmax_a Q(s', a)), with no future value at the end of a session.
-
-    reward, done: (B,); q_next_main, q_next_target: (B, I) Q values of the next state from the network
-    being trained and from the other copy. Returns (B,), detached. (The learner computes the same value
-    without the other copy's full (B, I) matrix: it only needs the row of the arg-max.)
-    """
-    best = q_next_main.argmax(dim=1, keepdim=True)  # (B, 1) chosen by the trained network
-    future = q_next_target.gather(1, best).squeeze(1)  # (B,) valued by the other copy
-    return td_target(reward, done, future, gamma)
-
-
 def td_loss(q_taken: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared TD error over the batch (and negatives, if q_taken is (B, N))."""
     return F.mse_loss(q_taken, target.detach())
-
-
-def negative_targets(q_state_main: torch.Tensor, q_state_target: torch.Tensor, gamma: float) -> torch.Tensor:
-    """SNQN target of a negative action: reward 0, and the state does not change (s' = s). (B,)"""
-    best = q_state_main.argmax(dim=1, keepdim=True)
-    return (gamma * q_state_target.gather(1, best).squeeze(1)).detach()
 
 
 def advantage(q_pos: torch.Tensor, q_neg: torch.Tensor, low: float, high: float) -> torch.Tensor:

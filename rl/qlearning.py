@@ -45,6 +45,16 @@ class TwoHeadNet(nn.Module):
         return torch.einsum("bkd,bd->bk", w, state) + self.q.bias[ids]  # (B, K)
 
 
+@torch.no_grad()
+def double_q_value(net: TwoHeadNet, other: TwoHeadNet, items: torch.Tensor,
+                   state: torch.Tensor | None = None) -> torch.Tensor:
+    """Q'(x, argmax_a Q(x, a)) for windows `items` (B, T): the learning network picks the action over the
+    whole catalogue, the other copy values just that row. `state` is net's (B, D) encoding if at hand. (B,)"""
+    q = net.q(state) if state is not None else net.q_values(items)  # (B, I)
+    best = q.argmax(dim=1, keepdim=True)  # (B, 1)
+    return other.q_at(other.encoder.encode(items), best).squeeze(1)
+
+
 def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator that depends only on (seed, step): the same draws whether or not the run was resumed."""
     g = torch.Generator(device=device)
@@ -98,10 +108,7 @@ class Learner(nn.Module):
         state = net.encoder.encode(s)  # (B, D)
         logits = net.encoder.score_all(state)  # (B, I)
         q_pos = net.q_at(state, a.unsqueeze(1)).squeeze(1)  # (B,) only the taken action needs a gradient
-        with torch.no_grad():  # double Q: the learning network picks the next action, the other values it
-            best = net.q_values(batch["next_state"]).argmax(dim=1, keepdim=True)  # (B, 1)
-            future = other.q_at(other.encoder.encode(batch["next_state"]), best).squeeze(1)  # (B,)
-        target = td_target(batch["reward"], batch["done"], future, h.gamma)
+        target = td_target(batch["reward"], batch["done"], double_q_value(net, other, batch["next_state"]), h.gamma)
         td = td_loss(q_pos, target)
         stats = {"q/mean": q_pos.mean().item(), "q/target_mean": target.mean().item()}
 
@@ -109,11 +116,8 @@ class Learner(nn.Module):
         if h.variant in ("snqn", "sa2c"):
             neg = _negatives(a, h.negatives, self.enc.num_items, g)  # (B, N)
             q_neg = net.q_at(state, neg)  # (B, N)
-            with torch.no_grad():  # a negative leaves the state unchanged: its target values s itself
-                best_s = net.q(state).argmax(dim=1, keepdim=True)  # (B, 1)
-                future_s = other.q_at(other.encoder.encode(s), best_s).squeeze(1)  # (B,)
-            neg_target = td_target(torch.zeros_like(future_s), torch.zeros_like(future_s, dtype=torch.bool),
-                                   future_s, h.gamma)
+            # a negative earns reward 0 and leaves the state unchanged: its target values s itself
+            neg_target = h.gamma * double_q_value(net, other, s, state.detach())  # (B,)
             td = td + td_loss(q_neg, neg_target.unsqueeze(1).expand_as(q_neg))
             if h.variant == "sa2c" and step >= h.warmup_steps:
                 weight = advantage(q_pos, q_neg, h.advantage_min, h.advantage_max)

@@ -2,25 +2,13 @@
 
 import pytest
 import torch
-from seqrec.rl.losses import HeadConfig, advantage, double_q_target, negative_targets, td_loss, weighted_ce
+from seqrec.rl.losses import HeadConfig, advantage, td_loss, td_target, weighted_ce
 
 
-def test_double_q_target_uses_main_argmax_and_target_value_and_stops_at_session_end():
-    reward = torch.tensor([0.2, 1.0])
-    done = torch.tensor([False, True])
-    q_main = torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, 0.0]])    # argmax: item 1, item 0
-    q_target = torch.tensor([[9.0, 2.0, 7.0], [4.0, 8.0, 8.0]])  # valued by the other copy: 2.0, (4.0)
-    y = double_q_target(reward, done, q_main, q_target, gamma=0.5)
-    # row 0: 0.2 + 0.5 * 2.0 = 1.2 (not 0.2 + 0.5 * 9.0: the target network's own max is not used)
-    # row 1: session end, no future value: 1.0
-    assert torch.allclose(y, torch.tensor([1.2, 1.0]))
+def test_td_target_stops_at_session_end():
+    y = td_target(torch.tensor([0.2, 1.0]), torch.tensor([False, True]), torch.tensor([2.0, 4.0]), gamma=0.5)
+    assert torch.allclose(y, torch.tensor([1.2, 1.0]))  # 0.2 + 0.5 * 2.0; session end: no future value
     assert not y.requires_grad
-
-
-def test_negative_targets_keep_the_state_and_have_zero_reward():
-    q_state_main = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    q_state_target = torch.tensor([[6.0, 4.0], [3.0, 10.0]])
-    assert torch.allclose(negative_targets(q_state_main, q_state_target, gamma=0.5), torch.tensor([3.0, 5.0]))
 
 
 def test_td_loss_is_mean_squared_error_and_does_not_move_the_target():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from seqrec.rl.losses import VARIANTS, HeadConfig
-from seqrec.rl.qlearning import Learner, _negatives, step_generator
+from seqrec.rl.qlearning import Learner, _negatives, double_q_value, step_generator
 
 from seqrec.encoders import EncoderConfig
 
@@ -68,11 +68,29 @@ def test_negatives_are_real_items_other_than_the_positive():
 
 
 def test_q_at_equals_the_full_q_head_gathered():
-    """The learner values only the rows it needs; they must equal the full (B, I) Q head's entries, so the
-    TD targets equal double_q_target / negative_targets computed on full matrices."""
+    """The learner values only the rows it needs; they must equal the full (B, I) Q head's entries."""
     net = _learner("sqn").nets[0].eval()
     b = _batch()
     ids = torch.randint(2, 30, (8, 5))
     with torch.no_grad():
         full = net.q_values(b["state"])
         assert torch.allclose(net.q_at(net.encoder.encode(b["state"]), ids), full.gather(1, ids), atol=1e-6)
+
+
+def _bias_only(net, bias):
+    """Q(x, a) = bias[a] whatever the state: hand-computable Q values."""
+    with torch.no_grad():
+        net.q.weight.zero_()
+        net.q.bias.copy_(torch.tensor(bias))
+
+
+def test_double_q_value_takes_the_arg_max_of_the_learner_and_the_value_of_the_other_copy():
+    learner = _learner("sqn")
+    net, other = learner.nets[0].eval(), learner.nets[1].eval()
+    items = _batch()["next_state"][:2]
+    _bias_only(net, [0.0, 0.0, 0.0, 3.0, 1.0] + [0.0] * 25)     # learner's arg-max: item 3
+    _bias_only(other, [0.0, 0.0, 9.0, 2.0, 7.0] + [0.0] * 25)   # other's value of item 3: 2.0 (not its max 9)
+    assert double_q_value(net, other, items).tolist() == [2.0, 2.0]
+    # a negative's target values the unchanged state with reward 0: gamma * Q'(s, argmax Q(s, .)) = 0.5 * 2
+    state = net.encoder.encode(items)
+    assert (0.5 * double_q_value(net, other, items, state)).tolist() == [1.0, 1.0]
