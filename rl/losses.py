@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from seqrec.catalogue import padded_scores
+
 VARIANTS = ("ce", "sqn", "sac", "snqn", "sa2c")
 
 
@@ -58,7 +60,68 @@ def advantage(q_pos: torch.Tensor, q_neg: torch.Tensor, low: float, high: float)
     return (q_pos - mean).clamp(low, high).detach()
 
 
-def weighted_ce(logits: torch.Tensor, action: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy over the whole catalogue, optionally weighted per sample (SAC: by Q, SA2C: by A)."""
-    ce = F.cross_entropy(logits, action, reduction="none")  # (B,)
+class _CatalogueCE(torch.autograd.Function):
+    """Per-sample cross-entropy of softmax(state @ table.T) at `action`, fused for the CPU's memory bandwidth.
+
+    The generic path (logits, log_softmax, nll_loss and their backwards) makes several passes over (B, I)
+    tensors plus a (B, I) zero fill. Here forward writes the logits into a row-padded buffer (faster BLAS,
+    seqrec/catalogue.py) and turns them into probabilities in place; since d ce / d logits = probs - onehot
+    is known then, backward edits the probabilities in place and runs the two products, scaling the small
+    (B, D) sides by the incoming per-sample gradient instead of the (B, I) one.
+    """
+
+    @staticmethod
+    def forward(ctx, state: torch.Tensor, table: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        buf = padded_scores(state, table)  # (B, I') logits, padding columns -inf
+        _softmax_(buf)  # (B, I') probabilities, in place; the padding's are 0
+        probs = buf[:, :table.shape[0]]  # (B, I)
+        rows = torch.arange(probs.shape[0], device=probs.device)
+        ce = -probs[rows, action].log()  # (B,)
+        lost = ~torch.isfinite(ce)  # a probability that underflowed (logit gap > ~87): exact log-sum-exp instead
+        if lost.any():
+            logits = state[lost] @ table.T  # (b, I), a few rows
+            ce[lost] = torch.logsumexp(logits, dim=1) - logits.gather(1, action[lost].unsqueeze(1)).squeeze(1)
+        ctx.save_for_backward(state, table, action)
+        ctx.probs = probs
+        return ce
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        state, table, action = ctx.saved_tensors
+        g, ctx.probs = ctx.probs, None  # (B, I), edited in place: this graph runs backward once
+        if g is None:
+            raise RuntimeError("catalogue_ce: backward ran twice over the same graph")
+        g[torch.arange(g.shape[0], device=g.device), action] -= 1.0  # d ce / d logits = probs - onehot
+        grad = grad.unsqueeze(1)  # (B, 1)
+        grad_state = (g @ table) * grad if ctx.needs_input_grad[0] else None  # (B, D)
+        grad_table = g.T @ (state * grad) if ctx.needs_input_grad[1] else None  # (I, D)
+        return grad_state, grad_table, None
+
+
+def _softmax_(x: torch.Tensor) -> None:
+    """Row softmax of a contiguous (B, I) `x` in place: no second (B, I) buffer to allocate and fault in."""
+    if not x.is_contiguous():  # ATen's in-place variant assumes contiguous rows
+        x.copy_(torch.softmax(x, dim=1))
+        return
+    try:
+        torch._softmax(x, 1, False, out=x)  # ATen's out= variant: one read and one write per row
+    except (AttributeError, RuntimeError, TypeError):  # pragma: no cover - only if ATen drops the variant
+        x.copy_(torch.softmax(x, dim=1))
+
+
+def catalogue_ce(state: torch.Tensor, table: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """(B, D) states, (I, D) item table, (B,) targets -> (B,) cross-entropy over the whole catalogue.
+
+    Fused on full precision (see `_CatalogueCE`); under autocast (mixed precision on CUDA) the generic path.
+    """
+    if torch.is_autocast_enabled(state.device.type):
+        return F.cross_entropy(state @ table.T, action, reduction="none")
+    return _CatalogueCE.apply(state, table, action)
+
+
+def weighted_ce(state: torch.Tensor, table: torch.Tensor, action: torch.Tensor,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the whole catalogue, optionally weighted per sample (SAC: by Q, SA2C: by A)."""
+    ce = catalogue_ce(state, table, action)  # (B,)
     return (ce * weight).mean() if weight is not None else ce.mean()

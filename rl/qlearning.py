@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seqrec.catalogue import row_argmax, scores
 from seqrec.encoders import EncoderConfig, build_encoder
 
 from .losses import HeadConfig, advantage, td_loss, td_target, weighted_ce
@@ -30,13 +31,13 @@ class TwoHeadNet(nn.Module):
     def forward(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         state = self.encoder.encode(items)  # (B, D)
         logits = self.encoder.score_all(state)  # (B, I)
-        return logits, (self.q(state) if self.q is not None else None)
+        return logits, (scores(state, self.q.weight, self.q.bias) if self.q is not None else None)
 
     def q_values(self, items: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, I) Q values only (no supervised scores: saves a catalogue-wide matmul)."""
         if self.q is None:
             raise ValueError("this network has no Q head (variant 'ce')")
-        return self.q(self.encoder.encode(items))
+        return scores(self.encoder.encode(items), self.q.weight, self.q.bias)  # (B, I)
 
     def q_at(self, state: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(B, D) states, (B, K) item ids -> (B, K) Q values of just those items (K rows of the head,
@@ -50,8 +51,8 @@ def double_q_value(net: TwoHeadNet, other: TwoHeadNet, items: torch.Tensor,
                    state: torch.Tensor | None = None) -> torch.Tensor:
     """Q'(x, argmax_a Q(x, a)) for windows `items` (B, T): the learning network picks the action over the
     whole catalogue, the other copy values just that row. `state` is net's (B, D) encoding if at hand. (B,)"""
-    q = net.q(state) if state is not None else net.q_values(items)  # (B, I)
-    best = q.argmax(dim=1, keepdim=True)  # (B, 1)
+    q = scores(state, net.q.weight, net.q.bias) if state is not None else net.q_values(items)  # (B, I)
+    best = row_argmax(q).unsqueeze(1)  # (B, 1)
     return other.q_at(other.encoder.encode(items), best).squeeze(1)
 
 
@@ -98,15 +99,14 @@ class Learner(nn.Module):
         g = step_generator(seed, step, batch["state"].device)
         s, a = batch["state"], batch["action"]
         if h.variant == "ce":
-            logits, _ = self.nets[0](s)
-            loss = weighted_ce(logits, a)
+            enc = self.nets[0].encoder
+            loss = weighted_ce(enc.encode(s), enc.output_weight, a)
             self._step(0, loss)
             return {"loss/ce": loss.item(), "loss/total": loss.item()}
 
         main = int(torch.randint(0, 2, (1,), generator=g, device=g.device).item())  # who learns this batch
         net, other = self.nets[main], self.nets[1 - main]
         state = net.encoder.encode(s)  # (B, D)
-        logits = net.encoder.score_all(state)  # (B, I)
         q_pos = net.q_at(state, a.unsqueeze(1)).squeeze(1)  # (B,) only the taken action needs a gradient
         target = td_target(batch["reward"], batch["done"], double_q_value(net, other, batch["next_state"]), h.gamma)
         td = td_loss(q_pos, target)
@@ -124,7 +124,7 @@ class Learner(nn.Module):
                 stats["advantage/mean"] = weight.mean().item()
         elif h.variant == "sac" and step >= h.warmup_steps:
             weight = q_pos.detach()
-        ce = weighted_ce(logits, a, weight)
+        ce = weighted_ce(state, net.encoder.output_weight, a, weight)
         loss = ce + h.td_weight * td
         self._step(main, loss)
         return {"loss/ce": ce.item(), "loss/td": td.item(), "loss/total": loss.item(), **stats}

@@ -7,7 +7,6 @@ Rank = number of items scored strictly higher than the target (ties in the targe
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -21,10 +20,9 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
     Reserved indices are excluded from the ranking; a reserved target gets rank I (a miss at every k).
     """
-    scores = scores.clone()
-    scores[:, :RESERVED] = -math.inf
     target_score = scores.gather(1, targets.unsqueeze(1))  # (B, 1)
-    ranks = (scores > target_score).sum(dim=1)  # (B,)
+    # items above the target, less the reserved ones among them (no (B, I) copy to mask them out)
+    ranks = (scores > target_score).sum(dim=1) - (scores[:, :RESERVED] > target_score).sum(dim=1)  # (B,)
     return torch.where(targets < RESERVED, torch.full_like(ranks, scores.shape[1]), ranks)
 
 

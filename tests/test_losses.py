@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from seqrec.rl.losses import HeadConfig, advantage, td_loss, td_target, weighted_ce
 
 
@@ -28,12 +29,41 @@ def test_advantage_subtracts_the_mean_over_positive_and_negatives_and_clips():
 
 
 def test_weighted_cross_entropy():
+    # with the identity as item table the states are the logits: CE = -log of the target's probability
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
     action = torch.tensor([0, 2])
     ce = torch.tensor([-torch.log(torch.tensor(0.5)), -torch.log(torch.tensor(0.8))])
-    assert weighted_ce(logits, action).item() == pytest.approx(ce.mean().item(), rel=1e-6)
+    assert weighted_ce(logits, torch.eye(3), action).item() == pytest.approx(ce.mean().item(), rel=1e-6)
     w = torch.tensor([2.0, 0.0])
-    assert weighted_ce(logits, action, w).item() == pytest.approx((2 * ce[0] / 2).item(), rel=1e-6)
+    assert weighted_ce(logits, torch.eye(3), action, w).item() == pytest.approx((2 * ce[0] / 2).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1000.0])  # 1000: probabilities underflow to 0
+def test_fused_catalogue_ce_matches_the_generic_path(scale: float):
+    """Values and both gradients equal F.cross_entropy on state @ table.T, weighted, large logits included."""
+    g = torch.Generator().manual_seed(0)
+    state = (torch.randn(16, 8, generator=g) * scale).requires_grad_()
+    table = torch.randn(50, 8, generator=g).requires_grad_()
+    action = torch.randint(0, 50, (16,), generator=g)
+    action[0] = (state[0] @ table.T).argmax()  # the target is the arg-max row: the log-sum-exp identity's edge
+    weight = torch.rand(16, generator=g)
+    fused = weighted_ce(state, table, action, weight)
+    fused.backward()
+    grads = state.grad.clone(), table.grad.clone()
+    state.grad = table.grad = None
+    generic = (F.cross_entropy(state @ table.T, action, reduction="none") * weight).mean()
+    generic.backward()
+    assert fused.item() == pytest.approx(generic.item(), rel=1e-5)
+    assert torch.allclose(grads[0], state.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(grads[1], table.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_catalogue_ce_refuses_a_second_backward():
+    state, table = torch.randn(2, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
+    loss = weighted_ce(state, table, torch.tensor([1, 3]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        loss.backward()
 
 
 @pytest.mark.parametrize("kwargs, message", [
