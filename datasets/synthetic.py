@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 
 from .schema import EVENT_TYPES, TIMESTAMP_TYPE
 
+# The arms of the default nudge catalogue (seqrec/nudges.toml), in its order and families; the generator keeps
+# its own copy so that datasets/ reads no file at import, and tests/test_nudges.py checks that the two agree.
 NUDGE_ARMS: tuple[str, ...] = (
     "default_option", "preset_plan", "gain_framing", "loss_framing", "urgency",
     "progress_bar", "incentive", "reminder", "gamified_goal", "social_proof", "peer_choice",
