@@ -211,9 +211,8 @@ class Bandit:
     # ------------------------------------------------------------------------------ learning
     def update(self, context: object, arm: int | str, reward: float, weight: float = 1.0) -> None:
         """Learn from one decision: `arm` (index or id) earned `reward`; `weight` > 0 (importance weight)."""
-        self.update_batch(None if context is None else self._one_context(context),
-                          np.array([self._arm_index(arm)]), np.array([reward], dtype=np.float64),
-                          np.array([weight], dtype=np.float64))
+        self.update_batch(self._one_context(context), np.array([self._arm_index(arm)]),
+                          np.array([reward], dtype=np.float64), np.array([weight], dtype=np.float64))
 
     def update_batch(self, contexts: np.ndarray | None, arms: np.ndarray, rewards: np.ndarray,
                      weights: np.ndarray | None = None) -> None:
@@ -265,8 +264,8 @@ class Bandit:
         if not self.dim:
             return None
         x = np.asarray(context, dtype=np.float64) if context is not None else None
-        if x is None or x.shape != (self.dim,):
-            raise ValueError(f"{self.config.kind} needs a context of shape ({self.dim},); "
+        if x is None or x.shape != (self.dim,) or not np.isfinite(x).all():
+            raise ValueError(f"{self.config.kind} needs a finite context of shape ({self.dim},); "
                              f"got {None if x is None else x.shape}")
         return x[None]
 
@@ -460,6 +459,7 @@ def fit_offline(bandit: Bandit, arms: np.ndarray | Sequence[str], rewards: np.nd
     - replay (default; Li et al. 2011): at each row the bandit draws from its current policy; only rows where
       its draw equals the logged arm update it. Unbiased when the logger chose uniformly at random; with
       another logger the rows it learns from over-represent the contexts where that logger favoured the arm.
+      (Thompson sampling draws from one posterior sample here; its Monte-Carlo propensities are not needed.)
     - ips: every row updates its logged arm with weight (1 / |available|) / propensity, i.e. the statistics a
       uniformly random logger would have gathered (self-normalised); the bandit's own choices play no part.
     """

@@ -79,10 +79,11 @@ def test_linucb_needs_a_context_width_and_context():
     with pytest.raises(ValueError, match="dim"):
         BanditConfig(kind="linucb").create(ARMS, 0)
     bandit = make("linucb", dim=3)
-    with pytest.raises(ValueError, match=r"context of shape \(3,\)"):
-        bandit.select(None)
-    with pytest.raises(ValueError, match=r"context of shape \(3,\)"):
-        bandit.update(np.zeros(2), 0, 1.0)
+    for bad in (None, np.zeros(2), np.array([0.0, np.nan, 1.0])):
+        with pytest.raises(ValueError, match=r"finite context of shape \(3,\)"):
+            bandit.select(bad)
+        with pytest.raises(ValueError, match=r"finite context of shape \(3,\)"):
+            bandit.update(bad, 0, 1.0)
 
 
 def test_context_free_kinds_ignore_context_and_dim():
@@ -208,8 +209,8 @@ def test_incremental_mean_is_the_papers_update():
     bandit.update(None, "a", 0.0, weight=1.0)
     assert bandit.mean[0] == pytest.approx(2 / 3) and bandit.weight[0] == 3
     twin = make("epsilon_greedy")
-    twin.update_batch(None, np.array([2, 2, 2, 2, 0, 0]), np.array([1.0, 0.0, 0.5, 0.25, 1.0, 0.0]),
-                      np.array([1, 1, 1, 1, 2.0, 1]))
+    twin.update_batch(None, np.array([2, 2, 0]), np.array([1.0, 0.0, 1.0]), np.array([1, 1, 2.0]))
+    twin.update_batch(None, np.array([2, 2, 0]), np.array([0.5, 0.25, 0.0]))   # merges with what is there
     np.testing.assert_allclose(twin.mean, bandit.mean, rtol=1e-14)
     np.testing.assert_array_equal(twin.weight, bandit.weight)
     assert twin.updates == bandit.updates == 6
@@ -257,6 +258,12 @@ def test_linucb_matches_the_ridge_solution_and_bonus_by_hand():
     twin.update_batch(x, a, r)
     np.testing.assert_allclose(twin.A, bandit.A, rtol=1e-12)
     np.testing.assert_allclose(twin.theta, bandit.theta, rtol=1e-9, atol=1e-12)
+    weighted = make("linucb", arms=("p", "q", "r"), dim=d, ridge=ridge)
+    w = rng.uniform(0.5, 3.0, size=60)
+    weighted.update_batch(x, a, r, w)                  # importance weights: weighted ridge regression
+    xa, ra, wa = x[a == 1], r[a == 1], w[a == 1]
+    theta = np.linalg.solve(ridge * np.eye(d) + (xa * wa[:, None]).T @ xa, xa.T @ (wa * ra))
+    np.testing.assert_allclose(weighted.theta[1], theta, rtol=1e-10, atol=1e-12)
 
 
 def test_linucb_fresh_arms_tie_and_split_evenly():
@@ -411,6 +418,8 @@ def test_fit_offline_errors():
 def test_save_load_round_trip_is_exact(kind, tmp_path):
     bandit = make(kind, seed=8, mc_samples=64, epsilon=0.2)
     feed(bandit, np.random.default_rng(1), 50)
+    for _ in range(7):                        # move the RNG on: load must restore its state, not the seed's
+        bandit.select(np.ones(3))
     save_bandit(bandit, tmp_path / "run")
     meta = json.loads((tmp_path / "run" / "bandit.json").read_text())
     assert meta["config"]["kind"] == kind and meta["arms"] == list(ARMS) and meta["updates"] == 50
