@@ -6,6 +6,9 @@ split (the papers' protocol), with the popularity baseline as the first row.
 
     python experiments/train_table.py --data data/taobao --out runs/taobao --seeds 0,1,2
     python experiments/train_table.py --data data/yc --models sasrec,sasrec_sqn --set train.max_steps=1000
+    python experiments/train_table.py --data data/yc --models sasrec_sqn,d3rlpy_dqn,d3rlpy_discrete_cql
+
+The d3rlpy_* configs train d3rlpy's algorithms on the same encoder, ranked by their Q values (README).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 from seqrec.train import evaluate, load_run_config, train
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-MODELS = ("sasrec", "sasrec_sqn", "sasrec_sac", "sasrec_snqn", "sasrec_sa2c", "gru4rec", "gru4rec_sqn")
+MODELS = ("sasrec", "sasrec_sqn", "sasrec_sac", "sasrec_snqn", "sasrec_sa2c", "gru4rec", "gru4rec_sqn",
+          "d3rlpy_dqn", "d3rlpy_double_dqn", "d3rlpy_discrete_cql", "d3rlpy_discrete_bcq")
 COLUMNS = (("purchase", "hr@10"), ("purchase", "ndcg@10"), ("view", "hr@10"), ("view", "ndcg@10"))
 
 

@@ -78,13 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_prepare)
 
     tr = sub.add_parser("train", help="train an encoder with a supervised or Q-learning head on a prepared dataset",
-                        description="Train from a TOML config ([data] dir, [encoder], [head], [train]); writes "
-                                    "config.json, checkpoints/ and TensorBoard logs (tb/) under --out.")
+                        description="Train from a TOML config ([data] dir, [encoder], [head], [train]; or "
+                                    "algorithm = \"d3rlpy.dqn|double_dqn|discrete_cql|discrete_bcq\" with a "
+                                    "[d3rlpy] table for d3rlpy's algorithms on our encoder); writes config.json, "
+                                    "checkpoints/ and TensorBoard logs (tb/) under --out.")
     tr.add_argument("--config", required=True, type=Path, help="TOML run config")
     tr.add_argument("--data", help="prepared-dataset folder (overrides data.dir)")
     tr.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override any config field, e.g. --set train.max_steps=200 (repeatable)")
+                    help="override any config field, e.g. --set train.max_steps=200 or --set "
+                         "algorithm=d3rlpy.discrete_cql (repeatable)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--device", choices=("auto", "cpu", "cuda"), help="shorthand for --set train.device=...")
     tr.set_defaults(func=_cmd_train)

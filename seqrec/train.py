@@ -23,6 +23,7 @@ from seqrec.config import ConfigError, from_dict, load_toml
 from seqrec.datasets.prepare import load_transitions, read_manifest
 from seqrec.encoders import EncoderConfig
 from seqrec.metrics import RankingMetrics, target_ranks
+from seqrec.rl.d3rlpy_config import D3RLPY_ALGORITHMS, D3rlpyConfig
 from seqrec.rl.losses import HeadConfig
 from seqrec.rl.qlearning import Learner
 
@@ -54,29 +55,46 @@ class TrainConfig:
             raise ValueError(f"select_metric must be EVENT/METRIC like purchase/ndcg@10, got {self.select_metric!r}")
 
 
+ALGORITHMS = ("seqrec", *D3RLPY_ALGORITHMS)  # seqrec: our own heads ([head] variant); else d3rlpy's algorithm
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run is: the prepared data, the encoder, the head (variant) and the loop."""
+    """Everything a run is: the prepared data, the encoder, the head (variant) and the loop; or, with
+    `algorithm = "d3rlpy.*"`, a d3rlpy algorithm on the same encoder (only head.gamma applies, plus [d3rlpy])."""
 
     data: str
     encoder: EncoderConfig
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    algorithm: str = "seqrec"
+    d3rlpy: D3rlpyConfig = field(default_factory=D3rlpyConfig)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"data": self.data, "encoder": asdict(self.encoder), "head": asdict(self.head),
-                "train": asdict(self.train)}
+        d = {"data": self.data, "encoder": asdict(self.encoder), "head": asdict(self.head),
+             "train": asdict(self.train)}
+        if self.algorithm != "seqrec":  # runs of our own heads keep the config.json they always had
+            d = {"algorithm": self.algorithm, **d, "d3rlpy": asdict(self.d3rlpy)}
+        return d
 
 
-SECTIONS = ("data", "encoder", "head", "train")
+SECTIONS = ("data", "encoder", "head", "train", "d3rlpy")
+TOP_LEVEL_KEYS = ("algorithm",)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """`section.key=value` (value as a TOML literal, else a string) -> (section, key, value)."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"--set {text!r}: expected section.key=value (sections: {', '.join(SECTIONS)})")
-    path, raw = text.split("=", 1)
-    section, key = path.strip().split(".", 1)
+    """`section.key=value` (value as a TOML literal, else a string) -> (section, key, value); a top-level
+    key (`algorithm=d3rlpy.dqn`) comes back with section ""."""
+    path = text.split("=", 1)[0].strip()
+    if "=" not in text or ("." not in path and path not in TOP_LEVEL_KEYS):
+        raise ConfigError(f"--set {text!r}: expected section.key=value (sections: {', '.join(SECTIONS)}) "
+                          f"or {'|'.join(TOP_LEVEL_KEYS)}=value")
+    raw = text.split("=", 1)[1]
+    section, key = path.split(".", 1) if "." in path else ("", path)
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -88,11 +106,15 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
     """Compose the RunConfig from a TOML dict, --set overrides and --data; num_items and max_len default
     to the prepared dataset's catalogue size and window."""
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(set(raw) - set(SECTIONS) - set(TOP_LEVEL_KEYS))
     if unknown:
-        raise ConfigError(f"unknown section [{unknown[0]}]; valid sections: {', '.join(SECTIONS)}")
+        raise ConfigError(f"unknown section [{unknown[0]}]; valid sections: {', '.join(SECTIONS)}; "
+                          f"valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
     for text in overrides:
         section, key, value = parse_override(text)
+        if section == "":
+            raw[key] = value
+            continue
         if section not in SECTIONS:
             raise ConfigError(f"--set {text!r}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
         if section == "data":
@@ -108,9 +130,25 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
         raise ConfigError("no prepared dataset: give --data DIR or data.dir in the config")
     manifest = read_manifest(data_dir)
     enc = {"num_items": manifest["catalogue_size"], "max_len": manifest["config"]["window"], **raw.get("encoder", {})}
+    algorithm = raw.get("algorithm", "seqrec")
+    _check_algorithm_sections(algorithm, raw)
     return RunConfig(data=str(data_dir), encoder=from_dict(EncoderConfig, enc, "encoder"),
                      head=from_dict(HeadConfig, raw.get("head", {}), "head"),
-                     train=from_dict(TrainConfig, raw.get("train", {}), "train"))
+                     train=from_dict(TrainConfig, raw.get("train", {}), "train"), algorithm=algorithm,
+                     d3rlpy=from_dict(D3rlpyConfig, raw.get("d3rlpy", {}), "d3rlpy"))
+
+
+def _check_algorithm_sections(algorithm: Any, raw: dict[str, Any]) -> None:
+    """The algorithm is a known name, and no table holds keys the algorithm would silently ignore."""
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    if algorithm == "seqrec" and raw.get("d3rlpy"):
+        raise ConfigError('[d3rlpy] applies only with algorithm = "d3rlpy.*"; this run trains our own heads '
+                          "(algorithm = \"seqrec\")")
+    ignored = sorted(set(raw.get("head", {})) - {"gamma"})
+    if algorithm != "seqrec" and ignored:
+        raise ConfigError(f"with algorithm = {algorithm!r} only head.gamma applies (the discount); remove "
+                          f"head.{ignored[0]} (d3rlpy settings go in [d3rlpy])")
 
 
 def load_run_config(path: str | Path, overrides: list[str] = (), data: str | None = None) -> RunConfig:
@@ -124,7 +162,20 @@ def saved_config(run: Path) -> RunConfig:
     except FileNotFoundError:
         raise ConfigError(f"{run}: not a run folder (no config.json)") from None
     return RunConfig(data=d["data"], encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
-                     head=from_dict(HeadConfig, d["head"], "head"), train=from_dict(TrainConfig, d["train"], "train"))
+                     head=from_dict(HeadConfig, d["head"], "head"), train=from_dict(TrainConfig, d["train"], "train"),
+                     algorithm=d.get("algorithm", "seqrec"),
+                     d3rlpy=from_dict(D3rlpyConfig, d.get("d3rlpy", {}), "d3rlpy"))
+
+
+def build_learner(cfg: RunConfig, device: torch.device) -> torch.nn.Module:
+    """Our learner of the [head] variant, or the d3rlpy algorithm on our encoder behind the same interface
+    (update(batch, step, seed), scores, state dicts); d3rlpy is imported only for d3rlpy runs."""
+    if cfg.algorithm == "seqrec":
+        return Learner(cfg.encoder, cfg.head, cfg.train.lr).to(device)
+    from seqrec.rl.d3rlpy_bridge import D3rlpyLearner
+
+    return D3rlpyLearner(cfg.algorithm, cfg.encoder, cfg.d3rlpy, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                         gamma=cfg.head.gamma, device=device)
 
 
 def retain_heap() -> bool:
@@ -241,7 +292,7 @@ def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None
     saved.write_text(json.dumps(cfg.to_dict(), indent=2))
 
     torch.manual_seed(t_cfg.seed)  # initialisation
-    learner = Learner(cfg.encoder, cfg.head, t_cfg.lr).to(device)
+    learner = build_learner(cfg, device)
     start, best, best_step = 0, None, None
     if resume and (ckpt_dir / "last.pt").exists():
         state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
@@ -255,6 +306,7 @@ def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None
     writer = SummaryWriter(str(out / "tb"), purge_step=start if start else None)
     if start == 0:
         rows = [f"|{sec}.{k}|{v}|" for sec, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()]
+        rows.insert(0, f"|algorithm|{cfg.algorithm}|")
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(rows), 0)
     event, metric = t_cfg.select_metric.split("/")
     amp = t_cfg.amp and device.type == "cuda"
@@ -287,6 +339,9 @@ def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None
                 best, best_step = value, done
                 _save(ckpt_dir / "best.pt", {**payload, "best": best, "best_step": best_step},
                       {"step": done, "select_metric": t_cfg.select_metric, "value": value, "valid": last_metrics})
+                if cfg.algorithm != "seqrec":  # d3rlpy's own file too, for d3rlpy_bridge.load_learnable
+                    learner.save_d3rlpy(str(ckpt_dir / "best.d3.tmp"))
+                    os.replace(ckpt_dir / "best.d3.tmp", ckpt_dir / "best.d3")
             _save(ckpt_dir / "last.pt", {**payload, "best": best, "best_step": best_step},
                   {"step": done, "best": best, "best_step": best_step, "valid": last_metrics})
             bar.set_postfix({t_cfg.select_metric: value})
@@ -315,7 +370,7 @@ def evaluate(run: Path, split: str = "test", protocol: str = "sessions", checkpo
         path = run / "checkpoints" / "last.pt"
     if not path.exists():
         raise ConfigError(f"{run}: no checkpoint; train the run first")
-    learner = Learner(cfg.encoder, cfg.head, cfg.train.lr).to(device)
+    learner = build_learner(cfg, device)
     learner.load_state_dict(torch.load(path, map_location=device, weights_only=True)["model"])
     learner.eval()
     names = _event_names(manifest)
