@@ -1,10 +1,12 @@
 """Raw event files -> a prepared-dataset folder: events, sessions, vocabulary, splits, RL transitions.
 
 Three passes keep memory bounded by one bucket, not by the input:
-1. stream every file, validate, quarantine bad rows, and scatter kept rows into user-hash buckets on disk;
+1. stream every file, validate, quarantine bad rows, exclude (and count) rows of dropped event types, and
+   scatter kept rows into user-hash buckets on disk;
 2. per bucket: sort, quarantine duplicates, cut sessions, drop short ones, count items;
-   then globally: number sessions by start time, split them, build the item vocabulary;
-3. per bucket: map items, write events and the transitions of each split.
+   then globally: number sessions by start time, sample `max_sessions` of them (then recount items and
+   event types over the sample, one light pass), split them, build the item vocabulary;
+3. per bucket: map items, write events and the transitions of each split (sampled sessions only).
 The folder's manifest.json (see `MANIFEST_KEYS`) is written last, so its presence means the folder is complete;
 a second run with the same inputs and config re-uses the folder.
 """
@@ -34,11 +36,12 @@ from .readers import BadRows, InputError, SourceSpec, read_file
 from .schema import DEFAULT_REWARDS, EVENT_TYPES, QUARANTINE_SCHEMA, TIMESTAMP_TYPE
 from .validate import EventTypes, Validator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rows_excluded / excluded_by_event, session sampling keys
 SPLITS = ("train", "valid", "test")
 LOO_SPLIT = 3  # session-level code under leave-one-out: its events are cut into all three splits
 PAD, OOV = 0, 1  # reserved item indices; real items start at 2
 _THREADS = 2  # buckets in flight in passes 2 and 3 (the machine this targets has 2 cores)
+_INT64_MAX = np.iinfo(np.int64).max
 MANIFEST_KEYS = ("rows_read", "rows_kept", "rows_quarantined", "quarantine_reasons", "events_by_type",
                  "sessions", "items", "splits", "config", "inputs")
 TRANSITION_FILES = ("state", "action", "event", "reward", "next_state", "done", "session")
@@ -50,7 +53,7 @@ class PrepareConfig:
 
     source: str = "events"                  # reader/adapter name, recorded for provenance
     min_session_length: int = 3             # sessions with fewer events are dropped (and counted)
-    session_gap_minutes: float = 30.0       # inactivity that ends a session when the log has no session id
+    session_gap_minutes: float = 30.0       # inactivity that ends a session without session ids (inf: one per user)
     window: int = 10                        # state = last `window` items before the step
     min_item_count: int = 1                 # rarer items map to the out-of-vocabulary index 1
     split: str = "random"                   # random (by session, seeded) | temporal (by start) | loo
@@ -60,12 +63,18 @@ class PrepareConfig:
     id_type: str = "auto"                   # auto | int | string, for user, item and session ids
     strict: bool = False                    # stop at the first bad row instead of quarantining it
     bucket_rows: int = 2_000_000            # rows per on-disk user-hash bucket (bounds memory of passes 2, 3)
+    max_sessions: int | None = None         # after the length filter keep a seeded uniform sample of N (None: all)
 
     def __post_init__(self) -> None:
         if self.min_session_length < 1:
             raise ValueError(f"min_session_length must be >= 1, got {self.min_session_length}")
-        if self.session_gap_minutes <= 0:
-            raise ValueError(f"session_gap_minutes must be > 0, got {self.session_gap_minutes}")
+        if not self.session_gap_minutes > 0:  # also rejects NaN; inf means no inactivity cut
+            raise ValueError(f"session_gap_minutes must be > 0 (inf: one session per user), "
+                             f"got {self.session_gap_minutes}")
+        if self.max_sessions is not None and (isinstance(self.max_sessions, bool)
+                                              or not isinstance(self.max_sessions, int) or self.max_sessions < 1):
+            raise ValueError(f"max_sessions must be a whole number >= 1 (or left out for all), "
+                             f"got {self.max_sessions!r}")
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
         if self.min_item_count < 1:
@@ -101,6 +110,7 @@ class _FileStats:
     rows_read: int = 0
     rows_kept: int = 0
     rows_quarantined: int = 0
+    rows_excluded: int = 0  # good rows of an event type mapped to drop
 
 
 @dataclass
@@ -115,6 +125,7 @@ class _Run:
     n_buckets: int
     quarantine: pq.ParquetWriter | None = None
     reasons: dict[str, int] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)  # raw event name -> rows excluded (drop)
     id_types: dict[str, str] = field(default_factory=dict)
     columns: list[str] = field(default_factory=list)
     schemas: list[pa.Schema] = field(default_factory=list)  # distinct schemas of kept rows, in order seen
@@ -181,6 +192,7 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
     est_rows = sum(_estimate_rows(p, f.format) for p, f in zip(inputs, files))
     n_buckets = max(1, -(-est_rows // cfg.bucket_rows))
     run = _Run(cfg, out, work, files, EventTypes.build(_event_map(specs), dict(cfg.rewards)), n_buckets)
+    run.excluded = dict.fromkeys(run.event_types.dropped, 0)
     id_type = cfg.id_type if cfg.id_type != "auto" else next((s.id_type for s in specs if s.id_type != "auto"), "auto")
     if id_type != "auto":  # named adapters know their ids are integers: a stray text id is then quarantined
         run.id_types.update({"user_id": id_type, "item_id": id_type, "session_id": id_type})
@@ -198,8 +210,11 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
         per_bucket, stats = _sessionize(run)
         timings["sessions_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        session_table, vocab = _globals(run, per_bucket, stats["item_counts"])
-        splits = _emit(run, per_bucket, session_table, vocab)
+        session_table, lookup, sample = _number_sessions(run, per_bucket)
+        if cfg.max_sessions is not None:  # the vocabulary and event counts describe the sample only
+            stats.update(_count_sample(run, per_bucket, lookup))
+        vocab = _vocabulary(run, stats["item_counts"])
+        splits = _emit(run, per_bucket, session_table, vocab, lookup)
         timings["write_s"] = time.perf_counter() - t
     finally:
         if run.quarantine is not None:
@@ -209,14 +224,17 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
         pq.write_table(QUARANTINE_SCHEMA.empty_table(), out / "quarantine.parquet")
 
     for f in files:
-        assert f.rows_kept + f.rows_quarantined == f.rows_read, f"row accounting broke for {f.path}"
+        assert f.rows_kept + f.rows_quarantined + f.rows_excluded == f.rows_read, f"row accounting broke for {f.path}"
+    assert sum(run.excluded.values()) == sum(f.rows_excluded for f in files), "excluded rows miscounted"
     names = run.event_types.names
     manifest = {
         "format_version": FORMAT_VERSION,
         "rows_read": sum(f.rows_read for f in files),
         "rows_kept": sum(f.rows_kept for f in files),
         "rows_quarantined": sum(f.rows_quarantined for f in files),
+        "rows_excluded": sum(f.rows_excluded for f in files),
         "quarantine_reasons": dict(sorted(run.reasons.items())),
+        "excluded_by_event": dict(run.excluded),
         "events_by_type": {names[i]: int(c) for i, c in enumerate(stats["events_by_type"]) if i < len(names)},
         "sessions": {
             "before_filter": stats["sessions_before"],
@@ -224,6 +242,9 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
             "dropped_short": stats["sessions_before"] - stats["sessions_after"],
             "events_in_dropped": stats["events_dropped"],
             "min_length": cfg.min_session_length,
+            "sampled_out": sample["sampled_out"],
+            "events_sampled_out": sample["events_sampled_out"],
+            "max_sessions": cfg.max_sessions,
         },
         "items": int(len(vocab)),
         "catalogue_size": int(len(vocab)) + 2,
@@ -249,6 +270,8 @@ def _config_dict(cfg: PrepareConfig, specs: list[SourceSpec]) -> dict:
     d["rewards"] = dict(cfg.rewards)
     d["split_fractions"] = list(cfg.split_fractions)
     d.pop("bucket_rows")  # changes memory and row order inside files, not the content
+    if not np.isfinite(cfg.session_gap_minutes):
+        d["session_gap_minutes"] = "inf"  # keeps manifest.json strict JSON
     unique = []
     for s in specs:
         sd = asdict(s)
@@ -324,6 +347,7 @@ def _validated(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> I
             bad = raw.bad
             stats.rows_read += raw.table.num_rows + len(bad)
             kept = validate(raw, bad) if raw.table.num_rows else None
+            stats.rows_excluded = int(validate.excluded.sum())
             bar.update(raw.bytes_read - last)
             last = raw.bytes_read
             if kept is not None and kept.num_rows:
@@ -333,6 +357,8 @@ def _validated(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> I
                     run.schema_sources.append(str(path))
                 yield kept  # first, so that --strict can still see a duplicate before the bad row
             run.quarantine_rows(fi, bad)
+        for name, count in zip(run.event_types.dropped, validate.excluded.tolist()):
+            run.excluded[name] += count
         bar.update(last and stats.bytes - last)
 
 
@@ -469,11 +495,16 @@ def _sessionize(run: _Run) -> tuple[list[dict], dict]:
                 item_counts.append(r["item_counts"])
             per_bucket.append({"bucket": r["bucket"], "path": r["path"], "sessions": r["sessions"]})
     # only rows in kept sessions count toward the vocabulary
-    seen = pc.count_distinct(pa.chunked_array([vc.field("values") for vc in item_counts])).as_py() if item_counts else 0
-    stats = {"items_seen": seen, "events_by_type": events_by_type, "sessions_before": int(sessions_before),
-             "sessions_after": int(sessions_after), "events_dropped": int(events_dropped),
-             "item_counts": item_counts}
+    stats = {"items_seen": _distinct(item_counts), "events_by_type": events_by_type,
+             "sessions_before": int(sessions_before), "sessions_after": int(sessions_after),
+             "events_dropped": int(events_dropped), "item_counts": item_counts}
     return per_bucket, stats
+
+
+def gap_us(minutes: float) -> int:
+    """Inactivity gap in microseconds; inf (or any gap beyond int64) never cuts: one session per user."""
+    us = minutes * 60e6
+    return _INT64_MAX if us >= _INT64_MAX else int(us)
 
 
 def _sessionize_bucket(run: _Run, b: int) -> dict:
@@ -497,7 +528,7 @@ def _sessionize_bucket(run: _Run, b: int) -> dict:
         if not S.sessions_contiguous(user, session):  # interleaved SDK sessions: group them, time order inside
             regroup = np.lexsort((np.arange(len(order)), session, user))
             order, user, ts, event, session = (a[regroup] for a in (order, user, ts, event, session))
-    starts = S.session_starts(user, ts, session, int(cfg.session_gap_minutes * 60e6))
+    starts = S.session_starts(user, ts, session, gap_us(cfg.session_gap_minutes))
     sid = np.cumsum(starts) - 1  # local session index per row
     lengths = np.bincount(sid) if len(sid) else np.empty(0, np.int64)
     long_enough = lengths >= cfg.min_session_length
@@ -580,10 +611,14 @@ def _quarantine_duplicates(run: _Run, dups: pa.Table) -> None:
         run.quarantine_rows(int(fi), bad)
 
 
-# ---------------------------------------------------------------- global: session numbering, splits, vocabulary
+# ---------------------------------------------------------------- global: session numbering, sample, vocabulary
 
-def _globals(run: _Run, per_bucket: list[dict], item_counts: list[pa.StructArray]) -> tuple[pa.Table, pa.Table]:
-    """Number sessions by start time, assign splits, and build the vocabulary from item counts."""
+def _number_sessions(run: _Run, per_bucket: list[dict]) -> tuple[pa.Table, dict[int, np.ndarray], dict]:
+    """Number sessions by start time, keep a seeded sample of `max_sessions`, assign splits.
+
+    Returns the session table (one row per kept session, numbered 0..n-1 by start), the per-bucket lookup
+    from local session index to that number (-1: sampled out), and the sample counts for the manifest.
+    """
     cfg = run.cfg
     parts = []
     for pb in per_bucket:
@@ -608,11 +643,64 @@ def _globals(run: _Run, per_bucket: list[dict], item_counts: list[pa.StructArray
         keys.append(("session_id", "ascending"))
     keys += [("bucket", "ascending"), ("local", "ascending")]
     sessions = sessions.sort_by(keys)  # global session index = rank by start time: independent of buckets
+    events_before = int(pc.sum(sessions.column("length")).as_py() or 0)
+    chosen = sample_sessions(sessions.num_rows, cfg.max_sessions, cfg.seed)
+    if chosen is not None:
+        sessions = sessions.take(pa.array(chosen))
     n = sessions.num_rows
+    sample = {"sampled_out": sum(len(pb["sessions"]["start"]) for pb in per_bucket) - n,
+              "events_sampled_out": events_before - int(pc.sum(sessions.column("length")).as_py() or 0)}
     split = assign_splits(n, cfg.split, cfg.split_fractions, cfg.seed)
     sessions = sessions.append_column("session", pa.array(np.arange(n, dtype=np.int64)))
     sessions = sessions.append_column("split", pa.array(split.astype(np.int8)))
+    return sessions, _session_lookup(sessions, per_bucket), sample
 
+
+def sample_sessions(n_sessions: int, max_sessions: int | None, seed: int) -> np.ndarray | None:
+    """Ranks (ascending) of a uniform random subset of exactly `max_sessions` of `n_sessions`, seeded;
+    None when there is nothing to sample (no limit, or no more sessions than the limit).
+
+    The generator is seeded with (seed, 1) so that the sample and the split (seeded with `seed`) are
+    independent draws; ranks are by start time, so the sample does not depend on the bucketing.
+    """
+    if max_sessions is None or n_sessions <= max_sessions:
+        return None
+    rng = np.random.default_rng([seed, 1])
+    return np.sort(rng.choice(n_sessions, size=max_sessions, replace=False))
+
+
+def _count_sample(run: _Run, per_bucket: list[dict], lookup: dict[int, np.ndarray]) -> dict:
+    """A light pass over the sorted buckets: item counts, distinct items and events by type of the
+    sampled sessions only (what the vocabulary and the manifest describe under max_sessions)."""
+    n_types = len(run.event_types.names)
+
+    def count(pb: dict) -> tuple[pa.StructArray | None, np.ndarray]:
+        with pa.memory_map(str(pb["path"])) as src:
+            t = ipc.open_stream(src).read_all()
+        keep = lookup[pb["bucket"]][t.column("_session").to_numpy()] >= 0
+        events = t.column("event").to_numpy()[keep]
+        items = t.column("item_id").combine_chunks().filter(pa.array(keep))
+        return (pc.value_counts(items) if len(items) else None), np.bincount(events, minlength=n_types)[:n_types]
+
+    item_counts, events_by_type = [], np.zeros(n_types, np.int64)
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        for vc, by_type in pool.map(count, per_bucket):
+            events_by_type += by_type
+            if vc is not None:
+                item_counts.append(vc)
+    return {"item_counts": item_counts, "events_by_type": events_by_type, "items_seen": _distinct(item_counts)}
+
+
+def _distinct(item_counts: list[pa.StructArray]) -> int:
+    """Distinct items over per-bucket value counts (a user's items may sit in several buckets)."""
+    if not item_counts:
+        return 0
+    return int(pc.count_distinct(pa.chunked_array([vc.field("values") for vc in item_counts])).as_py())
+
+
+def _vocabulary(run: _Run, item_counts: list[pa.StructArray]) -> pa.Table:
+    """Items with at least min_item_count events, most frequent first, indexed from 2."""
+    cfg = run.cfg
     item_type = pa.int64() if run.id_types.get("item_id") == "int" else pa.string()
     parts_vc = [pa.table({"item_id": vc.field("values"), "count": vc.field("counts")}) for vc in item_counts]
     if parts_vc:
@@ -625,8 +713,7 @@ def _globals(run: _Run, per_bucket: list[dict], item_counts: list[pa.StructArray
     if vocab.num_rows + 2 >= 1 << 24:
         raise InputError(f"{vocab.num_rows} items exceed the supported catalogue of 2^24 - 2; "
                          "raise --min-item-count")
-    vocab = vocab.append_column("index", pa.array(np.arange(2, vocab.num_rows + 2, dtype=np.int32)))
-    return sessions, vocab
+    return vocab.append_column("index", pa.array(np.arange(2, vocab.num_rows + 2, dtype=np.int32)))
 
 
 def assign_splits(n_sessions: int, how: str, fractions: tuple[float, float, float], seed: int) -> np.ndarray:
@@ -669,8 +756,9 @@ class _NpyAppender:
             raise RuntimeError(f"{self.path}: wrote {self.rows} rows, expected {self.shape[0]}")
 
 
-def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table) -> dict:
-    """Pass 3: events.parquet in bucket order, and per split the transition arrays."""
+def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table,
+          lookup: dict[int, np.ndarray]) -> dict:
+    """Pass 3: events.parquet in bucket order, and per split the transition arrays (kept sessions only)."""
     cfg, out = run.cfg, run.out
     W = cfg.window
     rewards = np.asarray(run.event_types.rewards, np.float32)
@@ -697,7 +785,7 @@ def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table
 
     split_dict = pa.array([*SPLITS, "loo"], pa.string())
     type_dict = pa.array(list(run.event_types.names), pa.string())
-    ctx = {"to_global": _session_lookup(sessions, per_bucket), "vocab_items": vocab.column("item_id").combine_chunks(),
+    ctx = {"to_global": lookup, "vocab_items": vocab.column("item_id").combine_chunks(),
            "split_codes": split_codes, "lengths": lengths, "loo": loo, "W": W, "rewards": rewards,
            "split_dict": split_dict, "type_dict": type_dict}
     writer = None
@@ -739,14 +827,14 @@ def _emit(run: _Run, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table
 
 
 def _session_lookup(sessions: pa.Table, per_bucket: list[dict]) -> dict[int, np.ndarray]:
-    """Per bucket, the array mapping its local session index to the global session number."""
+    """Per bucket, the array mapping its local session index to the global session number (-1: not kept)."""
     bucket_col = sessions.column("bucket").to_numpy()
     local_col = sessions.column("local").to_numpy()
     global_col = sessions.column("session").to_numpy()
     out = {}
     for pb in per_bucket:
         sel = bucket_col == pb["bucket"]
-        to_global = np.empty(int(sel.sum()), np.int64)
+        to_global = np.full(len(pb["sessions"]["start"]), -1, np.int64)
         to_global[local_col[sel]] = global_col[sel]
         out[pb["bucket"]] = to_global
     return out
@@ -759,6 +847,9 @@ def _emit_bucket(pb: dict, ctx: dict) -> tuple[pa.Table, list[dict[str, np.ndarr
     W = ctx["W"]
     local = t.column("_session").to_numpy()
     glob = ctx["to_global"][pb["bucket"]][local]
+    sampled = glob >= 0
+    if not sampled.all():  # whole sessions left out by max_sessions
+        t, local, glob = t.filter(pa.array(sampled)), local[sampled], glob[sampled]
     idx = pc.index_in(t.column("item_id"), value_set=ctx["vocab_items"])
     item = (pc.fill_null(idx, OOV - 2).to_numpy(zero_copy_only=False) + 2).astype(np.int32)
     event = t.column("event").to_numpy().astype(np.int8)

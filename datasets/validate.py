@@ -1,8 +1,9 @@
 """Parse and check raw batches into typed event rows; every rejected row gets a field and a reason.
 
 Each field parser returns the parsed values and a per-row reason code (0 = fine). A row is quarantined
-for the first field, in schema order, that fails; so each bad row appears in quarantine exactly once and
-rows kept + rows quarantined = rows read. The fast path is one vectorised cast per column; only a batch
+for the first field, in schema order, that fails; so each bad row appears in quarantine exactly once. A good
+row whose event type the map sends to `drop` is excluded and counted by raw event name; so rows kept +
+rows quarantined + rows excluded = rows read. The fast path is one vectorised cast per column; only a batch
 that fails it pays for an element-wise look at the offending values.
 """
 
@@ -31,36 +32,54 @@ UNPARSABLE = REASON_CODE["unparsable_value"]
 OUT_OF_RANGE = REASON_CODE["id_out_of_range"]
 
 
+DROP = "drop"  # event-map target: rows of that raw event type are excluded (counted, not quarantined)
+
+
+def drop_code(k: int) -> int:
+    """Event code of the k-th dropped raw name (negative, so no kept row can carry it)."""
+    return -(k + 1)
+
+
 @dataclass(frozen=True)
 class EventTypes:
-    """Event type names by code (canonical first, then extra mapped types), their rewards, and the lookup."""
+    """Event type names by code (canonical first, then extra mapped types), their rewards, and the lookup.
+
+    Raw names mapped to `drop` get the negative codes drop_code(0), drop_code(1), ... in `dropped` order.
+    """
 
     names: tuple[str, ...]
     rewards: tuple[float, ...]
     lookup: tuple[tuple[str, int], ...]  # raw name -> code
+    dropped: tuple[str, ...] = ()       # raw names whose rows are excluded
 
     @staticmethod
     def build(event_map: tuple[tuple[str, str], ...], rewards: dict[str, float]) -> EventTypes:
-        """Canonical types + synonyms + the user's map; a map target that is a number makes a new type."""
+        """Canonical types + synonyms + the user's map (a later entry for the same raw name wins); a map
+        target that is a number makes a new type, `drop` excludes that raw type."""
         names = list(EVENT_TYPES)
         values = [float(rewards[n]) for n in EVENT_TYPES]
         lookup: dict[str, int] = {n: i for i, n in enumerate(EVENT_TYPES)}
         lookup.update({raw: EVENT_TYPES.index(t) for raw, t in EVENT_SYNONYMS.items()})
-        for raw, target in event_map:
+        dropped: list[str] = []
+        for raw, target in dict(event_map).items():
             if target in EVENT_TYPES:
                 lookup[raw] = EVENT_TYPES.index(target)
+                continue
+            if target == DROP:
+                lookup[raw] = drop_code(len(dropped))
+                dropped.append(raw)
                 continue
             try:
                 reward = float(target)
             except ValueError:
-                raise ValueError(f"event map {raw}={target}: the target must be one of {', '.join(EVENT_TYPES)} "
-                                 f"or a reward number for a new event type") from None
+                raise ValueError(f"event map {raw}={target}: the target must be one of {', '.join(EVENT_TYPES)}, "
+                                 f"{DROP!r} to exclude those rows, or a reward number for a new event type") from None
             if not math.isfinite(reward):
                 raise ValueError(f"event map {raw}={target}: reward must be finite")
             lookup[raw] = len(names)
             names.append(raw)
             values.append(reward)
-        return EventTypes(tuple(names), tuple(values), tuple(sorted(lookup.items())))
+        return EventTypes(tuple(names), tuple(values), tuple(sorted(lookup.items())), tuple(dropped))
 
 
 @dataclass
@@ -78,6 +97,7 @@ class Validator:
     time_unit: str = "auto"
     constant_event: str | None = None
     id_types: dict[str, str] = field(default_factory=dict)
+    excluded: np.ndarray = field(init=False, repr=False)  # rows excluded so far, per event_types.dropped name
     _lookup_keys: pa.Array = field(init=False, repr=False)
     _lookup_codes: np.ndarray = field(init=False, repr=False)
 
@@ -85,12 +105,14 @@ class Validator:
         keys, codes = zip(*self.event_types.lookup)
         self._lookup_keys = pa.array(keys, pa.string())
         self._lookup_codes = np.asarray(codes, np.int16)
+        self.excluded = np.zeros(len(self.event_types.dropped), np.int64)
         if self.constant_event is not None and self.constant_event not in dict(self.event_types.lookup):
             raise ValueError(f"--event-type {self.constant_event!r} is not one of "
                              f"{', '.join(self.event_types.names)} (or a mapped name)")
 
     def __call__(self, raw: RawBatch, bad: BadRows) -> pa.Table:
-        """Typed rows that passed every check; each failing row is appended to `bad` once."""
+        """Typed rows that passed every check; each failing row is appended to `bad` once, and each good row
+        of a dropped event type is counted in `excluded` (a bad row is quarantined, never excluded)."""
         t = raw.table
         n = t.num_rows
         reason = np.zeros(n, np.int8)
@@ -138,6 +160,12 @@ class Validator:
         ok = reason == 0
         if not ok.all():
             _record_bad(bad, raw.rows, reason, failed_field, names, texts)
+        if len(self.excluded):
+            drop = ok & (columns["event"] < 0)
+            if drop.any():
+                self.excluded += np.bincount(-1 - columns["event"][drop].astype(np.int64),
+                                             minlength=len(self.excluded))
+                ok &= ~drop
         keep = np.flatnonzero(ok)
         all_ok = len(keep) == n
         out = {}

@@ -45,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                         description="Read event logs, quarantine bad rows, cut sessions, build the item "
                                     "vocabulary, split by session and write RL transitions to --out, with "
                                     "a manifest.json summary. Re-uses --out when inputs and config are unchanged.")
-    pr.add_argument("--source", default="events", choices=(*SOURCES, "synthetic"),
+    pr.add_argument("--source", choices=(*SOURCES, "synthetic"),
                     help="log format: a named adapter, 'events' for the generic reader, or 'synthetic' "
-                         "to generate the built-in log (default events)")
+                         "to generate the built-in log (default: the config's source, else events)")
     pr.add_argument("--input", nargs="+", type=Path, default=[], metavar="PATH", help="input file(s)")
     pr.add_argument("--out", required=True, type=Path, help="prepared-dataset folder")
     pr.add_argument("--config", type=Path, help="TOML file with a [prepare] table (CLI flags override it)")
@@ -61,15 +61,20 @@ def _parser() -> argparse.ArgumentParser:
                     help="unit of numeric times, or iso (default auto: numbers are seconds, text is ISO-8601)")
     pr.add_argument("--event-type", help="constant event type for files without an event column")
     pr.add_argument("--event-map", help="raw=type pairs mapping extra event names to view/like/cart/purchase, "
-                                        "or raw=REWARD to keep a new event type with that reward")
+                                        "raw=REWARD to keep a new event type with that reward, or raw=drop to "
+                                        "exclude those rows (counted in the manifest)")
     pr.add_argument("--min-session-length", type=int, help="drop shorter sessions (default 3)")
-    pr.add_argument("--session-gap-minutes", type=float, help="inactivity that ends a session (default 30)")
+    pr.add_argument("--session-gap-minutes", type=float,
+                    help="inactivity that ends a session (default 30); inf: one session per user")
     pr.add_argument("--window", type=int, help="state window W (default 10)")
     pr.add_argument("--min-item-count", type=int, help="rarer items map to the out-of-vocabulary index (default 1)")
     pr.add_argument("--split", choices=("random", "temporal", "loo"),
                     help="random 8:1:1 by session (default), temporal by session start, or loo: per session the "
                          "last event is test, the one before valid, the rest train")
-    pr.add_argument("--seed", type=int, help="seed of the random split (default 0)")
+    pr.add_argument("--max-sessions", type=int, metavar="N",
+                    help="after the length filter keep a uniform random sample of exactly N sessions (seeded "
+                         "by --seed); vocabulary, splits and transitions come from the sample (default: all)")
+    pr.add_argument("--seed", type=int, help="seed of the random split and the session sample (default 0)")
     pr.add_argument("--id-type", choices=("auto", "int", "string"), help="id column type (default auto)")
     pr.add_argument("--strict", action="store_true", help="stop at the first bad row instead of quarantining it")
     pr.add_argument("--events", type=int, default=200_000, help="with --source synthetic: events to generate")
@@ -120,11 +125,13 @@ def _prepare_settings(args: argparse.Namespace) -> tuple[PrepareConfig, dict[str
     reader = {k: table.pop(k) for k in reader_keys if k in table}
     flags = {"min_session_length": args.min_session_length, "session_gap_minutes": args.session_gap_minutes,
              "window": args.window, "min_item_count": args.min_item_count, "split": args.split,
-             "seed": args.seed, "id_type": args.id_type}
+             "seed": args.seed, "id_type": args.id_type, "max_sessions": args.max_sessions}
     table.update({k: v for k, v in flags.items() if v is not None})
     if args.strict:
         table["strict"] = True
-    table["source"] = args.source
+    table["source"] = args.source or table.get("source", "events")
+    if table["source"] not in (*SOURCES, "synthetic"):
+        raise ConfigError(f"prepare.source {table['source']!r} is not one of {', '.join((*SOURCES, 'synthetic'))}")
     cfg = from_dict(PrepareConfig, table, "prepare")
 
     def pairs(v: Any) -> tuple[tuple[str, str], ...]:
@@ -148,7 +155,7 @@ def _prepare_settings(args: argparse.Namespace) -> tuple[PrepareConfig, dict[str
 def _cmd_prepare(args: argparse.Namespace) -> int:
     cfg, opts = _prepare_settings(args)
     inputs = list(args.input)
-    source = args.source
+    source = cfg.source
     if source == "synthetic":
         from seqrec.datasets.synthetic import config_for_events, write_events
 
@@ -204,14 +211,22 @@ def metrics_table(metrics: dict, split: str) -> str:
 def summary(m: dict, out: Path) -> str:
     """The human-readable summary printed by `seqrec prepare` (the same figures as manifest.json)."""
     lines = [f"prepared {out}" + ("  (re-used: inputs and config unchanged)" if m.get("reused") else "")]
-    lines.append(f"  rows read {m['rows_read']:,}  kept {m['rows_kept']:,}  quarantined {m['rows_quarantined']:,}")
+    lines.append(f"  rows read {m['rows_read']:,}  kept {m['rows_kept']:,}  quarantined {m['rows_quarantined']:,}"
+                 + (f"  excluded {m['rows_excluded']:,}" if m.get("excluded_by_event") else ""))
     if m["quarantine_reasons"]:
         reasons = ", ".join(f"{k} {v:,}" for k, v in m["quarantine_reasons"].items())
         lines.append(f"  quarantine: {reasons}  -> {out / 'quarantine.parquet'}")
+    if m.get("excluded_by_event"):
+        lines.append("  excluded (event map -> drop): "
+                     + ", ".join(f"{k} {v:,}" for k, v in m["excluded_by_event"].items()))
     lines.append("  events: " + ", ".join(f"{k} {v:,}" for k, v in m["events_by_type"].items()))
     s = m["sessions"]
     lines.append(f"  sessions {s['before_filter']:,} -> {s['after_filter']:,} "
                  f"(dropped {s['dropped_short']:,} shorter than {s['min_length']}, {s['events_in_dropped']:,} events)")
+    if s.get("max_sessions") is not None:
+        lines.append(f"  sampled {s['after_filter'] - s['sampled_out']:,} of {s['after_filter']:,} sessions "
+                     f"(max {s['max_sessions']:,}; {s['events_sampled_out']:,} events left out); events and "
+                     "items above and below count the sample")
     lines.append(f"  items {m['items']:,} (catalogue size with padding and OOV: {m['catalogue_size']:,})")
     lines.append("  splits: " + ", ".join(f"{k} {v['sessions']:,} sessions / {v['events']:,} events"
                                           for k, v in m["splits"].items()))

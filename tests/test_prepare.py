@@ -42,7 +42,8 @@ def test_sessions_vocab_transitions_and_manifest(tmp_path):
     assert m["rows_read"] == 9 and m["rows_kept"] == 9 and m["rows_quarantined"] == 0
     assert m["events_by_type"] == {"view": 7, "like": 0, "cart": 1, "purchase": 1}
     assert m["sessions"] == {"before_filter": 3, "after_filter": 2, "dropped_short": 1, "events_in_dropped": 2,
-                             "min_length": 3}
+                             "min_length": 3, "sampled_out": 0, "events_sampled_out": 0, "max_sessions": None}
+    assert m["rows_excluded"] == 0 and m["excluded_by_event"] == {}
     assert m["items"] == 7 and m["catalogue_size"] == 9
     assert sum(s["sessions"] for s in m["splits"].values()) == 2
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["rows_read"] == 9
@@ -111,13 +112,17 @@ def test_jsonl_and_parquet_inputs_give_the_same_events(tmp_path):
     assert results[0] == results[1] == results[2]
 
 
-def test_bucketed_run_equals_single_bucket(tmp_path):
+@pytest.mark.parametrize("max_sessions", [None, 7])
+def test_bucketed_run_equals_single_bucket(tmp_path, max_sessions):
     rng = np.random.default_rng(0)
     rows = [f"{u},{rng.integers(50)},view,{1_700_000_000 + 60 * k + 10_000 * u}"
             for u in range(40) for k in range(int(rng.integers(1, 8)))]
     log = _csv(tmp_path / "l.csv", rows)
-    one = _run([log], tmp_path / "one")
-    many = _run([log], tmp_path / "many", bucket_rows=20)
+    one = _run([log], tmp_path / "one", max_sessions=max_sessions)
+    many = _run([log], tmp_path / "many", bucket_rows=20, max_sessions=max_sessions)
+    assert many["sessions"] == one["sessions"] and many["items"] == one["items"]
+    if max_sessions:
+        assert sum(s["sessions"] for s in one["splits"].values()) == max_sessions
 
     def content(out):
         ev = pq.read_table(out / "events.parquet").to_pandas().sort_values(["session", "position"])

@@ -315,15 +315,14 @@ def _transitions_by_session(out: Path) -> dict:
 
 @SETTINGS
 @given(log=log_files(), seed=st.integers(0, 2**16), bucket_rows=st.integers(1, 7),
-       split=st.sampled_from(["random", "temporal", "loo"]))
-def test_same_seed_same_split_whatever_the_buckets(log, seed, bucket_rows, split):
+       split=st.sampled_from(["random", "temporal", "loo"]), max_sessions=st.none() | st.integers(1, 6))
+def test_same_seed_same_split_whatever_the_buckets(log, seed, bucket_rows, split, max_sessions):
+    cfg = {"seed": seed, "split": split, "min_session_length": 1, "id_type": "int", "max_sessions": max_sessions}
     with tempfile.TemporaryDirectory() as d:
         paths = _write(log, Path(d))
         outs = [Path(d) / name for name in ("a", "b", "buckets")]
-        ms = [_run(log, paths, outs[0], seed=seed, split=split, min_session_length=1, id_type="int"),
-              _run(log, paths, outs[1], seed=seed, split=split, min_session_length=1, id_type="int"),
-              _run(log, paths, outs[2], seed=seed, split=split, min_session_length=1, id_type="int",
-                   bucket_rows=bucket_rows)]
+        ms = [_run(log, paths, outs[0], **cfg), _run(log, paths, outs[1], **cfg),
+              _run(log, paths, outs[2], **cfg, bucket_rows=bucket_rows)]
         sessions = [_split_of_sessions(o) for o in outs]
         vocabs = [pq.read_table(o / "vocab.parquet") for o in outs]
         events = [_sorted_events(o) for o in outs]
@@ -338,6 +337,8 @@ def test_same_seed_same_split_whatever_the_buckets(log, seed, bucket_rows, split
         assert events[k] == events[0]
         assert quarantines[k] == quarantines[0]
         assert ms[k]["splits"] == ms[0]["splits"]
+        assert (ms[k]["sessions"], ms[k]["events_by_type"], ms[k]["items_seen"]) == \
+            (ms[0]["sessions"], ms[0]["events_by_type"], ms[0]["items_seen"])
         for split_name in SPLITS:
             for name, arr in transitions[k][split_name].items():
                 assert np.array_equal(arr, transitions[0][split_name][name]), (split_name, name)
