@@ -23,6 +23,7 @@ from seqrec.config import ConfigError, from_dict, load_toml
 from seqrec.datasets.prepare import load_transitions, read_manifest
 from seqrec.encoders import EncoderConfig
 from seqrec.metrics import RankingMetrics, target_ranks
+from seqrec.retrieval_config import IndexConfig, RerankConfig, TwoTowerConfig, check_retrieval
 from seqrec.rl.d3rlpy_config import D3RLPY_ALGORITHMS, D3rlpyConfig
 from seqrec.rl.losses import HeadConfig
 from seqrec.rl.qlearning import Learner
@@ -69,20 +70,26 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     algorithm: str = "seqrec"
     d3rlpy: D3rlpyConfig = field(default_factory=D3rlpyConfig)
+    retrieval: TwoTowerConfig = field(default_factory=TwoTowerConfig)  # two-tower candidates (seqrec/two_tower.py)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        check_retrieval(self.algorithm, self.head.variant, self.encoder.dim, self.retrieval, self.rerank)
 
     def to_dict(self) -> dict[str, Any]:
         d = {"data": self.data, "encoder": asdict(self.encoder), "head": asdict(self.head),
              "train": asdict(self.train)}
         if self.algorithm != "seqrec":  # runs of our own heads keep the config.json they always had
             d = {"algorithm": self.algorithm, **d, "d3rlpy": asdict(self.d3rlpy)}
+        if self.retrieval.enabled:  # likewise runs without a retrieval model
+            d.update(retrieval=asdict(self.retrieval), index=asdict(self.index), rerank=asdict(self.rerank))
         return d
 
 
-SECTIONS = ("data", "encoder", "head", "train", "d3rlpy")
+SECTIONS = ("data", "encoder", "head", "train", "d3rlpy", "retrieval", "index", "rerank")
 TOP_LEVEL_KEYS = ("algorithm",)
 
 
@@ -135,7 +142,14 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
     return RunConfig(data=str(data_dir), encoder=from_dict(EncoderConfig, enc, "encoder"),
                      head=from_dict(HeadConfig, raw.get("head", {}), "head"),
                      train=from_dict(TrainConfig, raw.get("train", {}), "train"), algorithm=algorithm,
-                     d3rlpy=from_dict(D3rlpyConfig, raw.get("d3rlpy", {}), "d3rlpy"))
+                     d3rlpy=from_dict(D3rlpyConfig, raw.get("d3rlpy", {}), "d3rlpy"), **_retrieval_sections(raw))
+
+
+def _retrieval_sections(d: dict[str, Any]) -> dict[str, Any]:
+    """The [retrieval], [index] and [rerank] tables of a TOML dict or config.json as RunConfig fields."""
+    return {"retrieval": from_dict(TwoTowerConfig, d.get("retrieval", {}), "retrieval"),
+            "index": from_dict(IndexConfig, d.get("index", {}), "index"),
+            "rerank": from_dict(RerankConfig, d.get("rerank", {}), "rerank")}
 
 
 def _check_algorithm_sections(algorithm: Any, raw: dict[str, Any]) -> None:
@@ -164,7 +178,7 @@ def saved_config(run: Path) -> RunConfig:
     return RunConfig(data=d["data"], encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
                      head=from_dict(HeadConfig, d["head"], "head"), train=from_dict(TrainConfig, d["train"], "train"),
                      algorithm=d.get("algorithm", "seqrec"),
-                     d3rlpy=from_dict(D3rlpyConfig, d.get("d3rlpy", {}), "d3rlpy"))
+                     d3rlpy=from_dict(D3rlpyConfig, d.get("d3rlpy", {}), "d3rlpy"), **_retrieval_sections(d))
 
 
 def build_learner(cfg: RunConfig, device: torch.device) -> torch.nn.Module:
@@ -347,7 +361,12 @@ def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None
             bar.set_postfix({t_cfg.select_metric: value})
             t_log, n_log = time.perf_counter(), 0  # evaluation time is not training speed
     writer.close()
-    return {"step": t_cfg.max_steps, "valid": last_metrics, "best": best, "best_step": best_step}
+    result = {"step": t_cfg.max_steps, "valid": last_metrics, "best": best, "best_step": best_step}
+    if cfg.retrieval.enabled:  # the two-tower candidate generator, into out/retrieval
+        from seqrec.two_tower import train_retrieval
+
+        result["retrieval"] = train_retrieval(cfg, out, resume, progress)
+    return result
 
 
 def _selected(metrics: dict, event: str, metric: str) -> float | None:
@@ -356,8 +375,13 @@ def _selected(metrics: dict, event: str, metric: str) -> float | None:
     return None if row is None else row.get(metric)
 
 
-def evaluate(run: Path, split: str = "test", protocol: str = "sessions", checkpoint: str = "best") -> dict:
-    """Metrics of the run's checkpoint on `split`, with the popularity baseline; merged into metrics.json."""
+def evaluate(run: Path, split: str = "test", protocol: str = "sessions", checkpoint: str = "best",
+             pipeline: bool | None = None, index: IndexConfig | None = None) -> dict:
+    """Metrics of the run's checkpoint on `split`, with the popularity baseline; merged into metrics.json.
+
+    With a retrieval model (RUN/retrieval; `pipeline` None = when there is one, True = required, False = skip)
+    also "pipeline" (retrieve + re-rank, same protocol), "recall" (candidate recall@K) and "pipeline_info"
+    (blend, index, states/s against full ranking), each keyed by split; `index` overrides the run's [index]."""
     cfg = saved_config(run)
     manifest = read_manifest(cfg.data)
     prepared_as = manifest["config"]["split"]
@@ -378,10 +402,20 @@ def evaluate(run: Path, split: str = "test", protocol: str = "sessions", checkpo
     model = evaluate_arrays(learner.scores, arrays, names, device, cfg.train.eval_batch_size)
     pop = popularity_scorer(load_transitions(cfg.data, "train")["action"], cfg.encoder.num_items, device)
     popularity = evaluate_arrays(pop, arrays, names, device, cfg.train.eval_batch_size)
+    has_tower = (run / "retrieval" / "checkpoints" / "last.pt").exists()
+    if pipeline and not has_tower:
+        raise ConfigError(f"{run}: no retrieval model for --pipeline (train with [retrieval] enabled = true)")
+    extra = {}
+    if pipeline is not False and has_tower:
+        from seqrec.rerank import pipeline_report
+
+        extra = pipeline_report(run, split, learner, cfg, index)
     out_path = run / "metrics.json"
     metrics = json.loads(out_path.read_text()) if out_path.exists() else {}
     metrics[split] = model
     metrics.setdefault("popularity", {})[split] = popularity
     metrics.setdefault("checkpoint", {})[split] = {"path": str(path.relative_to(run)), "protocol": protocol}
+    for key, value in extra.items():
+        metrics.setdefault(key, {})[split] = value
     out_path.write_text(json.dumps(metrics, indent=2))
     return metrics

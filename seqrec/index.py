@@ -1,0 +1,119 @@
+"""Top-k inner-product search over the item tower's table: one small interface, an exact and a faiss index.
+
+`search(queries (B, D), k) -> (scores (B, k), ids (B, k))`, best first. Ids are catalogue indices; padding
+(0) and out-of-vocabulary (1) are never returned, because the indexes hold rows 2..I-1 only. When the index
+holds fewer than k items, k is cut to its size (a small catalogue asked for 200 candidates gets all of them).
+
+- `ExactIndex`: the catalogue product (seqrec/catalogue.py's row-padded `scores`) and `torch.topk`, over
+  chunks of queries so that the (chunk, I) score buffer, not (B, I), bounds memory.
+- `FaissIndex` (faiss-cpu, the optional extra `seqrec[ann]`): `flat` (exact, faiss's own BLAS), `hnsw`
+  (graph; `ef_search` trades speed for recall) or `ivf` (clusters; `nprobe` of `nlist` searched, nprobe =
+  nlist being exact): for catalogues in the millions. An approximate search that finds fewer than k items
+  pads its row with id 0 (padding) and score -inf, which the re-ranker never ranks above a real item.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from seqrec.catalogue import scores
+from seqrec.retrieval_config import IndexConfig
+
+FIRST_ITEM = 2  # rows 0 (padding) and 1 (OOV) are not indexed
+
+
+class Index(Protocol):
+    """What the pipeline needs from an index."""
+
+    size: int  # items held
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) float queries -> (B, min(k, size)) scores, (B, min(k, size)) int64 item ids, best first."""
+        ...
+
+
+def _items(table: torch.Tensor) -> torch.Tensor:
+    """The (I, D) item table without padding and OOV: (I - 2, D), contiguous float32."""
+    if table.dim() != 2 or table.shape[0] <= FIRST_ITEM:
+        raise ValueError(f"the item table must be (I, D) with I > 2, got shape {tuple(table.shape)}")
+    return table[FIRST_ITEM:].detach().float().contiguous()
+
+
+class ExactIndex:
+    """Brute force: for each chunk of queries, the product with every item and torch.topk."""
+
+    def __init__(self, table: torch.Tensor, query_chunk: int = 1024) -> None:
+        self.items = _items(table)  # (I - 2, D)
+        self.size = self.items.shape[0]
+        self.query_chunk = query_chunk
+
+    @torch.no_grad()
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = min(k, self.size)
+        queries = queries.to(self.items.device, torch.float32)  # (B, D)
+        out_s, out_i = [], []
+        for lo in range(0, queries.shape[0], self.query_chunk):
+            s = scores(queries[lo:lo + self.query_chunk], self.items)  # (b, I - 2)
+            top = torch.topk(s, k, dim=1)  # sorted, best first
+            out_s.append(top.values)  # (b, k)
+            out_i.append(top.indices + FIRST_ITEM)  # (b, k) catalogue ids
+        if not out_s:
+            return queries.new_empty(0, k), torch.empty(0, k, dtype=torch.long, device=queries.device)
+        return torch.cat(out_s), torch.cat(out_i)  # (B, k), (B, k)
+
+
+def import_faiss():
+    """faiss, or an ImportError that says how to install it (the optional extra seqrec[ann])."""
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the faiss index needs faiss-cpu: pip install 'seqrec[ann]' "
+                          "(or pip install -c constraints.txt faiss-cpu)") from e
+    return faiss
+
+
+class FaissIndex:
+    """faiss inner-product index over rows 2..I-1 of the table: flat, HNSW or IVF (see IndexConfig)."""
+
+    def __init__(self, table: torch.Tensor, cfg: IndexConfig | None = None) -> None:
+        faiss = import_faiss()
+        cfg = cfg or IndexConfig(kind="faiss")
+        items = _items(table).cpu().numpy()  # (I - 2, D) float32
+        self.size, d = items.shape
+        self.cfg = cfg
+        ip = faiss.METRIC_INNER_PRODUCT
+        if cfg.faiss_type == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif cfg.faiss_type == "hnsw":
+            index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, ip)
+            index.hnsw.efSearch = cfg.ef_search
+        else:
+            self.nlist = min(cfg.nlist or max(1, round(4 * math.sqrt(self.size))), self.size)
+            self.quantizer = faiss.IndexFlatIP(d)  # kept referenced: the IVF index does not own it
+            index = faiss.IndexIVFFlat(self.quantizer, d, self.nlist, ip)
+            index.train(items)
+            index.nprobe = min(cfg.nprobe, self.nlist)
+        index.add(items)
+        self.index = index
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = min(k, self.size)
+        q = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)  # (B, D)
+        if self.cfg.faiss_type == "hnsw":
+            self.index.hnsw.efSearch = max(self.cfg.ef_search, k)  # HNSW returns at most efSearch results
+        s, i = self.index.search(q, k)  # (B, k) each; i = -1 where fewer than k were found
+        found = i >= 0
+        ids = torch.from_numpy(np.where(found, i + FIRST_ITEM, 0)).long()  # (B, k); padding where none
+        sc = torch.from_numpy(np.where(found, s, -np.inf).astype(np.float32))  # (B, k)
+        return sc.to(queries.device), ids.to(queries.device)
+
+
+def build_index(table: torch.Tensor, cfg: IndexConfig) -> ExactIndex | FaissIndex:
+    """The index `cfg` describes over the (I, D) item table."""
+    if cfg.kind == "exact":
+        return ExactIndex(table, cfg.query_chunk)
+    return FaissIndex(table, cfg)

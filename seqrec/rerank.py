@@ -1,0 +1,234 @@
+"""Retrieve then re-rank: the decision pipeline from a window of items to a ranked shortlist, and its evaluation.
+
+`score_batch(pipeline, items (B, T), users) -> Candidates`: the user tower encodes each window, the index
+returns K candidates by two-tower score, the learner scores just those K (supervised score and Q value, by
+gathering K rows: no catalogue-wide product for our learner), and the blend
+
+    final = w_tt * two_tower + w_sup * supervised + w_q * Q
+
+orders them. normalize = "zscore" (default) standardises each of the three over the row's candidates before
+weighting: they live on unrelated scales (logits over a temperature, CE logits, discounted rewards), and
+after z-scoring a weight is the relative importance of a score whatever its scale; "raw" blends them as
+they are. A pure function of its inputs in no-grad mode: batch scoring calls it on bounded chunks.
+
+Evaluation (`evaluate_pipeline`) uses the protocol of `seqrec evaluate` (seqrec/metrics.py) on the pipeline's
+ranking: a target outside the K candidates is a miss at every k; inside, its rank is the number of
+candidates with a strictly higher final score. Candidate recall@K is the share of targets among the
+two-tower's first K (K = 50, 100, 200), per event type.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from seqrec.config import ConfigError
+from seqrec.datasets.prepare import load_transitions, read_manifest
+from seqrec.index import FIRST_ITEM, Index, build_index
+from seqrec.metrics import RankingMetrics
+from seqrec.retrieval_config import RECALL_KS, IndexConfig, RerankConfig
+from seqrec.rl.qlearning import Learner
+from seqrec.tower_features import Features, read_events, session_rows
+from seqrec.train import RunConfig, _event_names, build_learner, pick_device, saved_config
+from seqrec.two_tower import RecallMetrics, TwoTower, load_two_tower, session_features
+
+# (B, T) windows, (B, K) candidate ids -> (B, K) supervised scores, (B, K) Q values or None (no Q head)
+CandidateScorer = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+class Candidates(NamedTuple):
+    """A ranked shortlist per window, best final score first; all (B, K)."""
+
+    ids: torch.Tensor         # item ids (catalogue indices); 0 where an approximate index found fewer than K
+    two_tower: torch.Tensor   # user . item / temperature
+    supervised: torch.Tensor  # the learner's supervised score
+    q: torch.Tensor           # the learner's Q value; NaN when it has no Q head
+    final: torch.Tensor       # the blend; -inf for padding candidates
+
+
+@dataclass
+class Pipeline:
+    """What score_batch needs: the user/item towers, an index over the item tower's table, the learner's
+    candidate scorer and the blend."""
+
+    tower: TwoTower
+    index: Index
+    scorer: CandidateScorer
+    rerank: RerankConfig
+
+
+def learner_scorer(learner: torch.nn.Module) -> CandidateScorer:
+    """Our Learner: one encoding, then K rows of the supervised table and of the Q head. Any other learner
+    (d3rlpy's) through its full (B, I) `scores` and `q_values`, gathered at the candidates."""
+    if isinstance(learner, Learner):
+        net = learner.nets[0]
+
+        def score(items: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            state = net.encoder.encode(items)  # (B, D)
+            return net.encoder.score(state, ids), (net.q_at(state, ids) if net.q is not None else None)
+
+        return score
+    return gather_scorer(learner.scores, getattr(learner, "q_values", None))
+
+
+def gather_scorer(scores: Callable[[torch.Tensor], torch.Tensor],
+                  q_values: Callable[[torch.Tensor], torch.Tensor] | None = None) -> CandidateScorer:
+    """A CandidateScorer from full-catalogue functions (B, T) -> (B, I), e.g. a d3rlpy learner's."""
+
+    def score(items: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        sup = scores(items).gather(1, ids)  # (B, K)
+        return sup, (q_values(items).gather(1, ids) if q_values is not None else None)
+
+    return score
+
+
+def _zscore(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, K) standardised over each row's valid entries (a constant row becomes 0)."""
+    n = valid.sum(1, keepdim=True).clamp_min(1)  # (B, 1)
+    xv = torch.where(valid, x, 0.0)
+    mean = xv.sum(1, keepdim=True) / n  # (B, 1)
+    var = (torch.where(valid, x - mean, 0.0) ** 2).sum(1, keepdim=True) / n  # (B, 1)
+    std = var.sqrt()
+    return (x - mean) / torch.where(std > 0, std, 1.0)
+
+
+def blend(two_tower: torch.Tensor, supervised: torch.Tensor, q: torch.Tensor | None, cfg: RerankConfig,
+          valid: torch.Tensor) -> torch.Tensor:
+    """(B, K) scores and (B, K) bool mask of real candidates -> (B, K) final scores (-inf where not valid)."""
+    final = torch.zeros_like(two_tower)
+    for w, x in ((cfg.w_tt, two_tower), (cfg.w_sup, supervised), (cfg.w_q, q)):
+        if w and x is not None:
+            final = final + w * (_zscore(x, valid) if cfg.normalize == "zscore" else x)
+    return final.masked_fill(~valid, -torch.inf)
+
+
+def rerank(pipeline: Pipeline, items: torch.Tensor, ids: torch.Tensor, two_tower: torch.Tensor,
+           top: int | None = None) -> Candidates:
+    """Score the candidates `ids` (B, K) of windows `items` (B, T), blend, and keep the best `top` (all K if
+    None), best first; ties keep the index's order."""
+    valid = ids >= FIRST_ITEM  # (B, K)
+    sup, q = pipeline.scorer(items, ids)  # (B, K), (B, K) or None
+    final = blend(two_tower, sup, q, pipeline.rerank, valid)  # (B, K)
+    order = torch.sort(final, dim=1, descending=True, stable=True).indices[:, :top]  # (B, top)
+    q = torch.full_like(sup, torch.nan) if q is None else q
+    return Candidates(*(x.gather(1, order) for x in (ids, two_tower, sup, q, final)))
+
+
+@torch.no_grad()
+def score_batch(pipeline: Pipeline, items: torch.Tensor, users: Features | None = None, top: int | None = None,
+                candidates: int | None = None) -> Candidates:
+    """Windows (B, T) (+ user Features of B rows) -> the `top` best of `candidates` (default: the config's K)
+    retrieved items per window, with two-tower score, supervised score, Q value and final score, each (B, top).
+
+    Memory: the index's chunk buffer plus (B, K) tensors; call it on chunks of windows for bounded memory.
+    """
+    k = candidates or pipeline.rerank.candidates
+    user = pipeline.tower.user(items, users)  # (B, D)
+    tt, ids = pipeline.index.search(user, k)  # (B, K) raw dot products, (B, K)
+    return rerank(pipeline, items, ids, tt / pipeline.tower.temperature, top)
+
+
+def pipeline_ranks(c: Candidates, targets: torch.Tensor, num_items: int) -> torch.Tensor:
+    """0-based rank of each target (B,) in the re-ranked candidates, as seqrec.metrics.target_ranks counts it
+    (strictly higher final scores; ties in the target's favour); a target not among them gets `num_items`."""
+    hit = c.ids == targets.unsqueeze(1)  # (B, K)
+    target_final = torch.where(hit, c.final, -torch.inf).amax(1, keepdim=True)  # (B, 1)
+    ranks = (c.final > target_final).sum(1)  # (B,)
+    found = hit.any(1) & (targets >= FIRST_ITEM)
+    return torch.where(found, ranks, torch.full_like(ranks, num_items))
+
+
+@torch.no_grad()
+def evaluate_pipeline(pipeline: Pipeline, arrays: dict[str, np.ndarray], users: Features | None,
+                      event_names: tuple[str, ...], batch_size: int = 1024) -> dict[str, dict]:
+    """{"pipeline": HR/NDCG per event type of retrieve-then-re-rank, "recall": candidate recall@50/100/200}."""
+    device = next(pipeline.tower.parameters()).device
+    num_items = pipeline.tower.enc.num_items
+    k = pipeline.rerank.candidates
+    ranking, recall = RankingMetrics(event_names), RecallMetrics(event_names)
+    n = len(arrays["action"])
+    for lo in range(0, n, batch_size):
+        idx = np.arange(lo, min(lo + batch_size, n))
+        items = torch.from_numpy(np.asarray(arrays["state"][idx], np.int64)).to(device)  # (B, T)
+        targets = torch.from_numpy(np.asarray(arrays["action"][idx], np.int64)).to(device)  # (B,)
+        events = torch.from_numpy(np.asarray(arrays["event"][idx], np.int64))  # (B,)
+        user = pipeline.tower.user(items, users.rows(idx) if users is not None else None)  # (B, D)
+        tt, ids = pipeline.index.search(user, max(k, *RECALL_KS))  # one search serves recall and re-ranking
+        recall.add(ids.cpu(), targets.cpu(), events)
+        c = rerank(pipeline, items, ids[:, :k], tt[:, :k] / pipeline.tower.temperature)
+        ranking.add(pipeline_ranks(c, targets, num_items), events)
+    return {"pipeline": ranking.result(), "recall": recall.result()}
+
+
+@torch.no_grad()
+def states_per_s(fn: Callable[[torch.Tensor, np.ndarray], object], arrays: dict[str, np.ndarray],
+                 device: torch.device, batch_size: int = 1024) -> float:
+    """Rate at which `fn(windows (B, T), row indices (B,))` gets through the split's states."""
+    n = len(arrays["action"])
+    t0 = time.perf_counter()
+    for lo in range(0, n, batch_size):
+        idx = np.arange(lo, min(lo + batch_size, n))
+        fn(torch.from_numpy(np.asarray(arrays["state"][idx], np.int64)).to(device), idx)
+    return n / max(time.perf_counter() - t0, 1e-9)
+
+
+def split_users(tower: TwoTower, data: str | Path, arrays: dict[str, np.ndarray]) -> Features | None:
+    """Per-transition user Features of a split, or None when the tower has no user features."""
+    cols = tower.user_spec.columns
+    if not cols:
+        return None
+    return session_features(tower.user_spec, session_rows(read_events(data, cols), cols), arrays["session"])
+
+
+def build_pipeline(tower: TwoTower, learner: torch.nn.Module, rerank_cfg: RerankConfig,
+                   index_cfg: IndexConfig) -> Pipeline:
+    """Compose a pipeline; a Q weight needs a learner with a Q head."""
+    if rerank_cfg.w_q and isinstance(learner, Learner) and learner.nets[0].q is None:
+        raise ConfigError("rerank.w_q is set but the learner has no Q head (head.variant = 'ce')")
+    return Pipeline(tower, build_index(tower.item_table().cpu(), index_cfg), learner_scorer(learner), rerank_cfg)
+
+
+def load_pipeline(run: Path, index: IndexConfig | None = None, rerank_cfg: RerankConfig | None = None,
+                  checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[Pipeline, RunConfig]:
+    """The run's pipeline for serving: its learner checkpoint, RUN/retrieval's model, the index of `index`
+    (default: the run's [index]) and the blend of `rerank_cfg` (default: the run's [rerank]); eval mode."""
+    cfg = saved_config(run)
+    path = run / "checkpoints" / f"{checkpoint}.pt"
+    path = path if path.exists() else run / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise ConfigError(f"{run}: no checkpoint; train the run first")
+    learner = build_learner(cfg, torch.device(device))
+    learner.load_state_dict(torch.load(path, map_location=device, weights_only=True)["model"])
+    learner.eval()
+    tower = load_two_tower(run / "retrieval", checkpoint, device)
+    return build_pipeline(tower, learner, rerank_cfg or cfg.rerank, index or cfg.index), cfg
+
+
+def pipeline_report(run: Path, split: str, learner: torch.nn.Module, cfg: RunConfig,
+                    index: IndexConfig | None = None, top: int = 10) -> dict[str, dict]:
+    """What `seqrec evaluate` adds for a run with a retrieval model: {"pipeline", "recall", "pipeline_info"}
+    on `split`, the last with states/s of full-catalogue ranking (the learner's scores + top-k) and of
+    retrieve + re-rank (score_batch), measured over the same states in the same process."""
+    device = pick_device(cfg.train.device)
+    tower = load_two_tower(run / "retrieval", "best", device)
+    index = index or cfg.index
+    pipeline = build_pipeline(tower, learner, cfg.rerank, index)
+    arrays = load_transitions(cfg.data, split)
+    users = split_users(tower, cfg.data, arrays)
+    names = _event_names(read_manifest(cfg.data))
+    bs = cfg.train.eval_batch_size
+    out = evaluate_pipeline(pipeline, arrays, users, names, bs)
+    full = states_per_s(lambda x, i: torch.topk(learner.scores(x), top, dim=1), arrays, device, bs)
+    piped = states_per_s(lambda x, i: score_batch(pipeline, x, users.rows(i) if users is not None else None, top),
+                         arrays, device, bs)
+    info = {"candidates": cfg.rerank.candidates, "index": index.kind if index.kind == "exact" else
+            f"faiss-{index.faiss_type}", "w_tt": cfg.rerank.w_tt, "w_sup": cfg.rerank.w_sup, "w_q": cfg.rerank.w_q,
+            "normalize": cfg.rerank.normalize, "states_per_s_full": full, "states_per_s_pipeline": piped,
+            "threads": torch.get_num_threads()}
+    return {**out, "pipeline_info": info}
