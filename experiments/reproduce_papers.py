@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(LABELS)}")
     ap.add_argument("--seeds", default="0,1,2,3,4", help="training seeds (default 0-4: the papers average 5 runs)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override every training config, e.g. --set train.device=\"cuda\" (repeatable)")
+                    help="override every training config, e.g. --set train.device=cuda (repeatable)")
     ap.add_argument("--max-sessions", type=int, help="override the prepare config's session sample (a quick run)")
     args = ap.parse_args(argv)
     data = args.data or Path("data") / args.dataset
