@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--protocol", default="sessions", choices=("sessions", "loo"),
                     help="sessions: every event of held-out sessions (the papers'); loo: leave-one-out data")
     ev.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    ev.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=None,
+                    help="also evaluate retrieve + re-rank and candidate recall@50/100/200 (default: when the run "
+                         "has a retrieval model, RUN/retrieval)")
+    ev.add_argument("--index", choices=("exact", "faiss"), help="index of the pipeline (default: the run's [index])")
     ev.set_defaults(func=_cmd_evaluate)
     return p
 
@@ -189,11 +193,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from seqrec.train import evaluate, retain_heap
+    from dataclasses import replace
+
+    from seqrec.train import evaluate, retain_heap, saved_config
 
     retain_heap()
-    metrics = evaluate(args.run, args.split, args.protocol, args.checkpoint)
+    index = replace(saved_config(args.run).index, kind=args.index) if args.index else None
+    metrics = evaluate(args.run, args.split, args.protocol, args.checkpoint, args.pipeline, index)
     print(metrics_table(metrics, args.split))
+    if args.split in metrics.get("pipeline_info", {}):
+        info, recall = metrics["pipeline_info"][args.split], metrics["recall"][args.split]["all"]
+        print(f"  pipeline: {info['index']} index, {info['candidates']} candidates, recall@50/100/200 = "
+              + "/".join(f"{recall[f'recall@{k}']:.4f}" for k in (50, 100, 200))
+              + f"; states/s full ranking {info['states_per_s_full']:,.0f}, "
+                f"retrieve + re-rank {info['states_per_s_pipeline']:,.0f}")
     print(f"  written to {args.run / 'metrics.json'}")
     return 0
 
@@ -201,7 +214,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def metrics_table(metrics: dict, split: str) -> str:
     """Markdown table of a split's metrics per event type, model beside popularity."""
     lines = [f"| {split} | events | HR@5 | NDCG@5 | HR@10 | NDCG@10 | HR@20 | NDCG@20 |", "|---" * 8 + "|"]
-    for who, rows in (("model", metrics[split]), ("popularity", metrics["popularity"][split])):
+    blocks = [("model", metrics[split]), ("popularity", metrics["popularity"][split])]
+    if split in metrics.get("pipeline", {}):
+        blocks.insert(1, ("pipeline", metrics["pipeline"][split]))
+    for who, rows in blocks:
         for ev, r in rows.items():
             vals = " | ".join(f"{r[f'{m}@{k}']:.4f}" for k in (5, 10, 20) for m in ("hr", "ndcg"))
             lines.append(f"| {who} {ev} | {r['count']:,} | {vals} |")

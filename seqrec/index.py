@@ -92,7 +92,8 @@ class FaissIndex:
             index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, ip)
             index.hnsw.efSearch = cfg.ef_search
         else:
-            self.nlist = min(cfg.nlist or max(1, round(4 * math.sqrt(self.size))), self.size)
+            # auto: 4 sqrt(n) clusters, at most one per 39 items (faiss's minimum training points per centroid)
+            self.nlist = min(cfg.nlist or max(1, min(round(4 * math.sqrt(self.size)), self.size // 39)), self.size)
             self.quantizer = faiss.IndexFlatIP(d)  # kept referenced: the IVF index does not own it
             index = faiss.IndexIVFFlat(self.quantizer, d, self.nlist, ip)
             index.train(items)
