@@ -146,12 +146,14 @@ def pipeline_ranks(c: Candidates, targets: torch.Tensor, num_items: int) -> torc
 
 @torch.no_grad()
 def evaluate_pipeline(pipeline: Pipeline, arrays: dict[str, np.ndarray], users: Features | None,
-                      event_names: tuple[str, ...], batch_size: int = 1024) -> dict[str, dict]:
-    """{"pipeline": HR/NDCG per event type of retrieve-then-re-rank, "recall": candidate recall@50/100/200}."""
+                      event_names: tuple[str, ...], batch_size: int = 1024,
+                      recall_ks: tuple[int, ...] = RECALL_KS) -> dict[str, dict]:
+    """{"pipeline": HR/NDCG per event type of retrieve-then-re-rank, "recall": candidate recall@k per event
+    type for k in `recall_ks` (default 50, 100, 200)}."""
     device = next(pipeline.tower.parameters()).device
     num_items = pipeline.tower.enc.num_items
     k = pipeline.rerank.candidates
-    ranking, recall = RankingMetrics(event_names), RecallMetrics(event_names)
+    ranking, recall = RankingMetrics(event_names), RecallMetrics(event_names, recall_ks)
     n = len(arrays["action"])
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, min(lo + batch_size, n))
@@ -159,7 +161,7 @@ def evaluate_pipeline(pipeline: Pipeline, arrays: dict[str, np.ndarray], users: 
         targets = torch.from_numpy(np.asarray(arrays["action"][idx], np.int64)).to(device)  # (B,)
         events = torch.from_numpy(np.asarray(arrays["event"][idx], np.int64))  # (B,)
         user = pipeline.tower.user(items, users.rows(idx) if users is not None else None)  # (B, D)
-        tt, ids = pipeline.index.search(user, max(k, *RECALL_KS))  # one search serves recall and re-ranking
+        tt, ids = pipeline.index.search(user, max(k, *recall_ks))  # one search serves recall and re-ranking
         recall.add(ids.cpu(), targets.cpu(), events)
         c = rerank(pipeline, items, ids[:, :k], tt[:, :k] / pipeline.tower.temperature)
         ranking.add(pipeline_ranks(c, targets, num_items), events)

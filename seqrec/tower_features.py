@@ -86,7 +86,8 @@ class FeatureSpec:
         for j, (col, values) in enumerate(self.categorical):
             if col in frame:
                 text = _as_text(pd.Series(np.asarray(frame[col], dtype=object)))
-                cat[:, j] = pd.Categorical(text, categories=list(values)).codes.astype(np.int64) + 1  # -1 -> 0
+                codes = {v: i + 1 for i, v in enumerate(values)}
+                cat[:, j] = text.map(codes).fillna(0).to_numpy(np.int64)  # unseen or missing -> 0
         num = np.zeros((n, len(self.numeric)), np.float32)
         for j, (col, mean, std) in enumerate(self.numeric):
             if col in frame:

@@ -1,0 +1,106 @@
+"""Retrieval indexes: exactly the brute-force top-k (exact, faiss flat, exhaustive IVF), never padding or OOV,
+and approximate search padded honestly when it finds fewer than k items."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from seqrec.index import ExactIndex, FaissIndex, build_index
+from seqrec.retrieval_config import IndexConfig
+
+needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
+                                 reason="faiss-cpu is not installed (the optional extra: pip install 'seqrec[ann]')")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def table_and_queries() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(500, 16, generator=g)  # (I, D)
+    queries = torch.randn(37, 16, generator=g)  # (B, D)
+    # padding and OOV rows that every query would rank first if they were indexed
+    table[0] = table[1] = queries.mean(0) * 100
+    return table, queries
+
+
+def brute_force(table: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score every real item (rows 2..I-1) and sort: the reference the indexes must reproduce."""
+    s = queries.double() @ table[2:].double().T  # (B, I - 2)
+    order = torch.argsort(s, dim=1, descending=True)[:, :k]
+    return s.gather(1, order).float(), order + 2
+
+
+def test_exact_index_returns_the_brute_force_top_k_across_query_chunks(table_and_queries):
+    table, queries = table_and_queries
+    index = ExactIndex(table, query_chunk=8)  # 37 queries: four full chunks and a partial one
+    scores, ids = index.search(queries, 25)
+    ref_scores, ref_ids = brute_force(table, queries, 25)
+    assert ids.shape == scores.shape == (37, 25) and ids.dtype == torch.long
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    assert bool((ids >= 2).all())  # pad and OOV never returned, though they score highest
+
+
+def test_k_beyond_the_catalogue_returns_every_real_item_once(table_and_queries):
+    table, queries = table_and_queries
+    scores, ids = ExactIndex(table[:12]).search(queries[:3], 200)
+    assert ids.shape == (3, 10)
+    assert all(sorted(row.tolist()) == list(range(2, 12)) for row in ids)
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+
+
+def test_empty_query_batch_and_bad_tables():
+    assert ExactIndex(torch.randn(5, 4)).search(torch.empty(0, 4), 3)[1].shape == (0, 3)
+    with pytest.raises(ValueError, match="I > 2"):
+        ExactIndex(torch.randn(2, 4))
+
+
+@needs_faiss
+@pytest.mark.parametrize("cfg", [IndexConfig(kind="faiss", faiss_type="flat"),
+                                 IndexConfig(kind="faiss", faiss_type="ivf", nlist=8, nprobe=8)],
+                         ids=["flat", "ivf-exhaustive"])
+def test_exact_faiss_indexes_return_the_brute_force_top_k(table_and_queries, cfg):
+    table, queries = table_and_queries
+    index = build_index(table, cfg)
+    assert isinstance(index, FaissIndex) and index.size == 498
+    scores, ids = index.search(queries, 25)
+    ref_scores, ref_ids = brute_force(table, queries, 25)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-4, atol=1e-4)
+
+
+@needs_faiss
+def test_hnsw_recall_and_its_knob(table_and_queries):
+    table, queries = table_and_queries
+    _, ref = brute_force(table, queries, 50)
+    _, ids = FaissIndex(table, IndexConfig(kind="faiss", faiss_type="hnsw", hnsw_m=16, ef_search=400)).search(
+        queries, 50)
+    recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, ref)) / ref.numel()
+    assert recall >= 0.98 and bool((ids >= 2).all())
+
+
+@needs_faiss
+def test_approximate_search_pads_with_padding_id_and_minus_infinity(table_and_queries):
+    table, queries = table_and_queries
+    index = FaissIndex(table, IndexConfig(kind="faiss", faiss_type="ivf", nlist=12, nprobe=1))
+    scores, ids = index.search(queries, 200)  # one cluster of ~40 items cannot fill 200
+    missing = ids == 0
+    assert bool(missing.any()) and bool(torch.isinf(scores[missing]).all())
+    assert bool((ids[~missing] >= 2).all()) and bool(torch.isfinite(scores[~missing]).all())
+    found = ~missing
+    assert bool((found[:, :-1] >= found[:, 1:]).all())  # real results first, padding after
+
+
+def test_build_index_dispatches_on_kind(table_and_queries):
+    table, _ = table_and_queries
+    assert isinstance(build_index(table, IndexConfig()), ExactIndex)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        IndexConfig(kind="annoy")
