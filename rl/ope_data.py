@@ -293,8 +293,9 @@ class FixedPolicy:
         t = self.table if self.table.ndim == 2 else self.table[:, None]
         if t.shape[0] != log.n_actions:
             raise LogError(f"the policy has {t.shape[0]} actions but the log has {log.n_actions}")
-        if t.shape[1] > 1 and t.shape[1] < log.n_positions:
-            raise LogError(f"the policy has {t.shape[1]} positions but the log has {log.n_positions}")
+        if t.shape[1] > 1 and (log.position is None or t.shape[1] < log.n_positions):
+            raise LogError(f"the policy has {t.shape[1]} positions but the log has "
+                           f"{log.n_positions if log.position is not None else 'none'}")
         pi = t[:, log.positions() if t.shape[1] > 1 else np.zeros(log.n, np.int64)].T  # (N, A)
         return _restrict(pi, log.available)
 
