@@ -13,7 +13,7 @@ w_i = pi(a_i | x_i) / p_i (p_i the logged propensity) and a reward model q(x, a)
 |---|---|---|
 | IPS   | mean_i w_i r_i | propensities are right and the target acts only where the logger could |
 | SNIPS | sum_i w_i r_i / sum_i w_i | consistent (bias O(1/N)), less variance; = IPS when the weights average 1 |
-| DM    | mean_i sum_a pi(a | x_i) q(x_i, a) | the reward model is right |
+| DM    | mean_i sum_a pi(x_i, a) q(x_i, a)   | the reward model is right |
 | DR    | DM + mean_i w_i (r_i - q(x_i, a_i)) | either the propensities or the reward model are right |
 
 Weight clipping (`clip=c` on IPS and DR) replaces w by min(w, c): less variance, some bias downwards; the
@@ -26,7 +26,7 @@ with positions, optionally shrunk to the log's mean; `RidgeModel`, a ridge regre
 Intervals: percentile bootstrap over logged rows (resample N rows with replacement, recompute, take the
 (1 - level)/2 and (1 + level)/2 quantiles), seeded by `OpeConfig.seed`; the same seed gives every estimator the
 same resamples. A resample is a row-count vector, so each statistic is a matrix product over the resamples at
-once (1,000 resamples of 10,000 rows take a few hundredths of a second for IPS, about 0.1-0.2 s for DR). The
+once (1,000 resamples of 10,000 rows take about 0.15 s for IPS, 0.4 s for DR with 80 actions). The
 `CellMeanModel` is refit in every resample (its fit is per-cell sums, cheap to vectorise); the other reward
 models are held fixed, so DM/DR intervals with them leave out the model's own fitting error (the Estimate's
 `note` says which).
