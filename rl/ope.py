@@ -33,6 +33,8 @@ models are held fixed, so DM/DR intervals with them leave out the model's own fi
 
 Effective sample size (Kish): (sum w)^2 / sum w^2. Below `OpeConfig.min_ess` rows (100) or `min_ess_fraction` of
 the log (1%), `LowEffectiveSampleSize` is warned: the target puts its mass where the logger rarely acted.
+A deterministic logger (propensity 1) could not have taken other actions in those rows; the target's mass there
+(`Estimate.unsupported`) is invisible to the weights, and above 1% `NoOverlap` is warned.
 """
 
 from __future__ import annotations
@@ -53,20 +55,24 @@ from .ope_data import (
     LogError,
     LoggedBandit,
     LowEffectiveSampleSize,
+    NoOverlap,
     TargetPolicy,
     UniformPolicy,
     action_probabilities,
     check_ess,
+    check_overlap,
     effective_sample_size,
     importance_weights,
+    unsupported_mass,
 )
 from .ope_models import CellMeanModel, Predictions, RewardModel, RidgeModel, grouped_sums
 
 __all__ = [
     "DM", "DR", "ESTIMATORS", "IPS", "SNIPS", "CellMeanModel", "EpsilonGreedyPolicy", "Estimate", "FixedArmPolicy",
-    "FixedPolicy", "LogError", "LoggedBandit", "LowEffectiveSampleSize", "OpeConfig", "Predictions", "RidgeModel",
-    "RewardModel", "TargetPolicy", "UniformPolicy", "action_probabilities", "bootstrap_counts", "effective_sample_size",
-    "estimators_from_names", "evaluate", "importance_weights", "resample_order",
+    "FixedPolicy", "LogError", "LoggedBandit", "LowEffectiveSampleSize", "NoOverlap", "OpeConfig", "Predictions",
+    "RewardModel", "RidgeModel", "TargetPolicy", "UniformPolicy", "action_probabilities", "bootstrap_counts",
+    "effective_sample_size", "estimators_from_names", "evaluate", "importance_weights", "resample_order",
+    "unsupported_mass",
 ]
 
 ESTIMATORS: tuple[str, ...] = ("ips", "snips", "dm", "dr")
@@ -111,6 +117,7 @@ class Estimate:
     clip: float | None = None  # weight clip, if any
     clipped: int = 0          # rows whose weight the clip lowered
     note: str = ""            # how the interval treats the reward model, dropped resamples, ...
+    unsupported: float = 0.0  # target mass on actions the logger provably could not take (ope_data.unsupported_mass)
 
     def contains(self, x: float) -> bool:
         """Whether x lies inside [low, high]."""
@@ -157,8 +164,10 @@ class _Base:
         raw = importance_weights(log, pi)
         w = raw if self.clip is None else np.minimum(raw, self.clip)
         ess = effective_sample_size(w)
+        unsupported = unsupported_mass(log, pi)
         if warn:
             check_ess(ess, log.n, self.config.min_ess, self.config.min_ess_fraction, stacklevel=4)
+            check_overlap(unsupported, stacklevel=4)
         statistic, note = self._statistic(log, pi, w, resample_order(log))
         value = float(statistic(np.ones((1, log.n)))[0])
         boot = _bootstrap(statistic, bootstrap_counts(log.n, self.config) if blocks is None else blocks)
@@ -170,7 +179,7 @@ class _Base:
         return Estimate(self.name, value, float(low), float(high), float(self.config.level),
                         float(finite.std(ddof=1)) if len(finite) > 1 else math.nan, log.n, ess,
                         float(raw.max()) if log.n else math.nan, len(finite), self.clip,
-                        int((raw > w).sum()), note)
+                        int((raw > w).sum()), note, unsupported)
 
     def _statistic(self, log: LoggedBandit, pi: np.ndarray, w: np.ndarray,
                    order: np.ndarray) -> tuple[Statistic, str]:
@@ -339,6 +348,7 @@ def evaluate(log: LoggedBandit, policy: object, config: OpeConfig | None = None,
     pi = action_probabilities(log, policy)
     cfg = estimators[0].config if estimators else (config or OpeConfig())
     check_ess(effective_sample_size(importance_weights(log, pi)), log.n, cfg.min_ess, cfg.min_ess_fraction)
+    check_overlap(unsupported_mass(log, pi))
     shared: dict[OpeConfig, list[np.ndarray]] = {}
     out = []
     for e in estimators:

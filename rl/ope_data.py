@@ -30,6 +30,7 @@ PROPENSITY_TOLERANCE = 1e-9   # propensities up to 1 + this are read as 1 (float
 SUM_TOLERANCE = 1e-6          # target probabilities of a row must sum to 1 within this
 MIN_ESS = 100.0               # default: warn when the effective sample size is below this many rows ...
 MIN_ESS_FRACTION = 0.01       # ... or below this share of the log's rows
+MAX_UNSUPPORTED = 0.01        # default: warn when more target mass than this lies outside the logger's support
 
 
 class LogError(ValueError):
@@ -38,6 +39,11 @@ class LogError(ValueError):
 
 class LowEffectiveSampleSize(UserWarning):
     """The importance weights concentrate on few rows: estimates rest on little data and intervals may be off."""
+
+
+class NoOverlap(UserWarning):
+    """The target puts mass on actions the logger provably could not take (rows logged with propensity 1):
+    IPS, SNIPS and DR cannot see that mass, and DM only extrapolates to it."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +214,27 @@ def check_ess(ess: float, n: int, min_ess: float = MIN_ESS, min_fraction: float 
                       f"(min {min_ess:g} rows and {min_fraction:.0%} of the log): the target policy puts its mass "
                       "where the logger rarely acted, so estimates rest on few rows and intervals may be too "
                       "narrow", LowEffectiveSampleSize, stacklevel=stacklevel)
+        return True
+    return False
+
+
+def unsupported_mass(log: LoggedBandit, pi: np.ndarray) -> float:
+    """Mean over rows of the target's mass on actions other than the logged one, in rows where the logger chose
+    with probability 1 (a deterministic logger: no other action could have been logged there). A lower bound
+    on the target's mass outside the logger's support; 0 when no row has propensity 1."""
+    sure = log.propensity >= 1.0
+    if not sure.any():
+        return 0.0
+    return float(np.where(sure, 1.0 - pi[np.arange(log.n), log.action], 0.0).mean())
+
+
+def check_overlap(mass: float, max_mass: float = MAX_UNSUPPORTED, stacklevel: int = 3) -> bool:
+    """Warn (NoOverlap) when more than max_mass of the target's mass lies where the logger could not act."""
+    if mass > max_mass:
+        warnings.warn(f"{mass:.1%} of the target policy's probability mass is on actions the logging policy "
+                      "could not take (rows logged with propensity 1): importance-weighted estimates leave it out "
+                      "and the direct method only extrapolates to it, so the log cannot evaluate this policy",
+                      NoOverlap, stacklevel=stacklevel)
         return True
     return False
 

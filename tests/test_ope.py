@@ -22,10 +22,12 @@ from seqrec.rl.ope import (
     IPS,
     SNIPS,
     CellMeanModel,
+    FixedArmPolicy,
     FixedPolicy,
     LogError,
     LoggedBandit,
     LowEffectiveSampleSize,
+    NoOverlap,
     OpeConfig,
     Predictions,
     RidgeModel,
@@ -125,7 +127,7 @@ def test_snips_equals_ips_when_weights_average_one():
     cfg = OpeConfig(resamples=20)
     assert SNIPS(config=cfg).estimate(log, pi).value == pytest.approx(IPS(config=cfg).estimate(log, pi).value,
                                                                       abs=1e-12)
-    same = IPS(config=cfg).estimate(log, np.eye(4)[action] * 0 + p)  # target = logger: every weight is 1
+    same = IPS(config=cfg).estimate(log, np.tile(p, (1000, 1)))  # target = logger: every weight is 1
     assert same.value == pytest.approx(reward.mean()) and same.ess == pytest.approx(1000)
 
 
@@ -213,6 +215,18 @@ def test_low_effective_sample_size_warns_with_its_own_class():
         warnings.simplefilter("error")
         est = IPS(config=OpeConfig(resamples=10)).estimate(log, np.tile(p, (2000, 1)))
     assert est.ess == pytest.approx(2000)
+
+
+def test_a_deterministic_logger_cannot_evaluate_another_policy():
+    rng = np.random.default_rng(0)
+    log = LoggedBandit(np.zeros(500, int), rng.random(500), np.ones(500), 3)   # a rule: always action 0
+    with pytest.warns(NoOverlap, match="could not take"):
+        est = IPS(config=OpeConfig(resamples=10)).estimate(log, UniformPolicy())
+    assert est.unsupported == pytest.approx(2 / 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = evaluate(log, FixedArmPolicy(0), OpeConfig(resamples=10))
+    assert all(e.unsupported == 0 and e.value == pytest.approx(log.reward.mean()) for e in same)
 
 
 def test_determinism_by_seed_and_shared_resamples():
