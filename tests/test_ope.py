@@ -406,9 +406,29 @@ def test_obd_ips_for_all_matches_the_open_bandit_pipeline(obd, shared_data):
     assert from_log.value == pytest.approx(0.00455, abs=2e-4) and from_log.contains(0.0042)
 
 
-def test_obd_experiment_script_runs(obd, shared_data):
-    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "ope_obd.py"), "--data", str(shared_data),
-                          "--campaigns", "men", "--bootstrap", "50", "--n-sim", "2000"],
+def fake_obd(folder: Path, campaign: str = "men", items: int = 34, rows: int = 400) -> Path:
+    """A tiny folder in the OBD sample's layout (same columns), so the script's smoke test needs no real data."""
+    rng = np.random.default_rng(0)
+    for behavior in ("random", "bts"):
+        d = folder / behavior / campaign
+        d.mkdir(parents=True)
+        item = rng.integers(0, items, rows)
+        prop = np.full(rows, 1 / items) if behavior == "random" else rng.uniform(0.01, 0.9, rows)
+        lines = [",timestamp,item_id,position,click,propensity_score,user_feature_0"]
+        lines += [f"{i},2019-11-24 00:00:00+00:00,{item[i]},{i % 3 + 1},{int(rng.random() < 0.1)},{prop[i]},x"
+                  for i in range(rows)]
+        (d / f"{campaign}.csv").write_text("\n".join(lines) + "\n")
+        (d / "item_context.csv").write_text(",item_id,item_feature_0\n" + "".join(
+            f"{i},{i},0.0\n" for i in range(items)))
+    return folder
+
+
+def test_obd_experiment_script_runs(tmp_path):
+    data = fake_obd(tmp_path / "open_bandit_dataset_sample")
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "ope_obd.py"), "--data", str(data),
+                          "--campaigns", "men", "--bootstrap", "50", "--n-sim", "2000",
+                          "--out", str(tmp_path / "t.md")],
                          capture_output=True, text=True, check=True, timeout=300)
     rows = [line for line in out.stdout.splitlines() if line.startswith("| men |")]
     assert len(rows) == 8 + 1, out.stdout         # 2 policy sources x 4 estimators, plus the shift row
+    assert (tmp_path / "t.md").read_text().count("| men |") == 9
