@@ -5,7 +5,7 @@
 holds fewer than k items, k is cut to its size (a small catalogue asked for 200 candidates gets all of them).
 
 - `ExactIndex`: the catalogue product (seqrec/catalogue.py's row-padded `scores`) and `torch.topk`, over
-  chunks of queries so that the (chunk, I) score buffer, not (B, I), bounds memory.
+  chunks of queries so that the (chunk, I) score buffer (256 MiB by default), not (B, I), bounds memory.
 - `FaissIndex` (faiss-cpu, the optional extra `seqrec[ann]`): `flat` (exact, faiss's own BLAS), `hnsw`
   (graph; `ef_search` trades speed for recall) or `ivf` (clusters; `nprobe` of `nlist` searched, nprobe =
   nlist being exact): for catalogues in the millions. An approximate search that finds fewer than k items
@@ -44,12 +44,13 @@ def _items(table: torch.Tensor) -> torch.Tensor:
 
 
 class ExactIndex:
-    """Brute force: for each chunk of queries, the product with every item and torch.topk."""
+    """Brute force: for each chunk of queries, the product with every item and torch.topk. A chunk holds
+    `query_chunk` queries, by default as many as fit a `chunk_mib` score buffer (between 1 and 4096)."""
 
-    def __init__(self, table: torch.Tensor, query_chunk: int = 1024) -> None:
+    def __init__(self, table: torch.Tensor, query_chunk: int | None = None, chunk_mib: int = 256) -> None:
         self.items = _items(table)  # (I - 2, D)
         self.size = self.items.shape[0]
-        self.query_chunk = query_chunk
+        self.query_chunk = query_chunk or max(1, min(4096, chunk_mib * 2**20 // (4 * self.size)))
 
     @torch.no_grad()
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,5 +117,5 @@ class FaissIndex:
 def build_index(table: torch.Tensor, cfg: IndexConfig) -> ExactIndex | FaissIndex:
     """The index `cfg` describes over the (I, D) item table."""
     if cfg.kind == "exact":
-        return ExactIndex(table, cfg.query_chunk)
+        return ExactIndex(table, chunk_mib=cfg.chunk_mib)
     return FaissIndex(table, cfg)

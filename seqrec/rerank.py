@@ -193,7 +193,7 @@ def build_pipeline(tower: TwoTower, learner: torch.nn.Module, rerank_cfg: Rerank
     """Compose a pipeline; a Q weight needs a learner with a Q head."""
     if rerank_cfg.w_q and isinstance(learner, Learner) and learner.nets[0].q is None:
         raise ConfigError("rerank.w_q is set but the learner has no Q head (head.variant = 'ce')")
-    return Pipeline(tower, build_index(tower.item_table().cpu(), index_cfg), learner_scorer(learner), rerank_cfg)
+    return Pipeline(tower, build_index(tower.item_table(), index_cfg), learner_scorer(learner), rerank_cfg)
 
 
 def load_pipeline(run: Path, index: IndexConfig | None = None, rerank_cfg: RerankConfig | None = None,

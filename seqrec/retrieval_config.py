@@ -87,14 +87,14 @@ class IndexConfig:
     ef_search: int = 256            # HNSW: candidates explored per query (recall/speed knob; >= k)
     nlist: int = 0                  # IVF: number of clusters; 0 = 4 sqrt(items)
     nprobe: int = 32                # IVF: clusters searched per query (recall/speed knob; nlist = exact)
-    query_chunk: int = 1024         # exact: queries per (chunk, I) score buffer, which bounds memory
+    chunk_mib: int = 256            # exact: size of the (chunk, I) float32 score buffer, which bounds memory
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
             raise ValueError(f"kind must be one of {', '.join(INDEX_KINDS)}, got {self.kind!r}")
         if self.faiss_type not in FAISS_TYPES:
             raise ValueError(f"faiss_type must be one of {', '.join(FAISS_TYPES)}, got {self.faiss_type!r}")
-        for name in ("hnsw_m", "ef_search", "nprobe", "query_chunk"):
+        for name in ("hnsw_m", "ef_search", "nprobe", "chunk_mib"):
             _check_int(name, getattr(self, name), 1)
         _check_int("nlist", self.nlist, 0)
 

@@ -104,3 +104,10 @@ def test_build_index_dispatches_on_kind(table_and_queries):
     assert isinstance(build_index(table, IndexConfig()), ExactIndex)
     with pytest.raises(ValueError, match="kind must be one of"):
         IndexConfig(kind="annoy")
+
+
+def test_exact_index_sizes_its_query_chunks_by_the_memory_budget():
+    table = torch.randn(1024 + 2, 4)  # 1,024 real items: a query's scores take 4 KiB
+    assert ExactIndex(table, chunk_mib=1).query_chunk == 256
+    assert ExactIndex(table, chunk_mib=1024).query_chunk == 4096  # capped
+    assert build_index(table, IndexConfig(chunk_mib=2)).query_chunk == 512
