@@ -253,6 +253,10 @@ def train_two_tower(cfg: TwoTowerConfig, enc: EncoderConfig, data: str | Path, o
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
             f"|retrieval.{k}|{v}|" for k, v in asdict(cfg).items()), 0)
     last: dict = {}
+    if start == 0:  # where training starts from (with init = "learner": the learner's own ranking)
+        first = evaluate_recall(model, valid_arrays, valid_users, names, dev)
+        for k in RECALL_KS:
+            writer.add_scalar(f"metrics/recall@{k}", first.get("all", {}).get(f"recall@{k}", 0.0), 0)
     t_log, n_log = time.perf_counter(), 0
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="retrieval",
                disable=None if progress is None else not progress, leave=False)

@@ -162,6 +162,7 @@ def test_training_writes_checkpoints_features_and_tensorboard_tags(data, tmp_pat
     acc.Reload()
     assert {"loss/retrieval", "metrics/recall@50", "metrics/recall@100", "metrics/recall@200"} <= set(
         acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("metrics/recall@100")] == [0, 10, 20]  # the starting point too
     model = load_two_tower(out)
     assert model.user_spec.columns == ("user_segment", "user_age")
     assert model.item_cat_codes.shape == (model.enc.num_items, 1) and int(model.item_cat_codes[2:].min()) >= 1
