@@ -111,6 +111,12 @@ class PopulationConfig:
     taste_sd: float = 0.5              # sd of each customer's own log-odds taste for each product
     reference_product: str = "term_deposit"   # the product UCI's label measured (a term-deposit subscription)
 
+    def __post_init__(self) -> None:
+        _int("population.size", self.size, 1)
+        _int("population.seed", self.seed, 0)
+        _real("population.ridge", self.ridge, 0.0, 1e6)
+        _real("population.taste_sd", self.taste_sd, 0.0, 5.0)
+
 
 @dataclass(frozen=True)
 class SegmentRule:

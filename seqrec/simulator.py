@@ -301,6 +301,25 @@ class Simulator:
         pi = self.check_probabilities(policy, contacts)
         return float((pi * self.expected_rewards(contacts)).sum(axis=(1, 2)).mean())
 
+    def nudge_rewards(self, contacts: Contacts, products: np.ndarray) -> np.ndarray:
+        """(B, A) exact purchase probability of every nudge with the product offered to each contact: the truth
+        for a nudge policy evaluated on a log, value = mean over rows of sum_a pi(a | row) * nudge_rewards[row, a]."""
+        rows = np.arange(len(contacts))
+        return self.expected_rewards(contacts)[rows, np.asarray(products, dtype=np.int64)]
+
+    def nudge_log(self, log: CampaignLog, context: bool = False):
+        """The campaign's nudge decisions as a `seqrec.rl.ope_data.LoggedBandit`: action = arm, reward = purchase,
+        propensity = P(nudge | context, product), available = the arms allowed with the offered product, and with
+        `context` the `context_features` of each contact (what a contextual target policy sees)."""
+        from seqrec.rl.ope_data import LoggedBandit
+
+        d = log.decisions
+        if (d.nudge < 0).any() or np.isnan(d.propensity).any():
+            raise ValueError("the log has contacts without a nudge or a propensity: not a policy's log")
+        return LoggedBandit(d.nudge, log.purchased.astype(np.float64), d.propensity, n_actions=self.n_arms,
+                            context=self.context_features(log.contacts) if context else None,
+                            available=self.nudge_mask[d.product], source="simulator")
+
     def calibration(self) -> list[CalibrationRow]:
         """Overall and per-group response: UCI file, fitted model, simulated customers (exact base probability)."""
         return calibration_rows(self.uci, self.model, self.population, self.base_probability(),
