@@ -86,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                         description="Train from a TOML config ([data] dir, [encoder], [head], [train]; or "
                                     "algorithm = \"d3rlpy.dqn|double_dqn|discrete_cql|discrete_bcq\" with a "
                                     "[d3rlpy] table for d3rlpy's algorithms on our encoder); writes config.json, "
-                                    "checkpoints/ and TensorBoard logs (tb/) under --out.")
+                                    "checkpoints/ and TensorBoard logs (tb/) under --out. Under torchrun "
+                                    "(torchrun --nproc_per_node=N -m seqrec train ...) it trains data-parallel: "
+                                    "train.batch_size is the global batch, rank 0 writes.")
     tr.add_argument("--config", required=True, type=Path, help="TOML run config")
     tr.add_argument("--data", help="prepared-dataset folder (overrides data.dir)")
     tr.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
@@ -221,6 +223,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from seqrec.distributed import from_env
     from seqrec.train import load_run_config, retain_heap, train
 
     retain_heap()
@@ -228,6 +231,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, overrides, args.data)
     out = args.out or Path("runs") / args.config.stem
     result = train(cfg, out, resume=args.resume)
+    rank = from_env()
+    if rank is not None and not rank.main:  # under torchrun only rank 0 reports
+        return 0
     best = result["best"]
     print(f"trained {out} to step {result['step']}: best {cfg.train.select_metric} = "
           f"{best if best is None else round(best, 4)} at step {result['best_step']}")

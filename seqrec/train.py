@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from seqrec import distributed
 from seqrec.config import ConfigError, from_dict, load_toml
 from seqrec.datasets.prepare import load_transitions, read_manifest
 from seqrec.encoders import EncoderConfig
@@ -288,14 +289,22 @@ def _event_names(manifest: dict) -> tuple[str, ...]:
 
 
 def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None = None) -> dict:
-    """Train (or resume) the run in `out`; returns the final validation metrics and the best checkpoint."""
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
+    """Train (or resume) the run in `out`; returns the final validation metrics and the best checkpoint.
 
-    t_cfg = cfg.train
-    device = pick_device(t_cfg.device)
-    manifest = read_manifest(cfg.data)
-    names = _event_names(manifest)
+    Under torchrun (WORLD_SIZE > 1) every process runs this loop on its rows of each batch, with gradients
+    averaged over the processes; train.batch_size is then the global batch (seqrec/distributed.py)."""
+    rank = distributed.from_env()
+    device = pick_device(cfg.train.device)
+    if rank is None:
+        return _train(cfg, out, resume, progress, device, None)
+    distributed.check_supported(rank, cfg.algorithm, cfg.train.batch_size)
+    device = distributed.rank_device(rank, device)
+    with distributed.process_group(rank, device):
+        return _train(cfg, out, resume, progress, device, rank)
+
+
+def _open_run_folder(cfg: RunConfig, out: Path, resume: bool) -> None:
+    """Check that `out` is new (or resumed with the same config) and write config.json into it."""
     ckpt_dir = out / "checkpoints"
     if not resume and (ckpt_dir / "last.pt").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -305,19 +314,46 @@ def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None
         raise ConfigError(f"{out}: --resume with a different config than the run's config.json")
     saved.write_text(json.dumps(cfg.to_dict(), indent=2))
 
+
+def _last_checkpoint(ckpt_dir: Path, device: torch.device | str) -> dict | None:
+    """checkpoints/last.pt (state dicts, step, best), or None before the first checkpoint."""
+    if not (ckpt_dir / "last.pt").exists():
+        return None
+    return torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, device: torch.device,
+           rank: distributed.Rank | None) -> dict:
+    """The loop of `train`; `rank` None for a single process (no collectives at all), else rank 0 writes."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    t_cfg = cfg.train
+    main = rank is None or rank.main
+    manifest = read_manifest(cfg.data)
+    names = _event_names(manifest)
+    ckpt_dir = out / "checkpoints"
+    distributed.on_main(rank, _open_run_folder, cfg, out, resume)
+
     torch.manual_seed(t_cfg.seed)  # initialisation
     learner = build_learner(cfg, device)
     start, best, best_step = 0, None, None
-    if resume and (ckpt_dir / "last.pt").exists():
-        state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
+    # with ranks, rank 0 reads the checkpoint (on CPU) and sends it to the others
+    state = distributed.on_main(rank, _last_checkpoint, ckpt_dir, device if rank is None else "cpu") \
+        if resume else None
+    if state is not None:
         learner.load_state_dict(state["model"])
         learner.load_optim_state(state["optim"])
         start, best, best_step = int(state["step"]), state["best"], state["best_step"]
+    if rank is not None:
+        distributed.broadcast_module(learner)  # every rank starts from rank 0's weights
+        distributed.sync_gradients(learner.opts, rank.world)  # gradients averaged before each optimiser step
 
     train_arrays = load_transitions(cfg.data, "train")
     valid_arrays = load_transitions(cfg.data, "valid")
+    valid_part = distributed.split_rows(valid_arrays, rank)  # the rows this rank evaluates (all without ranks)
     sampler = EpochSampler(len(train_arrays["action"]), t_cfg.batch_size, t_cfg.seed)
-    writer = SummaryWriter(str(out / "tb"), purge_step=start if start else None)
+    writer = SummaryWriter(str(out / "tb"), purge_step=start if start else None) if main else distributed.NullWriter()
     if start == 0:
         rows = [f"|{sec}.{k}|{v}|" for sec, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()]
         rows.insert(0, f"|algorithm|{cfg.algorithm}|")
@@ -327,22 +363,25 @@ def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None
     last_metrics: dict = {}
     t_log, n_log = time.perf_counter(), 0
     bar = tqdm(range(start, t_cfg.max_steps), initial=start, total=t_cfg.max_steps, desc="train",
-               disable=None if progress is None else not progress, leave=False)
+               disable=(None if progress is None else not progress) if main else True, leave=False)
     for step in bar:
         learner.train()
-        batch = to_batch(train_arrays, sampler.indices(step), device)
+        batch = to_batch(train_arrays, distributed.shard_rows(sampler.indices(step), rank), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             stats = learner.update(batch, step, t_cfg.seed)
         n_log += t_cfg.batch_size
         done = step + 1
         if done % t_cfg.log_every == 0:
+            if rank is not None:
+                stats = distributed.mean_stats(stats, device)  # over the ranks: the global batch's
             for k, v in stats.items():
                 writer.add_scalar(k, v, done)
             writer.add_scalar("perf/samples_per_s", n_log / (time.perf_counter() - t_log), done)
             t_log, n_log = time.perf_counter(), 0
         if done % t_cfg.eval_every == 0 or done == t_cfg.max_steps:
             learner.eval()
-            last_metrics = evaluate_arrays(learner.scores, valid_arrays, names, device, t_cfg.eval_batch_size)
+            last_metrics = distributed.gather_metrics(
+                rank, evaluate_arrays(learner.scores, valid_part, names, device, t_cfg.eval_batch_size), names)
             for ev, row in last_metrics.items():
                 for m, v in row.items():
                     if m != "count":
@@ -351,18 +390,20 @@ def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None
             payload = {"model": learner.state_dict(), "optim": learner.optim_state(), "step": done}
             if value is not None and (best is None or value > best):
                 best, best_step = value, done
-                _save(ckpt_dir / "best.pt", {**payload, "best": best, "best_step": best_step},
-                      {"step": done, "select_metric": t_cfg.select_metric, "value": value, "valid": last_metrics})
-                if cfg.algorithm != "seqrec":  # d3rlpy's own file too, for d3rlpy_bridge.load_learnable
-                    learner.save_d3rlpy(str(ckpt_dir / "best.d3.tmp"))
-                    os.replace(ckpt_dir / "best.d3.tmp", ckpt_dir / "best.d3")
-            _save(ckpt_dir / "last.pt", {**payload, "best": best, "best_step": best_step},
-                  {"step": done, "best": best, "best_step": best_step, "valid": last_metrics})
+                if main:
+                    _save(ckpt_dir / "best.pt", {**payload, "best": best, "best_step": best_step},
+                          {"step": done, "select_metric": t_cfg.select_metric, "value": value, "valid": last_metrics})
+                    if cfg.algorithm != "seqrec":  # d3rlpy's own file too, for d3rlpy_bridge.load_learnable
+                        learner.save_d3rlpy(str(ckpt_dir / "best.d3.tmp"))
+                        os.replace(ckpt_dir / "best.d3.tmp", ckpt_dir / "best.d3")
+            if main:
+                _save(ckpt_dir / "last.pt", {**payload, "best": best, "best_step": best_step},
+                      {"step": done, "best": best, "best_step": best_step, "valid": last_metrics})
             bar.set_postfix({t_cfg.select_metric: value})
             t_log, n_log = time.perf_counter(), 0  # evaluation time is not training speed
     writer.close()
     result = {"step": t_cfg.max_steps, "valid": last_metrics, "best": best, "best_step": best_step}
-    if cfg.retrieval.enabled:  # the two-tower candidate generator, into out/retrieval
+    if cfg.retrieval.enabled and main:  # the two-tower candidate generator, into out/retrieval (rank 0 alone)
         from seqrec.two_tower import train_retrieval
 
         result["retrieval"] = train_retrieval(cfg, out, resume, progress)
