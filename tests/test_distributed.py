@@ -310,3 +310,18 @@ def test_killed_two_rank_run_resumes_to_the_uninterrupted_result(two_rank_run, c
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert (json.loads((whole / "checkpoints" / "last.json").read_text())["valid"]
             == json.loads((killed / "checkpoints" / "last.json").read_text())["valid"])
+
+
+def test_bench_scale_smoke(tmp_path):
+    """experiments/bench_scale.py end to end at tiny size: one row per run, figures read from the runs."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "experiments" / "bench_scale.py"), "--work", str(tmp_path),
+                          "--events", "3000", "--items", "60", "--steps", "4", "--log-every", "2", "--batch", "16",
+                          "--no-same-cores", "--json", str(tmp_path / "bench.json")],
+                         env=_one_thread_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 1 process") or line.startswith("| 2 ranks")]
+    assert len(rows) == 2, out.stdout
+    figures = json.loads((tmp_path / "bench.json").read_text())["train"]["rows"]
+    assert [r["threads in all"] for r in figures] == [1, 2]
+    assert all(r["samples/s"] > 0 and 0 < r["start-up s"] < r["wall s"] for r in figures)
