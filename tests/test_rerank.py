@@ -101,10 +101,11 @@ def _fixture_models(variant: str = "sqn", num_items: int = 40) -> tuple[Learner,
     return learner, tower
 
 
-def test_fast_candidate_scorer_equals_gathering_the_full_vectors():
+@pytest.mark.parametrize("k", [1, 7], ids=["rows-gathered", "dense-product"])  # I = 40 vs 32 K
+def test_fast_candidate_scorer_equals_gathering_the_full_vectors(k):
     learner, _ = _fixture_models()
     items = torch.randint(0, 40, (6, 10))
-    ids = torch.randint(2, 40, (6, 7))
+    ids = torch.randint(2, 40, (6, k))
     with torch.no_grad():
         sup, q = learner_scorer(learner)(items, ids)
         ref_sup, ref_q = gather_scorer(learner.scores, learner.q_values)(items, ids)
