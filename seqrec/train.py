@@ -85,8 +85,9 @@ class RunConfig:
              "train": asdict(self.train)}
         if self.algorithm != "seqrec":  # runs of our own heads keep the config.json they always had
             d = {"algorithm": self.algorithm, **d, "d3rlpy": asdict(self.d3rlpy)}
-        if self.retrieval.enabled:  # likewise runs without a retrieval model
-            d.update(retrieval=asdict(self.retrieval), index=asdict(self.index), rerank=asdict(self.rerank))
+        if self.retrieval.enabled:  # likewise runs without a retrieval model; lists as config.json holds them
+            d.update(json.loads(json.dumps({"retrieval": asdict(self.retrieval), "index": asdict(self.index),
+                                            "rerank": asdict(self.rerank)})))
         return d
 
 

@@ -208,6 +208,8 @@ def test_train_then_evaluate_with_the_pipeline_keeps_metrics_json_shape(data, tm
     assert main(["evaluate", "--run", str(plain), "--pipeline"]) == 2  # asked for, but no retrieval model
 
     assert main(["train", "--config", str(config), "--data", str(data), "--out", str(out)]) == 0
+    # resuming a finished run is accepted (config.json's lists equal the config's tuples) and changes nothing
+    assert main(["train", "--config", str(config), "--data", str(data), "--out", str(out), "--resume"]) == 0
     tower = json.loads((out / "retrieval" / "checkpoints" / "best.json").read_text())
     assert tower["select_metric"] == "all/recall@100"
     assert main(["evaluate", "--run", str(out), "--split", "valid", "--no-pipeline"]) == 0
