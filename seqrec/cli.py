@@ -155,6 +155,49 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--calibration-table", action="store_true",
                     help="also print the calibration table (UCI rate vs simulated rate per group, markdown)")
     sm.set_defaults(func=_cmd_simulate)
+
+    sc = sub.add_parser("score", help="score user sessions in batch: top items, scores, nudge and propensity per row",
+                        description="Read raw event logs with prepare's readers and validation (bad rows to "
+                                    "OUT/quarantine.parquet), cut sessions, and write OUT/scores/part-*.parquet with "
+                                    "one row per (session, rank): item, two-tower score, Q value, final score, nudge, "
+                                    "propensity, model version and config hash; then manifest.json and _COMPLETE. "
+                                    "A killed run resumes when started again with the same command.")
+    sc.add_argument("--run", required=True, type=Path, help="run folder (seqrec train --out)")
+    sc.add_argument("--input", required=True, nargs="+", type=Path, metavar="EVENTS", help="event file(s)")
+    sc.add_argument("--out", required=True, type=Path, help="output folder")
+    sc.add_argument("--top", type=int, default=10, help="recommendations per session (default 10)")
+    sc.add_argument("--candidates", type=int, default=200, help="candidates retrieved before re-ranking (default 200)")
+    sc.add_argument("--batch-size", type=int, default=4096, help="sessions per scored batch (default 4096)")
+    sc.add_argument("--engine", choices=("local",), default="local", help="where batches run (default local)")
+    sc.add_argument("--index", choices=("exact", "faiss"), help="retrieval index (default: the run's [index])")
+    sc.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the nudge draws (default 0)")
+    sc.add_argument("--session-gap-minutes", type=float,
+                    help="inactivity that ends a session without session ids (default: the run's prepared data's)")
+    sc.add_argument("--bucket-rows", type=int, default=2_000_000, help="rows per on-disk bucket (bounds memory)")
+    sc.add_argument("--catalogue", type=Path, help="nudge catalogue TOML (default: the shipped one)")
+    sc.add_argument("--source", choices=SOURCES, help="log format (default: the run's prepared data's, else events)")
+    sc.add_argument("--map", help="column map, as in seqrec prepare")
+    sc.add_argument("--sep", help="CSV field separator (default ',' or tab for .tsv)")
+    sc.add_argument("--no-header", action="store_true", help="the CSV file has no header line")
+    sc.add_argument("--format", choices=("auto", "csv", "parquet", "jsonl"), default="auto", help="input format")
+    sc.add_argument("--time-unit", choices=("auto", "s", "ms", "us", "iso"), help="unit of numeric times")
+    sc.add_argument("--event-type", help="constant event type for files without an event column")
+    sc.add_argument("--event-map", help="raw=type pairs, as in seqrec prepare (default: the run's prepared data's)")
+    sc.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="show progress bars (default: in a terminal)")
+    sc.set_defaults(func=_cmd_score)
+
+    dm = sub.add_parser("demo", help="the main job on built-in data: generate, prepare, train, score",
+                        description="Generate the built-in synthetic log, prepare it, train SASRec-SQN with two-tower "
+                                    "candidates and the nudge bandit, score every session; prints where the "
+                                    "TensorBoard logs and the scored files are. Re-running re-uses finished stages.")
+    dm.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for everything (default runs/demo)")
+    dm.add_argument("--events", type=int, default=200_000, help="events to generate (default 200000)")
+    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--steps", type=int, help="training steps (default 600; retrieval half of it)")
+    dm.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    dm.set_defaults(func=_cmd_demo)
     return p
 
 
@@ -333,6 +376,57 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.calibration_table:
         print(f"calibration on {sim.uci.path} ({sim.uci.rows:,} rows; {sim.population.size:,} customers):")
         print(sim.calibration_table())
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from seqrec.engines import ScoreJob, make_engine, reader_defaults
+    from seqrec.scoring import ScoreConfig
+    from seqrec.train import retain_heap
+
+    retain_heap()
+    cfg = ScoreConfig(top=args.top, candidates=args.candidates, batch_size=args.batch_size, index=args.index,
+                      checkpoint=args.checkpoint, seed=args.seed, session_gap_minutes=args.session_gap_minutes,
+                      bucket_rows=args.bucket_rows, catalogue=str(args.catalogue) if args.catalogue else None)
+    source, event_map = reader_defaults(args.run)
+    sep = "\t" if args.sep in ("\\t", "tab") else args.sep
+    specs = tuple(source_spec(args.source or source, p, columns=parse_map(args.map) if args.map else (),
+                              fmt=args.format, sep=sep, header=False if args.no_header else None,
+                              time_unit=args.time_unit, event_type=args.event_type,
+                              event_map=parse_map(args.event_map) if args.event_map is not None else event_map)
+                  for p in args.input)
+    m = make_engine(args.engine).score(ScoreJob(args.run, tuple(args.input), specs, args.out, cfg), args.progress)
+    print(score_summary(m, args.out))
+    return 0
+
+
+def score_summary(m: dict, out: Path) -> str:
+    """What `seqrec score` prints: the counts of manifest.json and where the output is."""
+    s = m["sessions"]
+    lines = [f"scored {s['scored']:,} sessions -> {m['rows']:,} rows in {len(m['parts'])} part(s) under {out}"
+             + ("  (re-used: same job already complete)" if m.get("reused") else "")
+             + ("  (resumed)" if m.get("resumed") else ""),
+             f"  rows read {m['rows_read']:,}  kept {m['rows_kept']:,}  quarantined {m['rows_quarantined']:,}"
+             + (f"  excluded {m['rows_excluded']:,}" if m["rows_excluded"] else "")
+             + (f"  -> {out / 'quarantine.parquet'}" if m["rows_quarantined"] else ""),
+             f"  popularity fallback {s['fallback']:,} sessions; index: {m['index']}; nudges: {m['policy']}",
+             f"  model {m['model_version']}  config hash {m['config_hash']}"]
+    if not m.get("reused"):
+        lines.append(f"  time {m['timings']['total_s']:.2f} s ({m['sessions_per_s']:,.0f} sessions/s)")
+    return "\n".join(lines)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from seqrec.demo import run_demo
+    from seqrec.train import retain_heap
+
+    retain_heap()
+    r = run_demo(args.out, args.events, args.seed, args.steps, args.progress)
+    print(score_summary(r["manifest"], r["scored"]))
+    print(f"events: {r['events']}   prepared: {r['data']}   run: {r['run']}")
+    print(f"TensorBoard: tensorboard --logdir {r['run']}   (learner in tb/, two-tower in retrieval/tb/)")
+    print(f"scored sessions: {r['scored'] / 'scores'} (Parquet parts; manifest.json and quarantine.parquet in "
+          f"{r['scored']})")
     return 0
 
 

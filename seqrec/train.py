@@ -408,6 +408,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
         from seqrec.two_tower import train_retrieval
 
         result["retrieval"] = train_retrieval(cfg, out, resume, progress)
+    if main:  # the nudge bandit, fitted offline on the training split's logged nudges (seqrec/run_bandit.py)
+        from seqrec.run_bandit import fit_run_bandit
+
+        result["bandit"] = fit_run_bandit(cfg.data, out, t_cfg.seed)
     return result
 
 
