@@ -4,9 +4,8 @@
 (0) and out-of-vocabulary (1) are never returned, because the indexes hold rows 2..I-1 only. When the index
 holds fewer than k items, k is cut to its size (a small catalogue asked for 200 candidates gets all of them).
 
-- `ExactIndex`: the catalogue product (seqrec/catalogue.py's row-padded scores) and its `padded_topk` (what
-  torch.topk gives, faster), over chunks of queries so that the (chunk, I) score buffer (256 MiB by default),
-  not (B, I), bounds memory.
+- `ExactIndex`: the catalogue product (seqrec/catalogue.py's row-padded `scores`) and `torch.topk`, over
+  chunks of queries so that the (chunk, I) score buffer (256 MiB by default), not (B, I), bounds memory.
 - `FaissIndex` (faiss-cpu, the optional extra `seqrec[ann]`): `flat` (exact, faiss's own BLAS), `hnsw`
   (graph; `ef_search` trades speed for recall) or `ivf` (clusters; `nprobe` of `nlist` searched, nprobe =
   nlist being exact): for catalogues in the millions. An approximate search that finds fewer than k items
@@ -21,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from seqrec.catalogue import padded_scores, padded_topk
+from seqrec.catalogue import scores
 from seqrec.retrieval_config import IndexConfig
 
 FIRST_ITEM = 2  # rows 0 (padding) and 1 (OOV) are not indexed
@@ -45,7 +44,7 @@ def _items(table: torch.Tensor) -> torch.Tensor:
 
 
 class ExactIndex:
-    """Brute force: for each chunk of queries, the product with every item and its top k. A chunk holds
+    """Brute force: for each chunk of queries, the product with every item and torch.topk. A chunk holds
     `query_chunk` queries, by default as many as fit a `chunk_mib` score buffer (between 1 and 4096)."""
 
     def __init__(self, table: torch.Tensor, query_chunk: int | None = None, chunk_mib: int = 256) -> None:
@@ -59,10 +58,10 @@ class ExactIndex:
         queries = queries.to(self.items.device, torch.float32)  # (B, D)
         out_s, out_i = [], []
         for lo in range(0, queries.shape[0], self.query_chunk):
-            s = padded_scores(queries[lo:lo + self.query_chunk], self.items)  # (b, I') row-padded, pads -inf
-            values, cols = padded_topk(s, self.size, k)  # (b, k) each, sorted, best first
-            out_s.append(values)  # (b, k)
-            out_i.append(cols + FIRST_ITEM)  # (b, k) catalogue ids
+            s = scores(queries[lo:lo + self.query_chunk], self.items)  # (b, I - 2)
+            top = torch.topk(s, k, dim=1)  # sorted, best first
+            out_s.append(top.values)  # (b, k)
+            out_i.append(top.indices + FIRST_ITEM)  # (b, k) catalogue ids
         if not out_s:
             return queries.new_empty(0, k), torch.empty(0, k, dtype=torch.long, device=queries.device)
         return torch.cat(out_s), torch.cat(out_i)  # (B, k), (B, k)

@@ -1,7 +1,7 @@
 """Batch scoring (`seqrec score`): one block of rows per input session, identical output for the same seed,
 resume after kill -9 equal to an uninterrupted run, quarantine accounting, OOV mapping and the popularity
 fallback, the manifest, runs with and without a retrieval model, purity of score_batch, the nudge draws,
-session states by hand, the fast top-k, the demo and the benchmark script at tiny size."""
+session states by hand, the demo and the benchmark script at tiny size."""
 
 import json
 import os
@@ -22,7 +22,6 @@ from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, gap_us, prepare
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
 
-from seqrec.catalogue import padded_scores, padded_topk
 from seqrec.cli import main
 from seqrec.engines import LocalEngine, ScoreJob
 from seqrec.rerank import score_batch as pipeline_batch
@@ -323,19 +322,6 @@ def test_session_states_by_hand():
     with_ids = ev.append_column("session_id", pa.array([7, 3, 4, 3, 4, 7]))  # interleaved SDK sessions
     st = session_states(with_ids, window=5, gap_us=gap_us(30.0)).to_pandas()
     assert [list(x) for x in st["items"]] == [[10, 12], [11, 13], [50, 51]]
-
-
-def test_padded_topk_equals_torch_topk():
-    g = torch.Generator().manual_seed(0)
-    for items in (26_702, 12_801, 300):
-        table, state = torch.randn(items, 16, generator=g), torch.randn(50, 16, generator=g)
-        with torch.no_grad():
-            buf = padded_scores(state, table)
-            for k in (1, 50, 200):
-                values, cols = padded_topk(buf, items, min(k, items))
-                ref = torch.topk(buf[:, :items], min(k, items), dim=1)
-                assert torch.equal(values, ref.values) and bool((cols < items).all())
-                assert torch.equal(buf.gather(1, cols), values)
 
 
 def test_score_job_api_and_bad_inputs(world, tmp_path):
