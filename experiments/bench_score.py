@@ -4,19 +4,23 @@ index, beside the rate of the bare catalogue product (the bound for exact retrie
 Setup, cached under --work (delete it to rebuild):
 - training log: the synthetic generator with a catalogue of --items items (--train-users users), plus one
   sweep session of views per 10 items so that every item is in the vocabulary; prepared with `seqrec prepare`;
-- run: SASRec-SQN, width 64, with the two-tower candidate generator, trained briefly (--train-steps steps of
-  each; the shapes, not the quality, set the cost of scoring); faiss IVF with --nprobe in its [index];
+- run: SASRec-SQN, width 64, with the two-tower candidate generator, trained --train-steps steps each (the
+  shapes set the cost of scoring; the training sets how well faiss's IVF clusters fit the item vectors, hence
+  the recall at a given nprobe);
 - scoring log: about --sessions sessions from the same generator (same world and catalogue, more users).
 
-Measured, `--repeats` times in rotation (the machine is shared: read the ratios, taken in the same run):
-- `seqrec score` in a fresh process per index (`--indexes exact,faiss`), --candidates and --top as given:
-  end-to-end sessions/s over the process's wall time (start-up, reading, validation, sessions, scoring,
-  writing), the engine's own sessions/s (manifest: after the process has started and imported torch), and
-  peak RSS from wait4;
-- the bare product: (B, D) x (D, I) with B = --batch, D = 64, I = the catalogue size, in this process with
-  the same thread count, fastest of several; its rate in sessions/s is the bound for exact retrieval;
-- recall@K of faiss against exact: the share of exact top-K candidates (two-tower scores) that the faiss
-  index also returns, over --recall-sessions session states of the scoring log.
+Measured, `--repeats` times (the machine is shared: read the ratios, taken in the same run), in two modes:
+- wall: `seqrec score` in a fresh process per index (`--indexes exact,faiss`; faiss IVF with --nprobe) with
+  --threads threads, sessions/s over the process's wall time (start-up, reading, validation, sessions,
+  scoring, writing), beside the bare product (B, D) x (D, I), B = --batch, D = 64, I = the catalogue, timed
+  the same way in this process with the same threads (fastest pass): the bound for exact retrieval;
+- cpu: the same with one thread, timed by CPU time (the process's user + system time from wait4; the product's
+  thread time), which other processes on the machine disturb far less than the clock. With two threads on a
+  busy machine, OpenMP threads spin-wait for each other and both the clock and the CPU time suffer;
+- peak RSS of each scoring process (wait4); the engine's own sessions/s (manifest, after start-up);
+- retrieval alone, one thread, CPU time: recall@K against exact (the share of the exact top-K two-tower
+  candidates the index also returns) and queries per CPU-second, for the exact index, IVF at each nprobe of
+  --sweep and HNSW at each ef_search of --sweep-hnsw, over --recall-sessions session states.
 
     python experiments/bench_score.py                                  # 1,000,000 sessions, 26,702 items
     python experiments/bench_score.py --sessions 100000                # a reduced run
@@ -65,16 +69,16 @@ def build(args: argparse.Namespace) -> tuple[Path, Path]:
     if not train_log.exists():
         log = generate_events(SyntheticConfig(users=args.train_users, items=args.items, seed=args.seed))
         sweep = sweep_events(args.items, log.column("timestamp").combine_chunks().cast(pa.int64())[0].as_py())
-        pq.write_table(pa.concat_tables([log.select(sweep.column_names), sweep]), train_log)
+        pq.write_table(pa.concat_tables([log, sweep], promote_options="default"), train_log)
     data = work / f"data-{args.items}-{args.train_users}"
     prepare([train_log], lambda p: source_spec("events", p), PrepareConfig(seed=args.seed), data)
-    run = work / f"run-{args.items}-{args.train_users}-{args.train_steps}-nprobe{args.nprobe}"
+    run = work / f"run-{args.items}-{args.train_users}-{args.train_steps}"
     if not (run / "checkpoints" / "last.pt").exists():
         raw = {"encoder": {"kind": "sasrec", "dim": 64}, "head": {"variant": "sqn"},
                "train": {"batch_size": 256, "max_steps": args.train_steps, "eval_every": args.train_steps},
                "retrieval": {"enabled": True, "max_steps": args.train_steps, "eval_every": args.train_steps,
                              "random_negatives": 256},
-               "index": {"kind": "exact", "faiss_type": "ivf", "nprobe": args.nprobe},
+               "index": {"kind": "exact", "faiss_type": "ivf"},
                "rerank": {"candidates": args.candidates}}
         t = time.perf_counter()
         train(run_config(raw, [], str(data)), run, progress=False)
@@ -89,15 +93,15 @@ def build(args: argparse.Namespace) -> tuple[Path, Path]:
     return run, score_log
 
 
-def run_score(run: Path, log: Path, out: Path, index: str, args: argparse.Namespace) -> dict:
-    """One `seqrec score` in a fresh process: wall seconds, peak RSS and the manifest."""
+def run_score(run: Path, log: Path, out: Path, index: str, threads: int, args: argparse.Namespace) -> dict:
+    """One `seqrec score` in a fresh process with `threads` threads: wall and CPU seconds, peak RSS, manifest."""
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "seqrec", "score", "--run", str(run), "--input", str(log), "--out", str(out),
            "--index", index, "--top", str(args.top), "--candidates", str(args.candidates), "--no-progress",
-           "--batch-size", str(args.batch)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+           "--batch-size", str(args.batch), "--nprobe", str(args.nprobe)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -105,12 +109,13 @@ def run_score(run: Path, log: Path, out: Path, index: str, args: argparse.Namesp
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"seqrec score failed: {' '.join(cmd)}")
     manifest = json.loads((out / "manifest.json").read_text())
-    return {"wall_s": wall, "peak_mib": usage.ru_maxrss / 1024, "manifest": manifest}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mib": usage.ru_maxrss / 1024,
+            "manifest": manifest}
 
 
-def product_rate(items: int, dim: int, batch: int, seconds: float = 3.0) -> float:
+def product_rate(items: int, dim: int, batch: int, clock=time.perf_counter, seconds: float = 3.0) -> float:
     """Sessions/s of the bare (batch, dim) x (dim, items) catalogue product (the row-padded one scoring uses),
-    fastest pass over about `seconds`."""
+    fastest pass over about `seconds` by `clock` (wall time, or time.thread_time: CPU time of one thread)."""
     import torch
 
     from seqrec.catalogue import padded_scores
@@ -121,35 +126,56 @@ def product_rate(items: int, dim: int, batch: int, seconds: float = 3.0) -> floa
         padded_scores(state, table)
         best, t_end = float("inf"), time.perf_counter() + seconds
         while time.perf_counter() < t_end:
-            t = time.perf_counter()
+            t = clock()
             padded_scores(state, table)
-            best = min(best, time.perf_counter() - t)
-    return batch / best
+            best = min(best, clock() - t)
+    return batch / max(best, 1e-9)
 
 
-def faiss_recall(run: Path, log: Path, args: argparse.Namespace) -> float:
-    """Mean share of the exact index's top-K two-tower candidates that the faiss index also returns."""
+def recall_sweep(run: Path, log: Path, args: argparse.Namespace) -> list[dict]:
+    """Recall@K against exact and search rate (queries per CPU-second, one thread) of faiss IVF at each
+    nprobe of --sweep and of HNSW at each ef_search of --sweep-hnsw, over --recall-sessions session states
+    of the scoring log; the exact index's own rate first. The user vectors come from the run's two-tower."""
     import torch
     from seqrec.datasets.prepare import gap_us
 
+    from seqrec.index import ExactIndex, FaissIndex, import_faiss
+    from seqrec.retrieval_config import IndexConfig
     from seqrec.scoring import ScoreConfig, load_bundle, window_matrix
     from seqrec.sessions_state import session_states
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    import_faiss().omp_set_num_threads(1)
+    bundle = load_bundle(run, ScoreConfig(index="exact", top=args.top, candidates=args.candidates))
     events = pq.ParquetFile(str(log)).read_row_groups([0], columns=["user_id", "session_id", "item_id",
                                                                    "timestamp"])
-    exact = load_bundle(run, ScoreConfig(index="exact", top=args.top, candidates=args.candidates))
-    approx = load_bundle(run, ScoreConfig(index="faiss", top=args.top, candidates=args.candidates))
-    states = session_states(events, exact.window, gap_us(exact.info["session_gap_minutes"])).slice(
-        0, args.recall_sessions)
-    items = torch.from_numpy(window_matrix(exact, states.column("items")))
-    hits = 0
+    states = session_states(events, bundle.window, gap_us(bundle.info["session_gap_minutes"]))
+    items = torch.from_numpy(window_matrix(bundle, states.column("items")[:args.recall_sessions]))
+    k = args.candidates
     with torch.no_grad():
-        user = exact.pipeline.tower.user(items)  # (B, D)
-        _, a = exact.pipeline.index.search(user, args.candidates)  # (B, K)
-        _, b = approx.pipeline.index.search(user, args.candidates)  # (B, K)
-    for x, y in zip(a.numpy(), b.numpy()):
-        hits += len(np.intersect1d(x, y))
-    return hits / (len(a) * a.shape[1])
+        user = bundle.pipeline.tower.user(items)  # (B, D)
+        table = bundle.pipeline.tower.item_table()  # (I, D)
+
+    def timed(index) -> tuple[np.ndarray, float]:
+        index.search(user[:64], k)  # warm-up
+        t = time.thread_time()
+        ids = index.search(user, k)[1].numpy()
+        return ids, len(user) / max(time.thread_time() - t, 1e-9)
+
+    exact, exact_rate = timed(ExactIndex(table))
+    rows = [{"index": "exact", "recall": 1.0, "queries_per_cpu_s": exact_rate}]
+    configs = [("ivf", IndexConfig(kind="faiss", faiss_type="ivf", nprobe=int(n))) for n in args.sweep.split(",")]
+    configs += [("hnsw", IndexConfig(kind="faiss", faiss_type="hnsw", ef_search=int(e)))
+                for e in args.sweep_hnsw.split(",") if e]
+    for name, cfg in configs:
+        ids, rate = timed(FaissIndex(table, cfg))
+        hits = sum(len(np.intersect1d(a, b)) for a, b in zip(exact, ids))
+        rows.append({"index": f"faiss {name} " + (f"nprobe={cfg.nprobe}" if name == "ivf" else f"ef={cfg.ef_search}"),
+                     "recall": hits / exact.size, "queries_per_cpu_s": rate})
+    torch.set_num_threads(threads)
+    import_faiss().omp_set_num_threads(threads)
+    return rows
 
 
 def main() -> None:
@@ -160,12 +186,16 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--batch", type=int, default=4096, help="sessions per scored batch and product batch")
     ap.add_argument("--indexes", default="exact,faiss")
-    ap.add_argument("--nprobe", type=int, default=32, help="faiss IVF clusters searched per query")
+    ap.add_argument("--nprobe", type=int, default=192, help="faiss IVF clusters searched per query when scoring")
+    ap.add_argument("--sweep", default="32,64,128,192,256", help="IVF nprobe values of the recall sweep")
+    ap.add_argument("--sweep-hnsw", default="200,400", help="HNSW ef_search values of the recall sweep")
     ap.add_argument("--train-users", type=int, default=20_000)
-    ap.add_argument("--train-steps", type=int, default=20)
-    ap.add_argument("--recall-sessions", type=int, default=20_000)
+    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--recall-sessions", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="threads of the wall-clock runs (CPU-time runs use 1)")
+    ap.add_argument("--modes", default="wall,cpu", help="wall: runs with --threads timed by the clock; cpu: runs "
+                                                        "with one thread timed by CPU time (robust to other load)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_score")
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -173,46 +203,68 @@ def main() -> None:
 
     import torch
 
-    torch.set_num_threads(args.threads)
+    from seqrec.train import retain_heap
+
+    retain_heap()  # as the seqrec CLI does: the product's output buffer is not page-faulted in afresh each time
     run, log = build(args)
-    indexes = args.indexes.split(",")
-    results: dict[str, list[dict]] = {i: [] for i in indexes}
-    bounds = []
+    indexes, modes = args.indexes.split(","), args.modes.split(",")
+    threads = {"wall": args.threads, "cpu": 1}
+    results: dict[tuple[str, str], list[dict]] = {(i, m): [] for i in indexes for m in modes}
+    bounds: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(args.repeats):
-        bounds.append(product_rate(args.items + 2, 64, args.batch))
-        for index in indexes:
-            res = run_score(run, log, args.work / f"scored-{index}", index, args)
-            results[index].append(res)
-            m = res["manifest"]
-            print(f"[{r + 1}/{args.repeats}] {index}: {m['sessions']['scored']:,} sessions in {res['wall_s']:.1f} s "
-                  f"({m['sessions']['scored'] / res['wall_s']:,.0f}/s end to end, {m['sessions_per_s']:,.0f}/s "
-                  f"engine; timings {m['timings']}), peak {res['peak_mib']:,.0f} MiB; bare product "
-                  f"{bounds[-1]:,.0f} sessions/s", flush=True)
-    bound = statistics.median(bounds)
-    recall = faiss_recall(run, log, args) if "faiss" in indexes else None
+        for mode in modes:
+            torch.set_num_threads(threads[mode])
+            clock = time.thread_time if mode == "cpu" else time.perf_counter
+            bounds[mode].append(product_rate(args.items + 2, 64, args.batch, clock=clock))
+            for index in indexes:
+                res = run_score(run, log, args.work / f"scored-{index}", index, threads[mode], args)
+                results[(index, mode)].append(res)
+                m = res["manifest"]
+                print(f"[{r + 1}/{args.repeats}] {index}, {threads[mode]} thread(s): {m['sessions']['scored']:,} "
+                      f"sessions in {res['wall_s']:.1f} s, {res['cpu_s']:.1f} CPU s (engine {m['sessions_per_s']:,.0f}"
+                      f"/s, {m['timings']}), peak {res['peak_mib']:,.0f} MiB; bare product {bounds[mode][-1]:,.0f} "
+                      f"sessions/{'CPU-' if mode == 'cpu' else ''}s", flush=True)
+    torch.set_num_threads(args.threads)
+    bound = {m: statistics.median(v) for m, v in bounds.items()}
+    sweep = recall_sweep(run, log, args) if "faiss" in indexes else []
+    run_recall = next((x["recall"] for x in sweep if x["index"] == f"faiss ivf nprobe={args.nprobe}"), None)
     rows = []
     for index in indexes:
-        rs = results[index]
-        sessions = rs[0]["manifest"]["sessions"]["scored"]
-        e2e = statistics.median(sessions / x["wall_s"] for x in rs)
-        engine = statistics.median(x["manifest"]["sessions_per_s"] for x in rs)
-        rows.append({"index": index, "sessions": sessions, "rows": rs[0]["manifest"]["rows"],
-                     "events": rs[0]["manifest"]["rows_read"], "sessions_per_s": e2e, "engine_sessions_per_s": engine,
-                     "peak_mib": max(x["peak_mib"] for x in rs), "fraction_of_bound": e2e / bound,
-                     "engine_fraction_of_bound": engine / bound,
-                     "recall": recall if index == "faiss" else 1.0})
-    print(f"\ncatalogue {args.items + 2:,} (with padding and OOV), {args.candidates} candidates, top {args.top}, "
-          f"batch {args.batch}, {args.threads} threads; bare product {bound:,.0f} sessions/s "
-          f"(median of {len(bounds)})\n")
-    print("| index | sessions | events | sessions/s end to end | engine sessions/s | / bare product | "
-          f"recall@{args.candidates} | peak MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+        row = {"index": index if index == "exact" else f"faiss ivf nprobe={args.nprobe}",
+               "recall": 1.0 if index == "exact" else run_recall}
+        for mode in modes:
+            rs = results[(index, mode)]
+            sessions = rs[0]["manifest"]["sessions"]["scored"]
+            seconds = "cpu_s" if mode == "cpu" else "wall_s"
+            rate = statistics.median(sessions / x[seconds] for x in rs)
+            row.update({"sessions": sessions, "events": rs[0]["manifest"]["rows_read"], f"{mode}_rate": rate,
+                        f"{mode}_fraction": rate / bound[mode],
+                        f"{mode}_engine_rate": statistics.median(x["manifest"]["sessions_per_s"] for x in rs),
+                        f"{mode}_peak_mib": max(x["peak_mib"] for x in rs)})
+        rows.append(row)
+    print(f"\ncatalogue {args.items + 2:,} (with padding and OOV), {args.candidates} candidates, top {args.top}, batch "
+          f"{args.batch}; bare product: " + ", ".join(
+              f"{bound[m]:,.0f} sessions/s ({args.threads} threads, wall)" if m == "wall" else
+              f"{bound[m]:,.0f} sessions per CPU-second (1 thread)" for m in modes)
+          + f"; medians of {args.repeats} run(s)\n")
+    head = {"wall": f"sessions/s ({args.threads} threads) | / bare product", "cpu": "sessions per CPU-s (1 thread) | "
+            "/ bare product per CPU-s"}
+    print("| index | sessions | events | " + " | ".join(head[m] for m in modes) + f" | recall@{args.candidates} | "
+          "peak MiB |")
+    print("|---" * (5 + 2 * len(modes)) + "|")
     for x in rows:
-        print(f"| {x['index']} | {x['sessions']:,} | {x['events']:,} | {x['sessions_per_s']:,.0f} | "
-              f"{x['engine_sessions_per_s']:,.0f} | {x['fraction_of_bound']:.2f} (engine "
-              f"{x['engine_fraction_of_bound']:.2f}) | {x['recall']:.3f} | {x['peak_mib']:,.0f} |")
+        recall = "-" if x["recall"] is None else f"{x['recall']:.3f}"
+        rates = " | ".join(f"{x[f'{m}_rate']:,.0f} | {x[f'{m}_fraction']:.2f}" for m in modes)
+        peak = max(x[f"{m}_peak_mib"] for m in modes)
+        print(f"| {x['index']} | {x['sessions']:,} | {x['events']:,} | {rates} | {recall} | {peak:,.0f} |")
+    if sweep:
+        print(f"\nretrieval alone over {args.recall_sessions:,} session states (one thread, CPU time):\n")
+        print(f"| index | recall@{args.candidates} | queries per CPU-s |")
+        print("|---|---|---|")
+        for x in sweep:
+            print(f"| {x['index']} | {x['recall']:.3f} | {x['queries_per_cpu_s']:,.0f} |")
     if args.json:
-        args.json.write_text(json.dumps({"bound_sessions_per_s": bound, "bounds": bounds, "rows": rows,
+        args.json.write_text(json.dumps({"bound": bound, "bounds": bounds, "rows": rows, "sweep": sweep,
                                          "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
 
 

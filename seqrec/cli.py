@@ -170,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--batch-size", type=int, default=4096, help="sessions per scored batch (default 4096)")
     sc.add_argument("--engine", choices=("local",), default="local", help="where batches run (default local)")
     sc.add_argument("--index", choices=("exact", "faiss"), help="retrieval index (default: the run's [index])")
+    sc.add_argument("--nprobe", type=int, help="faiss IVF clusters searched per query (default: the run's [index])")
     sc.add_argument("--checkpoint", choices=("best", "last"), default="best")
     sc.add_argument("--seed", type=int, default=0, help="seed of the nudge draws (default 0)")
     sc.add_argument("--session-gap-minutes", type=float,
@@ -386,8 +387,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     retain_heap()
     cfg = ScoreConfig(top=args.top, candidates=args.candidates, batch_size=args.batch_size, index=args.index,
-                      checkpoint=args.checkpoint, seed=args.seed, session_gap_minutes=args.session_gap_minutes,
-                      bucket_rows=args.bucket_rows, catalogue=str(args.catalogue) if args.catalogue else None)
+                      nprobe=args.nprobe, checkpoint=args.checkpoint, seed=args.seed,
+                      session_gap_minutes=args.session_gap_minutes, bucket_rows=args.bucket_rows,
+                      catalogue=str(args.catalogue) if args.catalogue else None)
     source, event_map = reader_defaults(args.run)
     sep = "\t" if args.sep in ("\\t", "tab") else args.sep
     specs = tuple(source_spec(args.source or source, p, columns=parse_map(args.map) if args.map else (),

@@ -59,6 +59,7 @@ class ScoreConfig:
     candidates: int = 200           # K retrieved before re-ranking (the whole catalogue is ranked without retrieval)
     batch_size: int = 4096          # sessions per score_batch call
     index: str | None = None        # exact | faiss; None: the run's [index]
+    nprobe: int | None = None       # faiss IVF: clusters searched per query; None: the run's [index] nprobe
     checkpoint: str = "best"        # best | last (falls back to last when a run has no best)
     seed: int = 0                   # seed of the nudge draws
     session_gap_minutes: float | None = None  # None: the gap the run's data was prepared with
@@ -74,6 +75,9 @@ class ScoreConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if self.candidates < self.top:
             raise ValueError(f"candidates ({self.candidates}) must be >= top ({self.top})")
+        if self.nprobe is not None and (isinstance(self.nprobe, bool) or not isinstance(self.nprobe, int)
+                                        or self.nprobe < 1):
+            raise ValueError(f"nprobe must be an int >= 1, got {self.nprobe!r}")
         if self.index not in (None, "exact", "faiss"):
             raise ValueError(f"index must be exact or faiss, got {self.index!r}")
         if self.checkpoint not in ("best", "last"):
@@ -159,6 +163,8 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
 
     rerank = replace(run_cfg.rerank, candidates=cfg.candidates)
     index_cfg = replace(run_cfg.index, kind=cfg.index) if cfg.index else run_cfg.index
+    if cfg.nprobe is not None:
+        index_cfg = replace(index_cfg, nprobe=cfg.nprobe)
     pipeline, user_spec = None, FeatureSpec()
     if (run / "retrieval" / "checkpoints" / "last.pt").exists():
         tower_path = _checkpoint(run / "retrieval", cfg.checkpoint)
@@ -222,7 +228,8 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
                     "q_value: always (the learner has no Q head)" if not _has_q(learner)
                     else "q_value: on fallback rows"]
     info = {"policy": policy, "retrieval": pipeline is not None,
-            "index": (index_cfg.kind if index_cfg.kind == "exact" else f"faiss-{index_cfg.faiss_type}")
+            "index": (index_cfg.kind if index_cfg.kind == "exact" else f"faiss-{index_cfg.faiss_type}"
+                      + (f" nprobe={index_cfg.nprobe}" if index_cfg.faiss_type == "ivf" else ""))
             if pipeline is not None else "none: the learner ranks the whole catalogue",
             "null_columns": null_columns, "session_gap_minutes": settings["gap"], "window": window,
             "rerank": asdict(rerank)}
