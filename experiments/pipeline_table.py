@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,6 +62,8 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=("valid", "test"))
     ap.add_argument("--candidates", default="50,100,200", help="K values (comma-separated)")
     ap.add_argument("--index", default="exact,faiss", help="indexes: exact and/or faiss (skipped if not installed)")
+    ap.add_argument("--timing", default="cpu", choices=("cpu", "wall"),
+                    help="cpu: states per CPU-second of one thread (steady on a busy machine); wall: wall clock")
     ap.add_argument("--blends", default="sup=1;sup=1,q=0.5;tt=1;tt=0.5,sup=1,q=0.5",
                     help="re-ranking blends tried at the largest K, ';'-separated")
     args = ap.parse_args()
@@ -86,8 +90,26 @@ def main() -> None:
     users = split_users(tower, cfg.data, arrays)
     full = evaluate_arrays(learner.scores, arrays, names, device, cfg.train.eval_batch_size)
     event = "purchase" if "purchase" in full else "view"
+    threads = torch.get_num_threads()
+    timing = {"clock": time.thread_time if args.timing == "cpu" else time.perf_counter}
+
+    def rate(fn) -> float:
+        """states/s of fn: CPU time of 1 thread (--timing cpu), or wall time with the default threads."""
+        faiss = sys.modules.get("faiss")  # its OpenMP threads too: thread_time counts the calling thread only
+        omp = faiss.omp_get_max_threads() if faiss else 0
+        if args.timing == "cpu":
+            torch.set_num_threads(1)
+            if faiss:
+                faiss.omp_set_num_threads(1)
+        try:
+            return states_per_s(fn, arrays, device, **timing)
+        finally:
+            torch.set_num_threads(threads)
+            if faiss:
+                faiss.omp_set_num_threads(omp)
+
     with torch.no_grad():
-        full_rate = states_per_s(lambda x, i: torch.topk(learner.scores(x), TOP, dim=1), arrays, device)
+        full_rate = rate(lambda x, i: torch.topk(learner.scores(x), TOP, dim=1))
     items = manifest["catalogue_size"] - FIRST_ITEM
     rows = [("full catalogue", f"{items:,}", "supervised", 1.0, full[event], full_rate)]
 
@@ -100,25 +122,26 @@ def main() -> None:
             indexes.append(replace(cfg.index, kind="faiss"))
     blends = [(k, idx, cfg.rerank) for idx in indexes for k in ks]
     blends += [(max(ks), IndexConfig(), parse_blend(b)) for b in args.blends.split(";")]
+    blends = list(dict.fromkeys(blends))  # the config's own blend is often among --blends
     for k, idx, rerank_cfg in blends:
         try:
             p = build_pipeline(tower, learner, replace(rerank_cfg, candidates=k), idx)
         except ConfigError:  # a Q weight with a learner that has no Q head
             continue
         res = evaluate_pipeline(p, arrays, users, names, cfg.train.eval_batch_size, recall_ks=(k,))
-        rate = states_per_s(lambda x, i, p=p: score_batch(p, x, users.rows(i) if users is not None else None, TOP),
-                            arrays, device)
+        speed = rate(lambda x, i, p=p: score_batch(p, x, users.rows(i) if users is not None else None, TOP))
         label = "exact" if idx.kind == "exact" else f"faiss {idx.faiss_type}"
         rows.append((label, str(k), blend_name(rerank_cfg), res["recall"]["all"][f"recall@{k}"],
-                     res["pipeline"][event], rate))
+                     res["pipeline"][event], speed))
 
     recall = json.loads((run / "retrieval" / "checkpoints" / "best.json").read_text())["valid"]["all"]
-    lines = [f"{args.split} split of {cfg.data}, {event} targets ({full[event]['count']:,}); "
-             f"{torch.get_num_threads()} threads; two-tower valid recall@50/100/200 = "
+    lines = [f"{args.split} split of {cfg.data}, {event} targets ({full[event]['count']:,}); top {TOP}; "
+             + ("states/s = per CPU-second of 1 thread" if args.timing == "cpu" else f"states/s: wall clock, "
+                f"{threads} threads") + "; two-tower valid recall@50/100/200 = "
              + "/".join(f"{recall[f'recall@{k}']:.4f}" for k in (50, 100, 200)), "",
              "| ranking | K | blend | recall@K | HR@10 | NDCG@10 | states/s |", "|---" * 7 + "|"]
-    for label, k, blend, rec, m, rate in rows:
-        lines.append(f"| {label} | {k} | {blend} | {rec:.4f} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {rate:,.0f} |")
+    for label, k, blend, rec, m, speed in rows:
+        lines.append(f"| {label} | {k} | {blend} | {rec:.4f} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {speed:,.0f} |")
     table = "\n".join(lines) + "\n"
     (args.out / "table.md").write_text(table)
     print(table, end="")
