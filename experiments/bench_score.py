@@ -244,10 +244,10 @@ def main() -> None:
         rows.append(row)
     print(f"\ncatalogue {args.items + 2:,} (with padding and OOV), {args.candidates} candidates, top {args.top}, batch "
           f"{args.batch}; bare product: " + ", ".join(
-              f"{bound[m]:,.0f} sessions/s ({args.threads} threads, wall)" if m == "wall" else
+              f"{bound[m]:,.0f} sessions/s ({args.threads} thread(s), wall)" if m == "wall" else
               f"{bound[m]:,.0f} sessions per CPU-second (1 thread)" for m in modes)
           + f"; medians of {args.repeats} run(s)\n")
-    head = {"wall": f"sessions/s ({args.threads} threads) | / bare product", "cpu": "sessions per CPU-s (1 thread) | "
+    head = {"wall": f"sessions/s ({args.threads} thread(s)) | / bare product", "cpu": "sessions per CPU-s (1 thread) | "
             "/ bare product per CPU-s"}
     print("| index | sessions | events | " + " | ".join(head[m] for m in modes) + f" | recall@{args.candidates} | "
           "peak MiB |")

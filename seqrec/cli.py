@@ -168,6 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--top", type=int, default=10, help="recommendations per session (default 10)")
     sc.add_argument("--candidates", type=int, default=200, help="candidates retrieved before re-ranking (default 200)")
     sc.add_argument("--batch-size", type=int, default=4096, help="sessions per scored batch (default 4096)")
+    sc.add_argument("--workers", type=int, help="batches scored at once, one torch thread each (default: torch's "
+                                                "thread count, i.e. the cores)")
     sc.add_argument("--engine", choices=("local",), default="local", help="where batches run (default local)")
     sc.add_argument("--index", choices=("exact", "faiss"), help="retrieval index (default: the run's [index])")
     sc.add_argument("--nprobe", type=int, help="faiss IVF clusters searched per query (default: the run's [index])")
@@ -386,8 +388,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from seqrec.train import retain_heap
 
     retain_heap()
-    cfg = ScoreConfig(top=args.top, candidates=args.candidates, batch_size=args.batch_size, index=args.index,
-                      nprobe=args.nprobe, checkpoint=args.checkpoint, seed=args.seed,
+    cfg = ScoreConfig(top=args.top, candidates=args.candidates, batch_size=args.batch_size, workers=args.workers,
+                      index=args.index, nprobe=args.nprobe, checkpoint=args.checkpoint, seed=args.seed,
                       session_gap_minutes=args.session_gap_minutes, bucket_rows=args.bucket_rows,
                       catalogue=str(args.catalogue) if args.catalogue else None)
     source, event_map = reader_defaults(args.run)

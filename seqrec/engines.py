@@ -10,7 +10,10 @@ machine in memory bounded by one bucket, not by the input:
    whole in one bucket whatever the order of the input;
 2. per bucket: quarantine duplicate events, cut sessions and build their states (seqrec/sessions_state.py),
    score them `batch_size` sessions at a time into OUT/scores/part-BBBBB.parquet (written under a temporary
-   name, then renamed), then note the bucket as done;
+   name, then renamed), then note the bucket as done. Batches are scored by `workers` threads at once, each
+   running torch with one thread: whole batches in parallel instead of every operation split across cores,
+   which on a machine shared with other jobs avoids OpenMP threads spin-waiting for each other (and makes
+   the rows independent of the worker count);
 3. merge the quarantine, check the counts (per input rows read = kept + quarantined + excluded; sessions
    in = sessions scored), write manifest.json, then _COMPLETE.
 
@@ -26,16 +29,22 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
+import torch
 
 from seqrec.config import ConfigError
 from seqrec.datasets.prepare import file_sha256, gap_us, read_manifest, unify_schemas
@@ -271,26 +280,35 @@ class LocalEngine:
         bar = _progress("session", "score", None, progress, False)
         totals = {"sessions_in": 0, "sessions_scored": 0, "fallback": 0, "rows": 0, "duplicates": {}, "parts": []}
         t0 = time.perf_counter()
-        for b in scatter["buckets"]:
-            note = work / f"done-{b:05d}.json"
-            result = _read_json(note)
-            if result is None:
-                result = self._score_bucket(b, bundle, scatter, work, out, cfg.batch_size, gap, bar)
-                _write_json(note, result)
-                for path in work.glob(f"bucket-{b:05d}-*.arrow"):
-                    path.unlink()
-            for k in ("sessions_in", "sessions_scored", "fallback", "rows"):
-                totals[k] += result[k]
-            for fi, n in result["duplicates"].items():
-                totals["duplicates"][fi] = totals["duplicates"].get(fi, 0) + n
-            totals["parts"].append(result["part"])
-            bar.set_postfix(bucket=f"{len(totals['parts'])}/{len(scatter['buckets'])}")
+        workers = cfg.workers or torch.get_num_threads()
+        with _one_thread_each(workers) as pool:
+            for b in scatter["buckets"]:
+                note = work / f"done-{b:05d}.json"
+                result = _read_json(note)
+                if result is None:
+                    result = self._score_bucket(b, bundle, scatter, work, out, cfg.batch_size, gap, bar, pool,
+                                                workers + 1)
+                    _write_json(note, result)
+                    for path in work.glob(f"bucket-{b:05d}-*.arrow"):
+                        path.unlink()
+                self._add(totals, result)
+                bar.set_postfix(bucket=f"{len(totals['parts'])}/{len(scatter['buckets'])}")
         bar.close()
         totals["score_s"] = time.perf_counter() - t0
+        totals["workers"] = workers
         return totals
 
+    @staticmethod
+    def _add(totals: dict, result: dict) -> None:
+        """Add one bucket's counts to the totals."""
+        for k in ("sessions_in", "sessions_scored", "fallback", "rows"):
+            totals[k] += result[k]
+        for fi, n in result["duplicates"].items():
+            totals["duplicates"][fi] = totals["duplicates"].get(fi, 0) + n
+        totals["parts"].append(result["part"])
+
     def _score_bucket(self, b: int, bundle: ScoringBundle, scatter: dict, work: Path, out: Path, batch_size: int,
-                      gap: int, bar) -> dict:
+                      gap: int, bar, pool: ThreadPoolExecutor, ahead: int) -> dict:
         """One bucket: duplicates -> work/dup-B.parquet, sessions -> states -> OUT/scores/part-B.parquet; counts."""
         paths = sorted(work.glob(f"bucket-{b:05d}-*.arrow"))
         tables = []
@@ -310,8 +328,8 @@ class LocalEngine:
         (out / SCORES).mkdir(exist_ok=True)
         tmp = out / SCORES / f".part-{b:05d}.parquet.tmp"
         writer, rows, scored, fallback = None, 0, 0, 0
-        for lo in range(0, states.num_rows, batch_size):
-            table = score_batch(bundle, states.slice(lo, batch_size))
+        batches = (states.slice(lo, batch_size) for lo in range(0, states.num_rows, batch_size))
+        for table in _ordered_map(pool, lambda batch: score_batch(bundle, batch), batches, ahead):
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema, **_PARQUET)
             writer.write_table(table)
@@ -319,7 +337,7 @@ class LocalEngine:
             first = table.column("rank").to_numpy() == 1
             scored += int(first.sum())
             fallback += int(table.column("fallback").to_numpy(zero_copy_only=False)[first].sum())
-            bar.update(min(batch_size, states.num_rows - lo))
+            bar.update(int(first.sum()))
         writer.close()
         os.replace(tmp, out / name)
         if scored != states.num_rows:
@@ -362,7 +380,8 @@ class LocalEngine:
             "quarantine_reasons": dict(sorted(reasons.items())),
             "excluded_by_event": scatter["excluded"],
             "sessions": {"in": totals["sessions_in"], "scored": sessions, "fallback": totals["fallback"]},
-            "rows": rows, "parts": parts, "top": cfg.top, "candidates": cfg.candidates, **bundle.info,
+            "rows": rows, "parts": parts, "workers": totals["workers"], "top": cfg.top, "candidates": cfg.candidates,
+            **bundle.info,
             "config": {k: v for k, v in asdict(cfg).items() if k != "device"}, "inputs": inputs,
             "timings": timings, "sessions_per_s": round(sessions / max(timings["total_s"], 1e-9), 1),
             "resumed": resumed, "reused": False,
@@ -371,6 +390,38 @@ class LocalEngine:
         (out / "_COMPLETE").write_text(f"{bundle.config_hash} {job_key}\n")
         shutil.rmtree(work, ignore_errors=True)
         return manifest
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@contextmanager
+def _one_thread_each(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of `workers` threads while torch (and faiss, if loaded) run one thread per call; restored after."""
+    threads = torch.get_num_threads()
+    faiss = sys.modules.get("faiss")
+    torch.set_num_threads(1)
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+        if faiss is not None:
+            faiss.omp_set_num_threads(threads)
+
+
+def _ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
+    """fn over items on the pool, results in input order, at most `ahead` tasks in flight (bounded memory)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _data_dir(run: Path) -> str:

@@ -52,12 +52,13 @@ MODEL_CHUNK = 1024  # sessions per pass of the models inside score_batch: bounds
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """What `seqrec score` produces from a run (everything here but batch_size, bucket_rows and device
+    """What `seqrec score` produces from a run (everything here but batch_size, workers, bucket_rows and device
     enters the config hash written on every row)."""
 
     top: int = 10                   # recommendations (rows) per session
     candidates: int = 200           # K retrieved before re-ranking (the whole catalogue is ranked without retrieval)
     batch_size: int = 4096          # sessions per score_batch call
+    workers: int | None = None      # batches scored at once, one torch thread each; None: torch's thread count
     index: str | None = None        # exact | faiss; None: the run's [index]
     nprobe: int | None = None       # faiss IVF: clusters searched per query; None: the run's [index] nprobe
     checkpoint: str = "best"        # best | last (falls back to last when a run has no best)
@@ -75,6 +76,9 @@ class ScoreConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if self.candidates < self.top:
             raise ValueError(f"candidates ({self.candidates}) must be >= top ({self.top})")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ValueError(f"workers must be an int >= 1, got {self.workers!r}")
         if self.nprobe is not None and (isinstance(self.nprobe, bool) or not isinstance(self.nprobe, int)
                                         or self.nprobe < 1):
             raise ValueError(f"nprobe must be an int >= 1, got {self.nprobe!r}")

@@ -119,11 +119,11 @@ def test_one_block_of_rows_per_input_session(world, tmp_path):
 
 def test_same_seed_same_output_other_seed_other_nudges_only(world, tmp_path):
     a = score(world["tower"], [world["log"]], tmp_path / "a", "--seed", "7")
-    b = score(world["tower"], [world["log"]], tmp_path / "b", "--seed", "7", "--batch-size", "64")
+    b = score(world["tower"], [world["log"]], tmp_path / "b", "--seed", "7", "--batch-size", "64", "--workers", "3")
     c = score(world["tower"], [world["log"]], tmp_path / "c", "--seed", "8")
     ta, tb, tc = (pq.read_table(p / "scores") for p in (tmp_path / "a", tmp_path / "b", tmp_path / "c"))
     assert a["config_hash"] == b["config_hash"] != c["config_hash"]  # the batch size is not part of the hash
-    assert ta.equals(tb)  # same seed: identical rows, whatever the batch size
+    assert ta.equals(tb)  # same seed: identical rows, whatever the batch size and the number of workers
     da, dc = ta.to_pandas(), tc.to_pandas()
     same = ["user_id", "session_id", "rank", "item_id", "final_score", "q_value"]
     pd.testing.assert_frame_equal(da[same], dc[same])  # the seed only draws the nudges
@@ -355,7 +355,9 @@ def test_demo_runs_every_stage(tmp_path, capsys):
 def test_bench_score_smoke(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_score.py"), "--sessions", "300",
                           "--items", "120", "--train-users", "150", "--train-steps", "2", "--recall-sessions", "50",
-                          "--batch", "256", "--threads", "1", "--work", str(tmp_path)],
-                         capture_output=True, text=True, check=True, timeout=600)
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| exact") or line.startswith("| faiss")]
-    assert len(rows) == 2, out.stdout
+                          "--batch", "256", "--threads", "1", "--modes", "cpu", "--sweep", "8", "--sweep-hnsw", "",
+                          "--work", str(tmp_path)], capture_output=True, text=True, check=True, timeout=600)
+    lines = out.stdout.splitlines()
+    scored = [x for x in lines if x.startswith(("| exact |", "| faiss ivf nprobe=192 |")) and x.count("|") == 8]
+    sweep = [x for x in lines if x.startswith(("| exact |", "| faiss ivf nprobe=8 |")) and x.count("|") == 4]
+    assert len(scored) == 2 and len(sweep) == 2, out.stdout
