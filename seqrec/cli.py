@@ -198,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for everything (default runs/demo)")
     dm.add_argument("--events", type=int, default=200_000, help="events to generate (default 200000)")
     dm.add_argument("--seed", type=int, default=0)
-    dm.add_argument("--steps", type=int, help="training steps (default 600; retrieval half of it)")
+    dm.add_argument("--steps", type=int, help="training steps (default 400; retrieval half of it)")
     dm.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     dm.set_defaults(func=_cmd_demo)
     return p

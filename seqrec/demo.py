@@ -16,13 +16,13 @@ from seqrec.engines import LocalEngine, ScoreJob
 from seqrec.scoring import ScoreConfig
 
 # SASRec-SQN with the papers' width and discount, two-tower candidates with the log's user and item features,
-# short enough for a first run on two cores (about a minute of training at 200,000 events).
+# short enough for a first run on two cores.
 DEMO_RUN = {
     "encoder": {"kind": "sasrec", "dim": 64, "blocks": 1, "heads": 1, "dropout": 0.1},
     "head": {"variant": "sqn", "gamma": 0.5},
-    "train": {"batch_size": 256, "lr": 0.005, "max_steps": 600, "eval_every": 300, "log_every": 50},
-    "retrieval": {"enabled": True, "init": "learner", "random_negatives": 256, "max_steps": 300,
-                  "eval_every": 150, "log_every": 50, "user_categorical": ["user_segment"],
+    "train": {"batch_size": 256, "lr": 0.005, "max_steps": 400, "eval_every": 200, "log_every": 50},
+    "retrieval": {"enabled": True, "init": "learner", "random_negatives": 256, "max_steps": 200,
+                  "eval_every": 100, "log_every": 50, "user_categorical": ["user_segment"],
                   "item_categorical": ["item_category"]},
 }
 

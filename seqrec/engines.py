@@ -56,6 +56,7 @@ from seqrec.sessions_state import find_duplicates, session_states
 
 ENGINES: tuple[str, ...] = ("local",)  # the Ray engine (issue 8) joins here as "ray"
 MANIFEST_FORMAT = 1
+READ_ROWS = 1 << 18  # rows per record batch read in pass 1: reading and validating a batch bounds its memory
 KEEP_COLUMNS = ("user_id", "session_id", "item_id", "event", "timestamp", "_file", "_row")
 SCORES = "scores"  # OUT/scores/ holds only the part files: one Parquet dataset, readable as a whole
 _PARQUET = {"compression": "zstd", "use_dictionary": ["nudge_id", "nudge_family", "model_version", "config_hash"]}
@@ -192,6 +193,7 @@ class LocalEngine:
         job_key = hashlib.sha256(key.encode()).hexdigest()[:16]
         done = _read_json(out / "manifest.json")
         if (out / "_COMPLETE").exists() and done and done.get("job_key") == job_key:
+            shutil.rmtree(out / "_work", ignore_errors=True)  # left by a kill between _COMPLETE and the clean-up
             return {**done, "reused": True}
         work = out / "_work"
         resumed = (_read_json(work / "job.json") or {}).get("job_key") == job_key and (work / "scatter.json").exists()
@@ -231,7 +233,7 @@ class LocalEngine:
             for fi, (path, spec) in enumerate(zip(job.inputs, job.specs)):
                 validate = Validator(str(path), fi, event_types, spec.time_unit, spec.event_type, id_types)
                 stats, last = inputs[fi], 0
-                for raw in read_file(path, spec):
+                for raw in read_file(path, spec, READ_ROWS):
                     bad = raw.bad
                     stats.rows_read += raw.table.num_rows + len(bad)
                     kept = validate(raw, bad) if raw.table.num_rows else None
@@ -384,6 +386,7 @@ class LocalEngine:
             **bundle.info,
             "config": {k: v for k, v in asdict(cfg).items() if k != "device"}, "inputs": inputs,
             "timings": timings, "sessions_per_s": round(sessions / max(timings["total_s"], 1e-9), 1),
+            "peak_rss_mib": _peak_rss_mib(),
             "resumed": resumed, "reused": False,
         }
         _write_json(out / "manifest.json", manifest)
@@ -422,6 +425,19 @@ def _ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+def _peak_rss_mib() -> float | None:
+    """Peak resident memory of this process's own address space (Linux VmHWM; None elsewhere). Unlike
+    getrusage's maxrss it never counts a parent's memory inherited until exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
 
 
 def _data_dir(run: Path) -> str:

@@ -117,6 +117,30 @@ def test_one_block_of_rows_per_input_session(world, tmp_path):
         sorted(Path(p).name for p in m["parts"])
 
 
+def test_sessions_split_across_files_and_buckets_score_as_one(world, tmp_path):
+    log = pq.read_table(world["log"])
+    even, odd = np.arange(0, log.num_rows, 2), np.arange(1, log.num_rows, 2)  # every session in both files
+    pq.write_table(log.take(pa.array(even)), tmp_path / "a.parquet", row_group_size=97)
+    pq.write_table(log.take(pa.array(odd)), tmp_path / "b.parquet", row_group_size=89)
+    one = score(world["tower"], [world["log"]], tmp_path / "one", "--bucket-rows", "300")
+    two = score(world["tower"], [tmp_path / "a.parquet", tmp_path / "b.parquet"], tmp_path / "two",
+                "--bucket-rows", "300")
+    assert one["sessions"] == two["sessions"] and one["rows"] == two["rows"] and len(two["inputs"]) == 2
+    key = ["user_id", "session_id", "rank"]
+    a = scores_of(tmp_path / "one").sort_values(key).reset_index(drop=True)
+    b = scores_of(tmp_path / "two").sort_values(key).reset_index(drop=True)
+    cols = [c for c in a.columns if c not in ("config_hash",)]  # the hash covers the same settings; inputs differ
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_empty_input_scores_nothing_and_says_so(world, tmp_path):
+    empty = pq.read_table(world["log"]).slice(0, 0)
+    pq.write_table(empty, tmp_path / "empty.parquet")
+    m = score(world["tower"], [tmp_path / "empty.parquet"], tmp_path / "out")
+    assert m["rows_read"] == 0 and m["sessions"] == {"in": 0, "scored": 0, "fallback": 0} and m["parts"] == []
+    assert (tmp_path / "out" / "_COMPLETE").exists()
+
+
 def test_same_seed_same_output_other_seed_other_nudges_only(world, tmp_path):
     a = score(world["tower"], [world["log"]], tmp_path / "a", "--seed", "7")
     b = score(world["tower"], [world["log"]], tmp_path / "b", "--seed", "7", "--batch-size", "64", "--workers", "3")
