@@ -17,7 +17,8 @@ Measured, `--repeats` times (the machine is shared: read the ratios, taken in th
 - cpu: the same with one thread, timed by CPU time (the process's user + system time from wait4; the product's
   thread time), which other processes on the machine disturb far less than the clock. With two threads on a
   busy machine, OpenMP threads spin-wait for each other and both the clock and the CPU time suffer;
-- peak RSS of each scoring process (wait4); the engine's own sessions/s (manifest, after start-up);
+- peak RSS of each scoring process (its own VmHWM, in its manifest: wait4's maxrss would count this bench
+  process's memory too, which the child holds between fork and exec); the engine's sessions/s (after start-up);
 - retrieval alone, one thread, CPU time: recall@K against exact (the share of the exact top-K two-tower
   candidates the index also returns) and queries per CPU-second, for the exact index, IVF at each nprobe of
   --sweep and HNSW at each ef_search of --sweep-hnsw, over --recall-sessions session states.
@@ -109,8 +110,10 @@ def run_score(run: Path, log: Path, out: Path, index: str, threads: int, args: a
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"seqrec score failed: {' '.join(cmd)}")
     manifest = json.loads((out / "manifest.json").read_text())
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mib": usage.ru_maxrss / 1024,
-            "manifest": manifest}
+    # the process's own VmHWM: wait4's maxrss would also count this (large) process's memory, inherited by the
+    # child between fork and exec
+    peak = manifest.get("peak_rss_mib") or usage.ru_maxrss / 1024
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mib": peak, "manifest": manifest}
 
 
 def product_rate(items: int, dim: int, batch: int, clock=time.perf_counter, seconds: float = 3.0) -> float:
