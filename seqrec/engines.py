@@ -399,16 +399,23 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-@contextmanager
-def _one_thread_each(workers: int) -> Iterator[ThreadPoolExecutor]:
-    """A pool of `workers` threads while torch (and faiss, if loaded) run one thread per call; restored after."""
-    threads = torch.get_num_threads()
-    faiss = sys.modules.get("faiss")
+def _single_threaded() -> None:
+    """Make torch (and faiss, if loaded) run one thread in the calling thread. OpenMP's thread count is a
+    per-thread setting: a new thread starts with the machine's, so each pool thread sets its own."""
     torch.set_num_threads(1)
+    faiss = sys.modules.get("faiss")
     if faiss is not None:
         faiss.omp_set_num_threads(1)
+
+
+@contextmanager
+def _one_thread_each(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of `workers` threads, each running torch (and faiss) on one thread; this thread's own thread
+    counts are restored after."""
+    threads = torch.get_num_threads()
+    faiss = sys.modules.get("faiss")
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=workers, initializer=_single_threaded) as pool:
             yield pool
     finally:
         torch.set_num_threads(threads)
