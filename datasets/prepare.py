@@ -189,7 +189,7 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     total_bytes = sum(f.bytes for f in files)
-    est_rows = sum(_estimate_rows(p, f.format) for p, f in zip(inputs, files))
+    est_rows = sum(estimate_rows(p, f.format) for p, f in zip(inputs, files))
     n_buckets = max(1, -(-est_rows // cfg.bucket_rows))
     run = _Run(cfg, out, work, files, EventTypes.build(_event_map(specs), dict(cfg.rewards)), n_buckets)
     run.excluded = dict.fromkeys(run.event_types.dropped, 0)
@@ -303,7 +303,7 @@ def _outputs_exist(out: Path) -> bool:
     return all(p.exists() for p in needed)
 
 
-def _estimate_rows(path: Path, fmt: str) -> int:
+def estimate_rows(path: Path, fmt: str) -> int:
     """Rows in a file: exact for Parquet, from the mean length of the first lines for text."""
     if fmt == "parquet":
         try:
@@ -325,7 +325,8 @@ def _progress_bar(total_bytes: int, progress: bool | None):
 
 # ---------------------------------------------------------------- pass 1: read, validate, scatter to buckets
 
-def _bucket_of(user: pa.Array, n_buckets: int) -> np.ndarray:
+def bucket_of(user: pa.Array, n_buckets: int) -> np.ndarray:
+    """(N,) bucket of each user id: a multiplicative hash of ints, pandas' stable hash of strings."""
     if n_buckets == 1:
         return np.zeros(len(user), np.int64)
     if pa.types.is_integer(user.type):
@@ -402,7 +403,7 @@ def _scatter(run: _Run, inputs: list[Path], specs: list[SourceSpec], bar) -> Non
             if run.n_buckets == 1:
                 parts = [(0, kept)]
             else:
-                bucket = _bucket_of(kept.column("user_id").combine_chunks(), run.n_buckets)
+                bucket = bucket_of(kept.column("user_id").combine_chunks(), run.n_buckets)
                 order = np.argsort(bucket, kind="stable")
                 counts = np.bincount(bucket, minlength=run.n_buckets)
                 sorted_t = kept.take(pa.array(order))
@@ -451,7 +452,7 @@ def _is_text(t: pa.DataType) -> bool:
         pa.types.is_dictionary(t) and pa.types.is_string(t.value_type))
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def conform_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """`table` with every column of `schema` (missing ones null) in its order and types."""
     cols = []
     for f in schema:
@@ -559,7 +560,7 @@ def _read_bucket(run: _Run, b: int) -> tuple[pa.Table, list[Path]]:
     tables = []
     for path in parts:
         with pa.memory_map(str(path)) as src:
-            tables.append(_conform(ipc.open_stream(src).read_all(), run.schema))
+            tables.append(conform_table(ipc.open_stream(src).read_all(), run.schema))
     return (pa.concat_tables(tables) if len(tables) > 1 else tables[0]), parts
 
 

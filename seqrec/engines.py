@@ -40,14 +40,21 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import torch
 
 from seqrec.config import ConfigError
-from seqrec.datasets.prepare import file_sha256, gap_us, read_manifest, unify_schemas
+from seqrec.datasets.prepare import (
+    bucket_of,
+    conform_table,
+    estimate_rows,
+    file_sha256,
+    gap_us,
+    read_manifest,
+    unify_schemas,
+)
 from seqrec.datasets.readers import BadRows, InputError, SourceSpec, read_file
 from seqrec.datasets.schema import QUARANTINE_SCHEMA
 from seqrec.datasets.validate import EventTypes, Validator
@@ -112,36 +119,6 @@ class _Input:
     rows_kept: int = 0
     rows_quarantined: int = 0
     rows_excluded: int = 0
-
-
-def _estimate_rows(path: Path, fmt: str) -> int:
-    """Rows in a file: exact for Parquet, from the mean length of the first lines for text (deterministic)."""
-    if fmt == "parquet":
-        try:
-            return pq.ParquetFile(str(path)).metadata.num_rows
-        except (pa.ArrowInvalid, OSError):
-            return 0
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    return int(path.stat().st_size / (len(head) / max(head.count(b"\n"), 1))) + 1 if head else 0
-
-
-def _bucket_of(user: pa.Array, n_buckets: int) -> np.ndarray:
-    """(N,) bucket of each user id: a multiplicative hash of ints, pandas' stable hash of strings."""
-    if n_buckets == 1:
-        return np.zeros(len(user), np.int64)
-    if pa.types.is_integer(user.type):
-        h = user.to_numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        return ((h >> np.uint64(33)) % np.uint64(n_buckets)).astype(np.int64)
-    values = np.asarray(user.to_numpy(zero_copy_only=False), dtype=object)
-    return (pd.util.hash_array(values) % np.uint64(n_buckets)).astype(np.int64)
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table` with every column of `schema` (missing ones null), in its order and types."""
-    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-            for f in schema]
-    return pa.table(cols, schema=schema)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -220,7 +197,7 @@ class LocalEngine:
             event_map.update(dict(s.event_map))
         event_types = EventTypes.build(tuple(event_map.items()), prepared["config"]["rewards"])
         id_types = {"item_id": prepared["id_types"]["item_id"]} if "item_id" in prepared.get("id_types", {}) else {}
-        est = sum(_estimate_rows(p, i.format) for p, i in zip(job.inputs, inputs))
+        est = sum(estimate_rows(p, i.format) for p, i in zip(job.inputs, inputs))
         n_buckets = max(1, -(-est // cfg.bucket_rows))
         keep = (*KEEP_COLUMNS, *bundle.user_spec.columns)
         writers: dict[tuple[int, int], ipc.RecordBatchStreamWriter] = {}
@@ -243,7 +220,7 @@ class LocalEngine:
                         if kept.schema not in schemas:
                             schemas.append(kept.schema)
                         k = schemas.index(kept.schema)
-                        bucket = _bucket_of(kept.column("user_id").combine_chunks(), n_buckets)  # (N,)
+                        bucket = bucket_of(kept.column("user_id").combine_chunks(), n_buckets)  # (N,)
                         order = np.argsort(bucket, kind="stable")
                         counts = np.bincount(bucket, minlength=n_buckets)
                         ends = np.cumsum(counts)
@@ -318,7 +295,7 @@ class LocalEngine:
             with pa.memory_map(str(path)) as src:
                 tables.append(ipc.open_stream(src).read_all())
         schema = unify_schemas([t.schema for t in tables], [str(p) for p in paths])
-        events = pa.concat_tables([_conform(t, schema) for t in tables])
+        events = pa.concat_tables([conform_table(t, schema) for t in tables])
         del tables
         order, dup = find_duplicates(events)
         dups = events.take(pa.array(order[dup]))
