@@ -33,3 +33,57 @@ def shared_file(shared_data):
         return matches[0]
 
     return find
+
+
+SCORE_RUN = """
+[encoder]
+kind = "sasrec"
+dim = 16
+
+[head]
+variant = "sqn"
+
+[train]
+batch_size = 32
+max_steps = 6
+eval_every = 6
+log_every = 3
+"""
+SCORE_RETRIEVAL = """
+[retrieval]
+enabled = true
+max_steps = 4
+eval_every = 4
+batch_size = 32
+user_categorical = ["user_segment"]
+item_categorical = ["item_category"]
+
+[rerank]
+w_q = 0.5
+"""
+
+
+@pytest.fixture(scope="session")
+def score_world(tmp_path_factory) -> dict:
+    """For the scoring tests (both engines): a generated log, its prepared folder, a run with a retrieval model
+    ("tower") and one without ("plain": ce head, no Q), trained once per test session (read-only)."""
+    import torch
+    from seqrec.datasets.adapters import source_spec
+    from seqrec.datasets.prepare import PrepareConfig, prepare
+    from seqrec.datasets.synthetic import SyntheticConfig, write_events
+
+    from seqrec.train import load_run_config, train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("score")
+    log = d / "events.parquet"
+    write_events(SyntheticConfig(users=150, items=40, seed=3), log)
+    prepare([log], lambda p: source_spec("events", p), PrepareConfig(), d / "data")
+    runs = {}
+    for name, text in (("tower", SCORE_RUN + SCORE_RETRIEVAL), ("plain", SCORE_RUN.replace('"sqn"', '"ce"'))):
+        (d / f"{name}.toml").write_text(text)
+        train(load_run_config(d / f"{name}.toml", [], str(d / "data")), d / name, progress=False)
+        runs[name] = d / name
+    torch.set_num_threads(threads)
+    return {"dir": d, "log": log, "data": d / "data", **runs}

@@ -19,43 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.prepare import PrepareConfig, gap_us, prepare
-from seqrec.datasets.synthetic import SyntheticConfig, write_events
+from seqrec.datasets.prepare import gap_us
 
 from seqrec.cli import main
 from seqrec.engines import LocalEngine, ScoreJob
 from seqrec.rerank import score_batch as pipeline_batch
 from seqrec.scoring import ScoreConfig, draw_arms, load_bundle, score_batch, session_keys, uniforms, window_matrix
 from seqrec.sessions_state import find_duplicates, session_states
-from seqrec.train import load_run_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = """
-[encoder]
-kind = "sasrec"
-dim = 16
-
-[head]
-variant = "sqn"
-
-[train]
-batch_size = 32
-max_steps = 6
-eval_every = 6
-log_every = 3
-"""
-RETRIEVAL = """
-[retrieval]
-enabled = true
-max_steps = 4
-eval_every = 4
-batch_size = 32
-user_categorical = ["user_segment"]
-item_categorical = ["item_category"]
-
-[rerank]
-w_q = 0.5
-"""
 TOP = 10
 
 
@@ -68,19 +40,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
-    """A generated log, its prepared folder, a run with a retrieval model and one without (ce head, no Q)."""
-    torch.set_num_threads(1)
-    d = tmp_path_factory.mktemp("score")
-    log = d / "events.parquet"
-    write_events(SyntheticConfig(users=150, items=40, seed=3), log)
-    prepare([log], lambda p: source_spec("events", p), PrepareConfig(), d / "data")
-    runs = {}
-    for name, text in (("tower", RUN + RETRIEVAL), ("plain", RUN.replace('"sqn"', '"ce"'))):
-        (d / f"{name}.toml").write_text(text)
-        train(load_run_config(d / f"{name}.toml", [], str(d / "data")), d / name, progress=False)
-        runs[name] = d / name
-    return {"dir": d, "log": log, "data": d / "data", **runs}
+def world(score_world) -> dict:
+    """The shared scoring world of tests/conftest.py (a generated log, its prepared folder, two trained runs)."""
+    return score_world
 
 
 def score(run: Path, inputs: list[Path], out: Path, *extra: str) -> dict:
