@@ -257,6 +257,8 @@ def train_two_tower(cfg: TwoTowerClassifierConfig, enc: TowerEncoders, train: pd
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
             elif epoch - best_epoch >= cfg.patience:
                 break
+    if best_state is None:
+        raise ValueError("validation AUC is undefined: the validation rows need both classes")
     model.load_state_dict(best_state)
     return model.eval(), {"best_epoch": best_epoch, "epochs": epoch, "valid_auc": best}
 
