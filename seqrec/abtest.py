@@ -173,7 +173,20 @@ def _check_replay(arm: str, log: CampaignLog, training: CampaignLog, rows: np.nd
 def run_abtest(cfg: AbTestConfig, out: Path, calibration: str | Path | None = None,
                progress: bool | None = None, command: str | None = None) -> dict:
     """Run the whole test (see the module docstring); returns the metrics written to OUT/metrics.json.
-    `command`: the command line that made it, quoted at the top of the report."""
+    `command`: the command line that made it, quoted at the top of the report. Torch runs on `cfg.threads`
+    threads meanwhile (restored after)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, out, calibration, progress, command)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: AbTestConfig, out: Path, calibration: str | Path | None, progress: bool | None,
+         command: str | None) -> dict:
     say, clock, timings = _reporter(progress), time.perf_counter, {}
     t0 = clock()
     _prepare_out(out)

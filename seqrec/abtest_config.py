@@ -1,7 +1,7 @@
 """The A/B test's configuration: one TOML file -> frozen, validated dataclasses (`seqrec abtest --config`).
 
 Tables (the shipped file, experiments/configs/abtest.toml, says what each number means and why):
-  (top level)   simulator config, seed, customers, contacts per arm, batch size, interval level
+  (top level)   simulator config, seed, customers, contacts per arm, batch size, interval level, torch threads
   [training]    the exploring campaign whose log trains arm B: policy, epsilon, waves, the Q head's rewards
   [model.*]     arm B's run: [model.encoder], [model.head], [model.train], [model.retrieval], [model.rerank],
                 [model.index] as in a `seqrec train` config (merged over MODEL_DEFAULTS, keys checked here)
@@ -148,6 +148,7 @@ class AbTestConfig:
     contacts: int = 0           # test contacts per arm (one per customer at most); 0 = every customer once
     batch_size: int = 500       # contacts decided before their outcomes are seen (the bandit learns in between)
     level: float = 0.95         # confidence level of every interval
+    threads: int = 1            # torch threads while the test runs (the model is tiny; fixed, so figures repeat)
     training: TrainingPhase = field(default_factory=TrainingPhase)
     model: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(MODEL_DEFAULTS))
     arm_a: ArmA = field(default_factory=ArmA)
@@ -163,6 +164,7 @@ class AbTestConfig:
         _check_int("customers", self.customers, 0)
         _check_int("contacts", self.contacts, 0)
         _check_int("batch_size", self.batch_size, 1)
+        _check_int("threads", self.threads, 1)
         _check_real("level", self.level, 0.5, 0.999)
 
     @property

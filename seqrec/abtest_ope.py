@@ -4,7 +4,8 @@ An exploring logging policy runs one wave of contacts and logs every decision wi
 IPS, SNIPS, DM and DR (seqrec.rl.ope) estimate the conversion of another policy, the target. The simulator then
 gives the truth twice: exactly (`Simulator.true_value`, the target's expected purchases on the logged contacts)
 and by running the target on the same customers with the same seed (a first wave, so it meets exactly the logged
-contacts; its expected conversion equals the exact truth and its sampled one differs by chance alone).
+contacts: for a deterministic target the expected conversion of its offers is the exact truth, and its sampled
+conversion differs from it by chance alone).
 
 A decision is the joint (product, nudge) offer: action = product * A + nudge among P * A actions, propensity =
 P(product | contact) * P(nudge | contact, product), the context the simulator's customer features (for the
@@ -34,7 +35,7 @@ class OpeResult:
     target: str
     contacts: int
     truth: float                # exact expected purchases per contact of the target on the logged contacts
-    run_expected: float         # the target run in the simulator: exact expected conversion of its offers
+    run_expected: float         # the target run in the simulator: mean exact purchase probability of the offers drawn
     run_sampled: float          # ... and its sampled conversion
     logged_value: float         # the logger's own sampled conversion
     deterministic_share: float  # share of logged decisions with propensity 1

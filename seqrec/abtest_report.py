@@ -243,7 +243,7 @@ def ope_markdown(o: dict, level: str) -> list[str]:
              f"with their propensities; sampled CR {_pct(o['logged_value'])}). Target: `{o['target']}`. Truth: its "
              f"exact expected CR on the logged contacts, {_pct(o['truth'], 3)}; run in the simulator on the same "
              f"customers with the same seed it converts {_pct(o['run_sampled'], 3)} (expected "
-             f"{_pct(o['run_expected'], 3)}).", ""]
+             f"{_pct(o['run_expected'], 3)} for the offers it drew).", ""]
     if not o["overlap"]:
         lines += [f"**No estimate.** The logging policy decided deterministically for "
                   f"{_pct(o['deterministic_share'], 1)} of the contacts (propensity 1), and "
