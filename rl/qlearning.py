@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seqrec.catalogue import row_argmax, scores
+from seqrec.catalogue import gathered_dot, row_argmax, scores
 from seqrec.encoders import EncoderConfig, build_encoder
 
 from .losses import HeadConfig, advantage, td_loss, td_target, weighted_ce
@@ -42,8 +42,7 @@ class TwoHeadNet(nn.Module):
     def q_at(self, state: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(B, D) states, (B, K) item ids -> (B, K) Q values of just those items (K rows of the head,
         instead of the (B, D) x (D, I) product and its two backward products)."""
-        w = self.q.weight[ids]  # (B, K, D)
-        return torch.einsum("bkd,bd->bk", w, state) + self.q.bias[ids]  # (B, K)
+        return gathered_dot(state, self.q.weight, ids, self.q.bias)  # (B, K)
 
 
 @torch.no_grad()

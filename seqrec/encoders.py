@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqrec.catalogue import scores
+from seqrec.catalogue import gathered_dot, scores
 
 PAD = 0                     # padding id: masked everywhere, embedding row kept at zero for lookups
 OOV = 1                     # out-of-vocabulary id: an ordinary learned row
@@ -153,8 +153,7 @@ class SequenceEncoder(nn.Module):
 
     def score(self, state: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """(B, D) states and (B, K) candidate ids -> (B, K) dot products, to rank a shortlist."""
-        emb = F.embedding(item_ids, self.output_weight)  # (B, K, D)
-        return torch.einsum("bkd,bd->bk", emb, state)  # (B, K)
+        return gathered_dot(state, self.output_weight, item_ids)  # (B, K)
 
     def score_all(self, state: torch.Tensor) -> torch.Tensor:
         """(B, D) states -> (B, I) dot products with the whole catalogue in one matmul (pad and OOV included)."""
@@ -185,6 +184,20 @@ class _Block(nn.Module):
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))  # (B, T, D)
         return x + self.drop(self.ff(self.norm_ff(x)))  # (B, T, D)
 
+    def last(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """`forward(x, allowed)[:, -1:]` in eval mode, computed for the last query only: keys and values of
+        every position, but the query, projection and feed-forward of one row (B, 1, D); the state a
+        recommendation starts from needs no more, and batch scoring then does about half the work."""
+        b, t, d = x.shape
+        h = self.norm_attn(x)  # (B, T, D)
+        w, bias = self.qkv.weight, self.qkv.bias  # (3D, D), (3D,) rows: query, key, value
+        kv = F.linear(h, w[d:], bias[d:]).view(b, t, 2, self.heads, d // self.heads)  # (B, T, 2, H, D/H)
+        k, v = kv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D/H)
+        q = F.linear(h[:, -1:], w[:d], bias[:d]).view(b, 1, self.heads, d // self.heads).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, -1:].unsqueeze(1))  # (B, H, 1, D/H)
+        y = x[:, -1:] + self.proj(a.transpose(1, 2).reshape(b, 1, d))  # (B, 1, D)
+        return y + self.ff(self.norm_ff(y))  # (B, 1, D)
+
 
 class SASRec(SequenceEncoder):
     """Causal self-attention over the window (Kang & McAuley 2018), with learned positional embeddings."""
@@ -202,9 +215,8 @@ class SASRec(SequenceEncoder):
             return torch.arange(keep.shape[1] - 1, -1, -1, device=keep.device)  # (T,) newest = 0
         return (keep.long().cumsum(1) - 1).clamp(min=0)  # (B, T) oldest real item = 0
 
-    def encode_all(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D) causal states; padded positions get `empty_state`."""
-        items = self._ids(items)  # (B, T)
+    def _embed(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T) ids -> input (B, T, D), keep mask (B, T, 1) of real items, allowed keys (B, T, T) per query."""
         t = items.shape[1]
         keep = (items != PAD).unsqueeze(-1)  # (B, T, 1)
         x = self.item_emb(items) + self.pos_emb(self._positions(keep.squeeze(-1)))  # (B, T, D)
@@ -212,11 +224,26 @@ class SASRec(SequenceEncoder):
         causal = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()  # (T, T) key <= query
         eye = torch.eye(t, dtype=torch.bool, device=items.device)  # (T, T)
         # A query sees earlier real items, and always itself: no row is fully masked, so no NaN.
-        allowed = (causal & keep.transpose(1, 2)) | eye  # (B, T, T)
+        return x, keep, (causal & keep.transpose(1, 2)) | eye
+
+    def encode_all(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D) causal states; padded positions get `empty_state`."""
+        x, keep, allowed = self._embed(self._ids(items))
         for block in self.blocks:
             x = block(x, allowed) * keep  # (B, T, D)
         x = self.final_norm(x)  # (B, T, D)
         return torch.where(keep, x, self.empty_state)  # (B, T, D)
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, D) state after the last position; in eval mode the last block runs for that
+        position only (`_Block.last`), the same values as `encode_all(items)[:, -1]` up to rounding."""
+        if self.training:
+            return self.encode_all(items)[:, -1]
+        x, keep, allowed = self._embed(self._ids(items))
+        for block in self.blocks[:-1]:
+            x = block(x, allowed) * keep  # (B, T, D)
+        x = self.final_norm(self.blocks[-1].last(x, allowed))[:, 0]  # (B, D)
+        return torch.where(keep[:, -1], x, self.empty_state)  # (B, D)
 
 
 class GRU4Rec(SequenceEncoder):

@@ -79,13 +79,13 @@ class TwoTowerConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Which index serves the item tower's table (`[index]`): exact (matmul + top-k) or faiss (inner product)."""
+    """Which index serves the item tower's table (`[index]`): exact (matmul + top-k) or faiss (approximate, seqrec/index.py)."""
 
     kind: str = "exact"             # exact | faiss (the optional extra seqrec[ann])
     faiss_type: str = "ivf"         # flat (exact) | hnsw | ivf
     hnsw_m: int = 32                # HNSW graph degree
     ef_search: int = 256            # HNSW: candidates explored per query (recall/speed knob; >= k)
-    nlist: int = 0                  # IVF: number of clusters; 0 = 4 sqrt(items)
+    nlist: int = 0                  # IVF: number of clusters; 0 = 1.5 sqrt(items)
     nprobe: int = 32                # IVF: clusters searched per query (recall/speed knob; nlist = exact)
     chunk_mib: int = 256            # exact: size of the (chunk, I) float32 score buffer, which bounds memory
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqrec.catalogue import CHUNK, ROW_ALIGN, row_argmax, scores
+from seqrec.catalogue import CHUNK, GATHER_ROWS, ROW_ALIGN, gathered_dot, row_argmax, scores
 from seqrec.encoders import Dropout
 
 
@@ -25,6 +25,26 @@ def test_scores_keep_autograd_when_a_gradient_is_needed() -> None:
     state, table = torch.randn(3, 4, requires_grad=True), torch.randn(9, 4)
     scores(state, table).sum().backward()
     assert torch.allclose(state.grad, table.sum(0).expand(3, 4))
+
+
+@pytest.mark.parametrize("rows", [1, GATHER_ROWS, GATHER_ROWS + 1, 3 * GATHER_ROWS + 7])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gathered_dot_equals_the_plain_gather(rows: int, with_bias: bool) -> None:
+    g = torch.Generator().manual_seed(rows)
+    state, table, bias = torch.randn(rows, 16, generator=g), torch.randn(300, 16, generator=g), torch.randn(300)
+    ids = torch.randint(0, 300, (rows, 11), generator=g)
+    got = gathered_dot(state, table, ids, bias if with_bias else None)
+    want = (table[ids] * state.unsqueeze(1)).sum(-1) + (bias[ids] if with_bias else 0.0)
+    assert got.shape == (rows, 11)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_gathered_dot_keeps_autograd() -> None:
+    state, table = torch.randn(40, 4, requires_grad=True), torch.randn(9, 4, requires_grad=True)
+    ids = torch.zeros(40, 3, dtype=torch.long)
+    gathered_dot(state, table, ids).sum().backward()
+    assert torch.allclose(state.grad, 3 * table[0].detach().expand(40, 4))
+    assert torch.allclose(table.grad[0], 3 * state.detach().sum(0)) and not table.grad[1:].any()
 
 
 @pytest.mark.parametrize("items", [3, CHUNK, CHUNK + 1, 5 * CHUNK - 1, 1000])

@@ -73,9 +73,17 @@ def test_build_encoder_kinds_and_tied_default() -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_encode_is_last_state_of_encode_all(variant: str) -> None:
+    """In eval mode SASRec's encode runs its last block for the last position only: equal up to rounding,
+    empty windows included; in training mode it is encode_all's last column exactly."""
     model = make(variant)
-    x = windows(8, 10)
-    torch.testing.assert_close(model.encode(x), model.encode_all(x)[:, -1], rtol=0, atol=0)
+    x = torch.cat([windows(8, 10), torch.full((2, 10), PAD)])  # (10, 10) two empty windows last
+    torch.testing.assert_close(model.encode(x), model.encode_all(x)[:, -1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.encode(x[8:]), model.empty_state.expand(2, -1), rtol=0, atol=0)
+    model.train()
+    torch.manual_seed(3)
+    a = model.encode(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(a, model.encode_all(x)[:, -1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

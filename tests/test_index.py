@@ -88,6 +88,24 @@ def test_hnsw_recall_and_its_knob(table_and_queries):
 
 
 @needs_faiss
+@pytest.mark.parametrize("faiss_type", ["ivf", "hnsw"])
+def test_approximate_indexes_find_large_inner_products_when_item_norms_differ(table_and_queries, faiss_type):
+    """Items whose norms differ 100-fold: the nearest neighbours by plain distance would be wrong, the
+    D + 1-dimensional search must still return the largest inner products, scored exactly, best first."""
+    table, queries = table_and_queries
+    g = torch.Generator().manual_seed(1)
+    table = table * torch.exp(torch.empty(500, 1).uniform_(-2.3, 2.3, generator=g))  # norms x 0.1 .. 10
+    cfg = IndexConfig(kind="faiss", faiss_type=faiss_type, nlist=8, nprobe=8, ef_search=400)
+    scores, ids = FaissIndex(table, cfg).search(queries, 50)
+    ref_scores, ref = brute_force(table, queries, 50)
+    recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, ref)) / ref.numel()
+    assert recall == 1.0 if faiss_type == "ivf" else recall >= 0.98
+    exact = (queries.unsqueeze(1) * table[ids]).sum(-1)  # (B, 50) the true inner products of what was found
+    torch.testing.assert_close(scores, exact, rtol=1e-5, atol=1e-4)
+    assert bool((scores[:, :-1] >= scores[:, 1:] - 1e-3).all())
+
+
+@needs_faiss
 def test_approximate_search_pads_with_padding_id_and_minus_infinity(table_and_queries):
     table, queries = table_and_queries
     index = FaissIndex(table, IndexConfig(kind="faiss", faiss_type="ivf", nlist=12, nprobe=1))

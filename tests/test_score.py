@@ -341,9 +341,10 @@ def test_demo_runs_every_stage(tmp_path, capsys):
 def test_bench_score_smoke(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_score.py"), "--sessions", "300",
                           "--items", "120", "--train-users", "150", "--train-steps", "2", "--recall-sessions", "50",
-                          "--batch", "256", "--threads", "1", "--modes", "cpu", "--sweep", "8", "--sweep-hnsw", "",
+                          "--batch", "256", "--threads", "1", "--modes", "cpu", "--nprobe", "8", "--sweep", "8",
+                          "--sweep-hnsw", "",
                           "--work", str(tmp_path)], capture_output=True, text=True, check=True, timeout=600)
     lines = out.stdout.splitlines()
-    scored = [x for x in lines if x.startswith(("| exact |", "| faiss ivf nprobe=192 |")) and x.count("|") == 8]
+    scored = [x for x in lines if x.startswith(("| exact |", "| faiss ivf nprobe=8 |")) and x.count("|") == 8]
     sweep = [x for x in lines if x.startswith(("| exact |", "| faiss ivf nprobe=8 |")) and x.count("|") == 4]
     assert len(scored) == 2 and len(sweep) == 2, out.stdout
