@@ -6,6 +6,7 @@ Plots use matplotlib's object API on an Agg canvas (no pyplot, no global backend
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,11 @@ def plot_conversion(path: Path, series: dict[str, dict]) -> None:
         ax.plot(t, 100 * s["cum"], color=colour, label=f"{ARM_NAMES[arm]}")
         ax.plot(t, 100 * s["cum_expected"], color=colour, linestyle="--", linewidth=1,
                 label=f"{arm}: expected (exact)")
+    settled = [100 * np.r_[s["cum"][len(s["cum"]) // 50:], s["cum_expected"][len(s["cum"]) // 50:]]
+               for s in series.values()]
+    if all(len(x) for x in settled):   # the first 2% of contacts swing widely: scale to the rest
+        low, high = min(x.min() for x in settled), max(x.max() for x in settled)
+        ax.set_ylim(max(0.0, low - 0.1 * (high - low) - 1), high + 0.1 * (high - low) + 1)
     ax.set_xlabel("contact date (test wave)")
     ax.set_ylabel("cumulative CR = purchases / customers (%)")
     ax.set_title("Cumulative conversion per arm")
@@ -140,7 +146,17 @@ def _pp(x: float) -> str:
 
 
 def _p(p: float) -> str:
-    return "< 1e-16" if p < 1e-16 else f"{p:.2g}"
+    """'p = 0.0029', or 'p < 1e-16' below what a double resolves."""
+    return "p < 1e-16" if p < 1e-16 else f"p = {p:.2g}"
+
+
+def _path(path: str) -> str:
+    """A path relative to the working directory when it lies below it or beside it, else as given."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("../..") else path
 
 
 def report_markdown(m: dict) -> str:
@@ -152,7 +168,7 @@ def report_markdown(m: dict) -> str:
         lines += ["```bash", m["command"], "```", ""]
     model = cfg["model"]
     lines += [
-        f"Simulator `{m['simulator']['config']}` calibrated on `{m['simulator']['calibration']}` "
+        f"Simulator `{_path(m['simulator']['config'])}` calibrated on `{_path(m['simulator']['calibration'])}` "
         f"({m['simulator']['uci_rows']:,} rows); {m['customers']:,} customers; seed {cfg['seed']}.",
         "",
         f"- **Training campaign**: {cfg['training']['waves']} wave(s) of the `{cfg['training']['policy']}` policy"
@@ -189,9 +205,9 @@ def report_markdown(m: dict) -> str:
         f"B - A: {_pp(cmp_['difference'])}, {level} interval [{_pp(cmp_['difference_low'])}, "
         f"{_pp(cmp_['difference_high'])}] (Newcombe's hybrid score interval); relative lift "
         f"{_pct(cmp_['relative_lift'], 1)}; two-proportion z-test (pooled): z = {cmp_['z']:.2f}, "
-        f"p = {_p(cmp_['p_value'])}.",
+        f"{_p(cmp_['p_value'])}.",
         f"Paired over the same {pr['customers']:,} customers (common random numbers): {_pp(pr['difference'])}, "
-        f"[{_pp(pr['low'])}, {_pp(pr['high'])}], z = {pr['z']:.2f}, p = {_p(pr['p_value'])} (the arms are not "
+        f"[{_pp(pr['low'])}, {_pp(pr['high'])}], z = {pr['z']:.2f}, {_p(pr['p_value'])} (the arms are not "
         "independent samples here, so the two-proportion test above is conservative).",
         "", *references_markdown(m["references"]),
         "", "## Nudge uptake per family", "",
@@ -259,6 +275,10 @@ def ope_markdown(o: dict, level: str) -> list[str]:
         lines.append(f"| {e['estimator'].upper()} | {_pct(e['value'], 3)} | [{_pct(e['low'], 3)}, "
                      f"{_pct(e['high'], 3)}] | {_pct(o['truth'], 3)} | {100 * e['relative_error']:+.1f}% | "
                      f"{'yes' if e['covers_truth'] else 'no'} | {e['ess']:,.0f} |")
+    notes = sorted({e["note"] for e in o["estimates"] if e.get("note")})
+    lines += ["", *(f"Note ({', '.join(e['estimator'].upper() for e in o['estimates'] if e.get('note') == n)}): "
+                    f"{n}" + (", so the interval leaves out the model's own fitting error." if "held fixed" in n
+                              else ".") for n in notes)]
     for w in o["warnings"]:
         lines += ["", f"Warning: {w}"]
     return lines
