@@ -170,7 +170,13 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--batch-size", type=int, default=4096, help="sessions per scored batch (default 4096)")
     sc.add_argument("--workers", type=int, help="batches scored at once, one torch thread each (default: torch's "
                                                 "thread count, i.e. the cores)")
-    sc.add_argument("--engine", choices=("local",), default="local", help="where batches run (default local)")
+    sc.add_argument("--engine", choices=("local", "ray"), default="local",  # seqrec.engines.ENGINES (tested equal;
+                    # importing seqrec.engines here would import torch for every command)
+                    help="local: this machine (default); ray: Ray Data, --workers actors (default: the cluster's CPUs; "
+                         "extra seqrec[ray]), the same rows")
+    sc.add_argument("--ray-address", metavar="ADDRESS",
+                    help="with --engine ray: the Ray cluster to join (auto, HOST:6379, ray://HOST:10001); "
+                         "default: start a local Ray with this machine's cores")
     sc.add_argument("--index", choices=("exact", "faiss"), help="retrieval index (default: the run's [index])")
     sc.add_argument("--nprobe", type=int, help="faiss IVF clusters searched per query (default: the run's [index])")
     sc.add_argument("--checkpoint", choices=("best", "last"), default="best")
@@ -399,7 +405,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
                               time_unit=args.time_unit, event_type=args.event_type,
                               event_map=parse_map(args.event_map) if args.event_map is not None else event_map)
                   for p in args.input)
-    m = make_engine(args.engine).score(ScoreJob(args.run, tuple(args.input), specs, args.out, cfg), args.progress)
+    engine = make_engine(args.engine, ray_address=args.ray_address)
+    m = engine.score(ScoreJob(args.run, tuple(args.input), specs, args.out, cfg), args.progress)
     print(score_summary(m, args.out))
     return 0
 
