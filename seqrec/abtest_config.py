@@ -172,9 +172,6 @@ class AbTestConfig:
         p = Path(self.simulator)
         return p if p.is_absolute() else Path(self.base_dir) / p
 
-    def with_seed(self, seed: int) -> AbTestConfig:
-        return replace(self, seed=seed)
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (written to OUT/config.json and metrics.json)."""
         out: dict[str, Any] = {}

@@ -169,7 +169,30 @@ def test_budget_beyond_one_contact_per_customer_is_refused(uci_file, tmp_path, c
     assert "contacts = 10,000 exceeds the 300 customers" in capsys.readouterr().err
 
 
+def test_waves_beyond_the_contact_cap_are_refused(uci_file, tmp_path, capsys):
+    cfg = _tiny_config(tmp_path, uci_file)
+    cfg.write_text(cfg.read_text().replace("waves = 1", "waves = 5"))
+    assert main(["abtest", "--config", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    assert "training.waves = 5 plus the test wave exceeds" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------- policy, OPE check
+
+
+@pytest.mark.parametrize("kind", ["epsilon_greedy", "linucb"])
+def test_bandit_warm_start_learns_from_the_training_log(sim, kind):
+    from seqrec.abtest import make_bandit
+    from seqrec.simulator import BanditNudgePolicy, RandomPolicy
+
+    log = sim.run_policy(RandomPolicy(sim), 400, np.random.default_rng(0), batch_size=100)
+    cfg = abtest_config_from_dict({**_shipped(), "arm_b": {"warm_start": True, "bandit": {"kind": kind}}})
+    bandit = make_bandit(cfg, sim, log)
+    assert bandit.updates == 400 and bandit.dim == (len(sim.context_feature_names()) if kind == "linucb" else 0)
+    cold = make_bandit(dataclasses.replace(cfg, arm_b=dataclasses.replace(cfg.arm_b, warm_start=False)), sim, log)
+    assert cold.updates == 0
+    pi = BanditNudgePolicy(sim, RandomPolicy(sim), bandit).probabilities(log.contacts.take(np.arange(5)))
+    assert np.allclose(pi.sum(axis=(1, 2)), 1.0)
+
 
 
 class _Fixed:
