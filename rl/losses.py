@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from seqrec.catalogue import padded_scores
 
 VARIANTS = ("ce", "sqn", "sac", "snqn", "sa2c")
+ACTOR_WEIGHTS = ("raw", "mean")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class HeadConfig:
     advantage_min: float = 0.0      # SA2C: clip of the advantage (the released code clips to [0, 10])
     advantage_max: float = 10.0
     td_weight: float = 1.0          # weight of the TD loss next to the supervised loss
+    actor_weights: str = "raw"      # SAC / SA2C: "raw" (the papers: CE x Q or x advantage as they are) or "mean"
+    # (clipped at 0, then divided by their batch mean: the same relative weights, but the CE gradient keeps
+    # its scale; raw Q values near 0.1 early in training cut it tenfold and stall the supervised head)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -42,6 +46,8 @@ class HeadConfig:
             raise ValueError("advantage_min must not exceed advantage_max")
         if self.td_weight < 0:
             raise ValueError(f"td_weight must be >= 0, got {self.td_weight}")
+        if self.actor_weights not in ACTOR_WEIGHTS:
+            raise ValueError(f"actor_weights must be one of {', '.join(ACTOR_WEIGHTS)}, got {self.actor_weights!r}")
 
 
 def td_target(reward: torch.Tensor, done: torch.Tensor, future: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -58,6 +64,17 @@ def advantage(q_pos: torch.Tensor, q_neg: torch.Tensor, low: float, high: float)
     """SA2C: Q(s, a+) minus the mean Q over the positive and its negatives, clipped, detached. (B,)"""
     mean = torch.cat([q_pos.unsqueeze(1), q_neg], dim=1).mean(dim=1)  # (B,)
     return (q_pos - mean).clamp(low, high).detach()
+
+
+def actor_weights(weight: torch.Tensor, mode: str) -> torch.Tensor:
+    """SAC's Q or SA2C's advantage as per-sample CE weights (B,): as they are ("raw"), or clipped at 0 and
+    divided by their batch mean ("mean"; all zero stays all zero). Detached."""
+    weight = weight.detach()
+    if mode == "raw":
+        return weight
+    weight = weight.clamp(min=0.0)
+    mean = weight.mean()
+    return weight / mean if mean > 0 else weight
 
 
 class _CatalogueCE(torch.autograd.Function):

@@ -15,7 +15,7 @@ from torch import nn
 from seqrec.catalogue import gathered_dot, row_argmax, scores
 from seqrec.encoders import EncoderConfig, build_encoder
 
-from .losses import HeadConfig, advantage, td_loss, td_target, weighted_ce
+from .losses import HeadConfig, actor_weights, advantage, td_loss, td_target, weighted_ce
 
 FIRST_ITEM = 2  # 0 = padding, 1 = OOV: negatives are drawn from real items only
 
@@ -123,6 +123,8 @@ class Learner(nn.Module):
                 stats["advantage/mean"] = weight.mean().item()
         elif h.variant == "sac" and step >= h.warmup_steps:
             weight = q_pos.detach()
+        if weight is not None:
+            weight = actor_weights(weight, h.actor_weights)
         ce = weighted_ce(state, net.encoder.output_weight, a, weight)
         loss = ce + h.td_weight * td
         self._step(main, loss)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from seqrec.rl.losses import HeadConfig, advantage, td_loss, td_target, weighted_ce
+from seqrec.rl.losses import HeadConfig, actor_weights, advantage, td_loss, td_target, weighted_ce
 
 
 def test_td_target_stops_at_session_end():
@@ -26,6 +26,16 @@ def test_advantage_subtracts_the_mean_over_positive_and_negatives_and_clips():
     q_neg = torch.tensor([[1.0, 1.0], [3.0, 3.0], [0.0, 0.0]])
     # means: (4+1+1)/3 = 2 -> A = 2; (0+3+3)/3 = 2 -> -2 clipped to 0; 30 - 10 = 20 clipped to 10
     assert torch.allclose(advantage(q_pos, q_neg, 0.0, 10.0), torch.tensor([2.0, 0.0, 10.0]))
+
+
+def test_actor_weights_raw_or_clipped_and_mean_normalised():
+    w = torch.tensor([-1.0, 1.0, 3.0], requires_grad=True)
+    assert torch.equal(actor_weights(w, "raw"), w.detach()) and not actor_weights(w, "raw").requires_grad
+    # clipped to [0, 1, 3], mean 4/3 -> [0, 0.75, 2.25]: the mean weight is 1, the CE keeps its scale
+    assert torch.allclose(actor_weights(w, "mean"), torch.tensor([0.0, 0.75, 2.25]))
+    assert torch.equal(actor_weights(torch.tensor([-2.0, 0.0]), "mean"), torch.zeros(2))  # all zero stays zero
+    with pytest.raises(ValueError, match="actor_weights must be one of raw, mean"):
+        HeadConfig(variant="sac", actor_weights="scaled")
 
 
 def test_weighted_cross_entropy():

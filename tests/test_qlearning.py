@@ -25,19 +25,30 @@ def _batch(n=8, items=30, w=5):
             "reward": torch.full((n,), 0.2), "done": torch.tensor([False] * (n - 1) + [True])}
 
 
-def _learner(variant, seed=0):
+def _learner(variant, seed=0, weights="raw"):
     torch.manual_seed(seed)
     return Learner(EncoderConfig(kind="sasrec", num_items=30, max_len=5, dim=16),
-                   HeadConfig(variant=variant, negatives=4, warmup_steps=1), lr=0.01)
+                   HeadConfig(variant=variant, negatives=4, warmup_steps=1, actor_weights=weights), lr=0.01)
 
 
+@pytest.mark.parametrize("weights", ["raw", "mean"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_variant_steps_with_finite_losses(variant):
-    learner = _learner(variant)
+def test_every_variant_steps_with_finite_losses(variant, weights):
+    learner = _learner(variant, weights=weights)
     for step in range(3):  # step 0 is warm-up for sac/sa2c, later steps use the weighted actor loss
         stats = learner.update(_batch(), step=step, seed=0)
         assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
     assert "loss/ce" in stats and ("loss/td" in stats) == (variant != "ce")
+
+
+def test_mean_actor_weights_change_only_the_actor_loss_after_warm_up():
+    """Same seed, same batches: during warm-up raw and mean weights train identically; after it the SAC
+    actor loss differs by the scale of the Q weights (mean weights are 1 on average, raw ones near 0)."""
+    raw, mean = _learner("sac", weights="raw"), _learner("sac", weights="mean")
+    a, b = raw.update(_batch(), step=0, seed=0), mean.update(_batch(), step=0, seed=0)
+    assert a == b
+    a, b = raw.update(_batch(), step=1, seed=0), mean.update(_batch(), step=1, seed=0)
+    assert a["loss/td"] == pytest.approx(b["loss/td"]) and a["loss/ce"] != pytest.approx(b["loss/ce"])
 
 
 def test_double_q_updates_only_the_network_that_learns():
