@@ -146,8 +146,8 @@ def _pp(x: float) -> str:
 
 
 def _p(p: float) -> str:
-    """'p = 0.0029', or 'p < 1e-16' below what a double resolves."""
-    return "p < 1e-16" if p < 1e-16 else f"p = {p:.2g}"
+    """'p = 0.0029' (two significant digits; erfc keeps tiny p-values accurate, so none is cut off)."""
+    return f"p = {p:.2g}"
 
 
 def _path(path: str) -> str:
