@@ -1,5 +1,6 @@
 """Scale-out benchmark (issue 8), in one run: training samples per second for 1 process and for 2 DDP ranks
-on this machine; the scoring half (sessions per second, local engine against Ray) is a section to add here.
+on this machine (section `train`), and scoring sessions per second for the local and the Ray engine on the
+same sessions (section `score`): `--sections train,score`.
 
 Training section. One synthetic log (`--events`, `--items`) is prepared once under `--work`; then `seqrec
 train` runs as a fresh process per configuration, all with the same config (`--config`, default
@@ -21,9 +22,30 @@ machine is shared, so absolute figures move) and reports the median.
     python experiments/bench_scale.py                                   # defaults: 300 steps, 26,702 items
     python experiments/bench_scale.py --events 20000 --items 500 --steps 6 --log-every 2 --batch 32   # smoke
 
-Adding a section (the scoring half): write `section_NAME(args, data) -> Table` and add it to SECTIONS; it
-gets the same prepared dataset (`prepared_dataset`) and prints with the same table code; `--sections
-train,NAME` picks sections, and `--json` collects every section's rows.
+Scoring section. A run and a scoring log are built once under `--work`/score the way bench_score.py builds
+them (SASRec-SQN width 64 with the two-tower candidate generator, `--score-train-steps` steps each, trained on
+`--score-train-users` generated users plus one view of every item; a log of about `--score-sessions`
+sessions from the same generator). Then `seqrec score` runs as a fresh process per engine on that log, same
+settings (exact index, 200 candidates, top 10, batches of `--score-batch`):
+
+  local   seqrec score ... --workers C                      (C = this machine's cores, one torch thread each)
+  ray     seqrec score ... --engine ray                     (a local Ray of C CPUs started by the command,
+                                                             or --ray-address's cluster: as many actors as
+                                                             --workers, 1/2 CPU and one torch thread each)
+
+From each process's wall time and its manifest's timings: start-up = interpreter and imports, the run loaded,
+and for Ray `ray.init` plus the actor pool (pipeline start to the last actor's run loaded); read = reading,
+validating and scattering the input (pass 1, the same code in both); scoring = the rest of the work
+(duplicates, sessions, scoring, writing; for Ray the driver's session cut plus the pipeline after the actors
+were ready). sessions/s is given over scoring alone and over the whole wall time.
+
+    python experiments/bench_scale.py --sections train,score            # both halves, defaults
+    python experiments/bench_scale.py --sections score --score-sessions 2000 --items 500 --score-train-users 300 \
+        --score-train-steps 2 --events 3000 --work /tmp/b                  # smoke
+
+Adding a section: write `section_NAME(args, data) -> Table` and add it to SECTIONS; it gets the same prepared
+dataset (`prepared_dataset`; the scoring section builds its own, as above) and prints with the same table
+code; `--sections train,NAME` picks sections, and `--json` collects every section's rows.
 """
 
 from __future__ import annotations
@@ -183,7 +205,109 @@ def section_train(args: argparse.Namespace, data: Path) -> Table:
                  {"runs": {k: [asdict(r) for r in v] for k, v in results.items()}})
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace, Path], Table]] = {"train": section_train}
+@dataclass(frozen=True)
+class ScoreResult:
+    """What one `seqrec score` process measured (seconds), split as the section's docstring says."""
+
+    sessions: int
+    wall_s: float
+    startup_s: float
+    read_s: float
+    scoring_s: float
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        """Sessions per second of scoring alone."""
+        return self.sessions / max(self.scoring_s, 1e-9)
+
+    @property
+    def end_to_end(self) -> float:
+        """Sessions per second of the whole process."""
+        return self.sessions / max(self.wall_s, 1e-9)
+
+
+def score_once(engine: str, run: Path, log: Path, out: Path, args: argparse.Namespace) -> ScoreResult:
+    """One `seqrec score` in a fresh process with the engine; its figures from the wall clock and manifest."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    cores = os.cpu_count() or 1
+    cmd = [sys.executable, "-m", "seqrec", "score", "--run", str(run), "--input", str(log), "--out", str(out),
+           "--index", "exact", "--top", "10", "--candidates", "200", "--batch-size", str(args.score_batch),
+           "--workers", str(cores), "--engine", engine, "--no-progress"]
+    if engine == "ray" and args.ray_address:
+        cmd += ["--ray-address", args.ray_address]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)} | {"OMP_NUM_THREADS": "1"}
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"seqrec score --engine {engine} ran past --timeout {args.timeout} s") from None
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"seqrec score --engine {engine} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    m = json.loads((out / "manifest.json").read_text())
+    tm = m["timings"]
+    outside = wall - tm["total_s"]  # interpreter, imports, argument parsing, the summary
+    if engine == "ray":
+        startup = outside + tm["load_s"] + tm.get("ray_init_s", 0.0) + tm.get("actors_ready_s", 0.0)
+        scoring = tm["batch_s"] + tm.get("pipeline_s", 0.0) - tm.get("actors_ready_s", 0.0)
+    else:
+        startup, scoring = outside + tm["load_s"], tm["score_s"]
+    return ScoreResult(m["sessions"]["scored"], wall, startup, tm["read_validate_s"], scoring,
+                       {**tm, "ray": m.get("ray"), "workers": m["workers"]})
+
+
+def section_score(args: argparse.Namespace, data: Path) -> Table:
+    """Scoring sessions/s: the local engine against the Ray engine on the same sessions, start-up apart."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_score import build  # the run and the log bench_score.py builds (cached under --work/score)
+
+    spec = argparse.Namespace(items=args.items, train_users=args.score_train_users, seed=0,
+                              train_steps=args.score_train_steps, sessions=args.score_sessions, candidates=200,
+                              work=Path(args.work) / "score")
+    run, log = build(spec)
+    load = os.getloadavg()[0]
+    engines = ("local", "ray")
+    results: dict[str, list[ScoreResult]] = {e: [] for e in engines}
+    for rep in range(args.repeats):
+        for engine in engines:
+            r = score_once(engine, run, log, Path(args.work) / "score" / f"scored-{engine}", args)
+            results[engine].append(r)
+            print(f"  score --engine {engine}, repeat {rep + 1}: {r.sessions:,} sessions, {r.rate:,.0f}/s scoring, "
+                  f"start-up {r.startup_s:.1f} s, wall {r.wall_s:.1f} s; {r.timings}", file=sys.stderr)
+
+    def med(engine: str, f: Callable[[ScoreResult], float]) -> float:
+        return statistics.median(f(r) for r in results[engine])
+
+    base, base_e2e = med("local", lambda r: r.rate), med("local", lambda r: r.end_to_end)
+    cores = os.cpu_count() or 1
+    ray_info = results["ray"][0].timings["ray"] or {}
+    where = f"Ray at {args.ray_address}" if args.ray_address else "local Ray"
+    names = {"local": f"local, {cores} workers", "ray": f"ray, {where} of {ray_info.get('cpus', 0):.0f} CPUs, "
+                                                        f"{ray_info.get('actors', 0)} actors x "
+                                                        f"{ray_info.get('cpus_per_actor', 0):g} CPU"}
+    rows = tuple((names[e], results[e][0].sessions, med(e, lambda r: r.startup_s), med(e, lambda r: r.read_s),
+                  med(e, lambda r: r.scoring_s), med(e, lambda r: r.rate), med(e, lambda r: r.rate) / base,
+                  med(e, lambda r: r.wall_s), med(e, lambda r: r.end_to_end), med(e, lambda r: r.end_to_end) / base_e2e)
+                 for e in engines)
+    ray_t = results["ray"][0].timings
+    events = json.loads((Path(args.work) / "score" / "scored-local" / "manifest.json").read_text())["rows_read"]
+    notes = (f"{results['local'][0].sessions:,} sessions ({events:,} events), catalogue {args.items:,}, exact index, "
+             f"200 candidates, top 10, batches of {args.score_batch}; run: SASRec-SQN width 64 + two-tower, "
+             f"{args.score_train_steps} steps; median of {args.repeats} repeat(s); Ray start-up of the first repeat: "
+             f"ray.init {ray_t.get('ray_init_s', 0):.1f} s, actors ready {ray_t.get('actors_ready_s', 0):.1f} s after "
+             f"the pipeline started (ray.shutdown {ray_t.get('ray_shutdown_s', 0):.1f} s more, in the wall time only); "
+             f"{cores} CPUs ({_cpu_model()}), load average before {load:.1f}, after "
+             f"{os.getloadavg()[0]:.1f}",)
+    return Table("Scoring: local engine against Ray Data (CPU)",
+                 ("engine", "sessions", "start-up s", "read s", "scoring s", "sessions/s (scoring)", "vs local",
+                  "wall s", "sessions/s (wall)", "vs local (wall)"), rows, notes,
+                 {"runs": {k: [asdict(r) for r in v] for k, v in results.items()}})
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace, Path], Table]] = {"train": section_train, "score": section_score}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="also 1 process with the 2 ranks' threads together (default on)")
     p.add_argument("--repeats", type=int, default=1, help="runs per configuration, in rotation (1)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one run may take (3600)")
+    p.add_argument("--score-sessions", type=int, default=500_000, help="sessions in the scoring log (500000)")
+    p.add_argument("--score-train-users", type=int, default=5_000, help="users of the scoring run's log (5000)")
+    p.add_argument("--score-train-steps", type=int, default=100, help="the scoring run's training steps (100)")
+    p.add_argument("--score-batch", type=int, default=4096, help="sessions per scored batch (4096)")
+    p.add_argument("--ray-address", help="score section: a running Ray cluster for the ray engine (default: "
+                                          "seqrec score starts a local Ray of this machine's cores)")
     p.add_argument("--json", type=Path, help="write every section's figures here too")
     args = p.parse_args(argv)
     names = [s.strip() for s in args.sections.split(",") if s.strip()]

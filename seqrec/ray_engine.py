@@ -169,10 +169,11 @@ class RayEngine:
         if batches is not None:
             info |= self._run(job, started, batches, progress)
         totals = self._collect(job.out, totals)
+        ray_times = {k: info.pop(k) for k in ("ray_init_s", "actors_ready_s", "pipeline_s", "ray_shutdown_s")
+                     if k in info}
         timings = {"load_s": round(started.load_s, 3), "read_validate_s": round(started.read_s, 3),
-                   "batch_s": round(t_batch, 3), **{k: info.pop(k) for k in ("ray_init_s", "actors_ready_s",
-                                                                               "pipeline_s") if k in info},
-                   "score_s": round(time.perf_counter() - t1, 3), "total_s": round(time.perf_counter() - t0, 3)}
+                   "batch_s": round(t_batch, 3), **ray_times, "score_s": round(time.perf_counter() - t1, 3),
+                   "total_s": round(time.perf_counter() - t0, 3)}
         return finish(job, started, totals, timings, "ray", {"workers": info.get("actors", 0), "ray": info})
 
     def _batch(self, job: ScoreJob, started: Started) -> tuple[dict, Path | None]:
@@ -248,13 +249,15 @@ class RayEngine:
         finally:
             ctx.enable_progress_bars = bars
             log.setLevel(level)
+            t = time.perf_counter()
             if own:
                 ray.shutdown()
+            t_down = time.perf_counter() - t
         # start-up: Ray itself, then the pool (from the pipeline's start to the last actor's run loaded; the
         # actors' clocks are the driver's on one machine, NTP-close on a cluster)
         actors_ready = max((n["ready"] for n in notes), default=t_wall) - t_wall
         return {**info, "ray_init_s": round(t_init, 3), "actors_ready_s": round(max(actors_ready, 0.0), 3),
-                "pipeline_s": round(pipeline_s, 3)}
+                "pipeline_s": round(pipeline_s, 3), "ray_shutdown_s": round(t_down, 3)}
 
     @staticmethod
     def _collect(out: Path, totals: dict) -> dict:

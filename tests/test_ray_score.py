@@ -3,6 +3,7 @@ and quarantine exactly, whatever the batching; the job finishes with fractional-
 through any split of the per-user table; clear errors for an unknown engine and a missing Ray."""
 
 import json
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -196,8 +197,6 @@ def test_engine_names_and_clear_errors(monkeypatch, tmp_path, capsys):
 
 
 def test_the_local_engine_never_imports_ray(tmp_path):
-    import subprocess
-
     code = ("import sys; from seqrec.engines import make_engine; make_engine('local'); "
             "import seqrec.cli; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
@@ -210,3 +209,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_bench_scale_score_section_smoke(local_ray, tmp_path):
+    """experiments/bench_scale.py --sections score at tiny size: a row per engine, the same sessions, figures > 0
+    (its `seqrec score --engine ray` joins the module's Ray by --ray-address, as on a cluster)."""
+    root = Path(__file__).resolve().parents[1]
+    address = ray.get_runtime_context().gcs_address
+    out = subprocess.run([sys.executable, str(root / "experiments" / "bench_scale.py"), "--sections", "score",
+                          "--work", str(tmp_path), "--events", "2000", "--items", "60", "--score-sessions", "300",
+                          "--score-train-users", "100", "--score-train-steps", "1", "--ray-address", address,
+                          "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=DEADLINE_S)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "b.json").read_text())["score"]["rows"]
+    assert [r["engine"].split(",")[0] for r in rows] == ["local", "ray"] and rows[0]["sessions"] == rows[1]["sessions"]
+    assert all(r["sessions/s (scoring)"] > 0 and 0 < r["start-up s"] < r["wall s"] for r in rows)
