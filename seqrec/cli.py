@@ -175,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="local: this machine (default); ray: Ray Data, --workers actors (default: the cluster's CPUs; "
                          "extra seqrec[ray]), the same rows")
     sc.add_argument("--ray-address", metavar="ADDRESS",
-                    help="with --engine ray: the Ray cluster to join (auto, HOST:6379, ray://HOST:10001); "
+                    help="with --engine ray: the Ray cluster to join (HOST:6379, or auto: the one this machine is in); "
                          "default: start a local Ray with this machine's cores")
     sc.add_argument("--index", choices=("exact", "faiss"), help="retrieval index (default: the run's [index])")
     sc.add_argument("--nprobe", type=int, help="faiss IVF clusters searched per query (default: the run's [index])")

@@ -134,13 +134,15 @@ class _Input:
     rows_excluded: int = 0
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
+    """Write `data` as JSON atomically (a temporary file, then a rename): a kill never leaves half a note."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, or None when it is missing or unreadable (a note not yet written)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -192,18 +194,18 @@ def begin(job: ScoreJob, engine: str, key_extra: dict, progress: bool | None) ->
                       "bucket_rows": cfg.bucket_rows, "engine": engine, "format": MANIFEST_FORMAT, **key_extra},
                      sort_keys=True)
     job_key = hashlib.sha256(key.encode()).hexdigest()[:16]
-    done = _read_json(out / "manifest.json")
+    done = read_json(out / "manifest.json")
     if (out / "_COMPLETE").exists() and done and done.get("job_key") == job_key:
         shutil.rmtree(out / "_work", ignore_errors=True)  # left by a kill between _COMPLETE and the clean-up
         return {**done, "reused": True}
     work = out / "_work"
-    resumed = (_read_json(work / "job.json") or {}).get("job_key") == job_key and (work / "scatter.json").exists()
+    resumed = (read_json(work / "job.json") or {}).get("job_key") == job_key and (work / "scatter.json").exists()
     if not resumed:  # a new job, or one killed before its scatter finished: start afresh
         _clear(out)
         work.mkdir(parents=True)
-        _write_json(work / "job.json", {"job_key": job_key, "config_hash": bundle.config_hash})
+        write_json(work / "job.json", {"job_key": job_key, "config_hash": bundle.config_hash})
         scatter_inputs(job, bundle, inputs, work, progress)
-    return Started(bundle, job_key, work, _read_json(work / "scatter.json"), resumed, t_load,
+    return Started(bundle, job_key, work, read_json(work / "scatter.json"), resumed, t_load,
                    time.perf_counter() - t0 - t_load)
 
 
@@ -248,11 +250,11 @@ class LocalEngine:
         with _one_thread_each(workers) as pool:
             for b in buckets:
                 note = work / f"done-{b:05d}.json"
-                result = _read_json(note)
+                result = read_json(note)
                 if result is None:
                     result = self._score_bucket(b, bundle, started.scatter, work, out, cfg.batch_size, gap, bar, pool,
                                                 workers + 1)
-                    _write_json(note, result)
+                    write_json(note, result)
                     for path in work.glob(f"bucket-{b:05d}-*.arrow"):
                         path.unlink()
                 add_totals(totals, result)
@@ -349,7 +351,7 @@ def scatter_inputs(job: ScoreJob, bundle: ScoringBundle, inputs: list[_Input], w
             w.close()
         quarantine.close()
         bar.close()
-    _write_json(work / "scatter.json", {"inputs": [asdict(i) for i in inputs], "reasons": reasons,
+    write_json(work / "scatter.json", {"inputs": [asdict(i) for i in inputs], "reasons": reasons,
                                          "excluded": excluded, "n_buckets": n_buckets,
                                          "event_types": list(event_types.names),
                                          "buckets": sorted({int(b) for b, _ in writers})})
@@ -415,7 +417,7 @@ def finish(job: ScoreJob, started: Started, totals: dict, timings: dict, engine:
         "peak_rss_mib": _peak_rss_mib(),
         "resumed": started.resumed, "reused": False,
     }
-    _write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest)
     (out / "_COMPLETE").write_text(f"{bundle.config_hash} {started.key}\n")
     shutil.rmtree(work, ignore_errors=True)
     return manifest
@@ -425,7 +427,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _single_threaded() -> None:
+def single_threaded() -> None:
     """Make torch (and faiss, if loaded) run one thread in the calling thread. OpenMP's thread count is a
     per-thread setting: a new thread starts with the machine's, so each pool thread sets its own."""
     torch.set_num_threads(1)
@@ -441,7 +443,7 @@ def _one_thread_each(workers: int) -> Iterator[ThreadPoolExecutor]:
     threads = torch.get_num_threads()
     faiss = sys.modules.get("faiss")
     try:
-        with ThreadPoolExecutor(max_workers=workers, initializer=_single_threaded) as pool:
+        with ThreadPoolExecutor(max_workers=workers, initializer=single_threaded) as pool:
             yield pool
     finally:
         torch.set_num_threads(threads)

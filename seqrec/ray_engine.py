@@ -61,14 +61,14 @@ from seqrec.engines import (
     SCORES,
     ScoreJob,
     Started,
-    _read_json,
-    _single_threaded,
-    _write_json,
     add_totals,
     begin,
     bucket_events,
     finish,
     new_totals,
+    read_json,
+    single_threaded,
+    write_json,
 )
 from seqrec.scoring import ScoreConfig, load_bundle, score_batch
 from seqrec.sessions_state import session_states
@@ -78,7 +78,7 @@ from seqrec.sessions_state import session_states
 class RayConfig:
     """Where and on how much the Ray engine runs (the job's settings are its ScoreConfig)."""
 
-    address: str | None = None     # a running cluster: "auto", "HOST:6379", "ray://HOST:10001"; None: a local Ray
+    address: str | None = None     # a running cluster ("auto", "HOST:6379"); None: start a local Ray
     num_cpus: int | None = None    # CPUs of a local Ray; None: this machine's cores (ignored with an address)
     cpus_per_actor: float = 0.5    # the most one actor asks for; below 1 so that read and write tasks find a CPU
 
@@ -127,12 +127,12 @@ class SessionScorer:
             os.chdir(cwd)  # a run's relative data path means what it means on the driver
         torch.set_num_threads(1)
         self.bundle = load_bundle(run, config)
-        _single_threaded()  # faiss too, now that load_bundle may have imported it
+        single_threaded()  # faiss too, now that load_bundle may have imported it
         if self.bundle.config_hash != config_hash:
             raise RuntimeError(f"{socket.gethostname()}: {run} differs from the driver's (config hash "
                                f"{self.bundle.config_hash}, driver {config_hash}): every node needs the same run")
         note = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "ready": time.time()}
-        _write_json(Path(ready_dir) / f"{uuid.uuid4().hex}.json", note)
+        write_json(Path(ready_dir) / f"{uuid.uuid4().hex}.json", note)
 
     def __call__(self, batches: pa.Table) -> pa.Table:
         """(R batch rows) -> one row per (session, rank) of their sessions; each batch one score_batch call."""
@@ -186,7 +186,7 @@ class RayEngine:
         folder.mkdir(exist_ok=True)
         for b in started.scatter["buckets"]:
             note, path = work / f"batched-{b:05d}.json", folder / f"{b:05d}.parquet"
-            result = _read_json(note)
+            result = read_json(note)
             if result is None:
                 events, duplicates = bucket_events(b, started.scatter, work)
                 states = session_states(events, bundle.window, gap, bundle.user_spec.columns)
@@ -196,7 +196,7 @@ class RayEngine:
                 pq.write_table(nest_rows(states, size), tmp, row_group_size=1, compression="zstd")
                 os.replace(tmp, path)
                 result = {"sessions_in": states.num_rows, "duplicates": duplicates}
-                _write_json(note, result)
+                write_json(note, result)
                 for p in work.glob(f"bucket-{b:05d}-*.arrow"):
                     p.unlink()
             add_totals(totals, {"sessions_in": result["sessions_in"], "duplicates": result["duplicates"]})
