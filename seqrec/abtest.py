@@ -71,6 +71,8 @@ def _reporter(progress: bool | None) -> Callable[[str], None]:
 
 def _prepare_out(out: Path) -> None:
     """OUT new or empty, or an earlier abtest's folder (its outputs are replaced); anything else is refused."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; --out must be a folder")
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise ConfigError(f"{out} exists and is not an abtest output folder (no {MARKER}); choose another --out")
     for name in ("training", "arms"):
