@@ -79,7 +79,7 @@ class TwoTowerConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Which index serves the item tower's table (`[index]`): exact (matmul + top-k) or faiss (approximate, seqrec/index.py)."""
+    """Which index serves the item tower's table (`[index]`): exact or faiss (approximate); seqrec/index.py."""
 
     kind: str = "exact"             # exact | faiss (the optional extra seqrec[ann])
     faiss_type: str = "ivf"         # flat (exact) | hnsw | ivf
@@ -87,13 +87,16 @@ class IndexConfig:
     ef_search: int = 256            # HNSW: candidates explored per query (recall/speed knob; >= k)
     nlist: int = 0                  # IVF: number of clusters; 0 = 1.5 sqrt(items)
     nprobe: int = 32                # IVF: clusters searched per query (recall/speed knob; nlist = exact)
-    chunk_mib: int = 256            # exact: size of the (chunk, I) float32 score buffer, which bounds memory
+    chunk_mib: int = 256            # exact, torch back-end: size of the (chunk, I) float32 score buffer (memory)
+    exact_backend: str = "auto"     # exact: auto (faiss's flat search on CPU if installed, else torch) | faiss | torch
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
             raise ValueError(f"kind must be one of {', '.join(INDEX_KINDS)}, got {self.kind!r}")
         if self.faiss_type not in FAISS_TYPES:
             raise ValueError(f"faiss_type must be one of {', '.join(FAISS_TYPES)}, got {self.faiss_type!r}")
+        if self.exact_backend not in ("auto", "faiss", "torch"):
+            raise ValueError(f"exact_backend must be one of auto, faiss, torch, got {self.exact_backend!r}")
         for name in ("hnsw_m", "ef_search", "nprobe", "chunk_mib"):
             _check_int(name, getattr(self, name), 1)
         _check_int("nlist", self.nlist, 0)

@@ -38,9 +38,14 @@ def brute_force(table: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[tor
     return s.gather(1, order).float(), order + 2
 
 
-def test_exact_index_returns_the_brute_force_top_k_across_query_chunks(table_and_queries):
+BACKENDS = ["torch", pytest.param("faiss", marks=needs_faiss)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_index_returns_the_brute_force_top_k_across_query_chunks(table_and_queries, backend):
     table, queries = table_and_queries
-    index = ExactIndex(table, query_chunk=8)  # 37 queries: four full chunks and a partial one
+    index = ExactIndex(table, query_chunk=8, backend=backend)  # torch: four full chunks of 37 and a partial one
+    assert index.backend == backend
     scores, ids = index.search(queries, 25)
     ref_scores, ref_ids = brute_force(table, queries, 25)
     assert ids.shape == scores.shape == (37, 25) and ids.dtype == torch.long
@@ -49,18 +54,28 @@ def test_exact_index_returns_the_brute_force_top_k_across_query_chunks(table_and
     assert bool((ids >= 2).all())  # pad and OOV never returned, though they score highest
 
 
-def test_k_beyond_the_catalogue_returns_every_real_item_once(table_and_queries):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_k_beyond_the_catalogue_returns_every_real_item_once(table_and_queries, backend):
     table, queries = table_and_queries
-    scores, ids = ExactIndex(table[:12]).search(queries[:3], 200)
+    scores, ids = ExactIndex(table[:12], backend=backend).search(queries[:3], 200)
     assert ids.shape == (3, 10)
     assert all(sorted(row.tolist()) == list(range(2, 12)) for row in ids)
     assert bool((scores[:, :-1] >= scores[:, 1:]).all())
 
 
-def test_empty_query_batch_and_bad_tables():
-    assert ExactIndex(torch.randn(5, 4)).search(torch.empty(0, 4), 3)[1].shape == (0, 3)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_query_batch_and_bad_tables(backend):
+    assert ExactIndex(torch.randn(5, 4), backend=backend).search(torch.empty(0, 4), 3)[1].shape == (0, 3)
     with pytest.raises(ValueError, match="I > 2"):
-        ExactIndex(torch.randn(2, 4))
+        ExactIndex(torch.randn(2, 4), backend=backend)
+    with pytest.raises(ValueError, match="backend must be one of auto, faiss, torch"):
+        ExactIndex(torch.randn(5, 4), backend="numpy")
+
+
+def test_auto_backend_is_faiss_exactly_when_it_is_installed():
+    want = "faiss" if importlib.util.find_spec("faiss") is not None else "torch"
+    assert ExactIndex(torch.randn(5, 4)).backend == want
+    assert build_index(torch.randn(5, 4), IndexConfig(kind="exact", exact_backend="torch")).backend == "torch"
 
 
 @needs_faiss
