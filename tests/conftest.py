@@ -10,6 +10,18 @@ import pytest
 DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """torch on one thread for every test: the tensors are tiny, and on a shared 2-core machine two OpenMP
+    threads spin-wait for each other and run many times slower. A test that needs more sets it itself."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real-data folder: $SEQREC_SHARED_DATA, else <repo>/../shared/data; skips when absent."""

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from seqrec.bank_classifier import (
     CAMPAIGN_CATEGORICAL,
@@ -60,16 +59,6 @@ def write_csv(path: Path, frame: pd.DataFrame, label: np.ndarray, duration: list
     out["y"] = np.where(label, "yes", "no")
     out.to_csv(path, sep=";", index=False)
     return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these small models run in well under a second so, while two threads spin-wait for each
-    other on a shared 2-core machine and take ten times longer."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------------ metrics

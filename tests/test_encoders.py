@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -17,15 +15,6 @@ VARIANTS = {
     "gru": dict(kind="gru"),
 }
 NUM_ITEMS = 50
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors run as fast on one thread, and two threads stall badly when other work shares the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make(variant: str, seed: int = 0, train: bool = False, **overrides: object) -> SequenceEncoder:

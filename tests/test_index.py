@@ -13,14 +13,6 @@ needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
                                  reason="faiss-cpu is not installed (the optional extra: pip install 'seqrec[ann]')")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def table_and_queries() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)

@@ -8,14 +8,6 @@ from seqrec.rl.qlearning import Learner, _negatives, double_q_value, step_genera
 from seqrec.encoders import EncoderConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _batch(n=8, items=30, w=5):
     g = torch.Generator().manual_seed(0)
     state = torch.randint(0, items, (n, w), generator=g)

@@ -23,14 +23,6 @@ from seqrec.tower_features import FeatureSpec, item_rows, session_rows
 from seqrec.two_tower import TwoTower, in_batch_softmax_loss, load_two_tower, log_q, train_two_tower
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
