@@ -311,7 +311,8 @@ def _open_run_folder(cfg: RunConfig, out: Path, resume: bool) -> None:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
-    if resume and saved.exists() and json.loads(saved.read_text()) != cfg.to_dict():
+    # compared as parsed, so a key added to seqrec since the run started (at its default) is no difference
+    if resume and saved.exists() and saved_config(out).to_dict() != cfg.to_dict():
         raise ConfigError(f"{out}: --resume with a different config than the run's config.json")
     saved.write_text(json.dumps(cfg.to_dict(), indent=2))
 

@@ -100,6 +100,20 @@ def test_train_writes_checkpoints_tensorboard_and_evaluate_writes_metrics(config
     assert main(["train", "--config", str(config), "--data", str(data), "--out", str(out)]) == 2
 
 
+def test_resume_refuses_a_changed_config_but_not_a_key_added_since(config, data, tmp_path):
+    """--resume with another value is refused; a config.json written before a key existed (the key at its
+    default now) resumes: users upgrade seqrec between a killed run and its resume."""
+    out, same = tmp_path / "run", ["train.max_steps=2", "train.eval_every=2"]
+    train(load_run_config(config, same, str(data)), out, progress=False)
+    with pytest.raises(ConfigError, match="different config"):
+        train(load_run_config(config, [*same, "head.gamma=0.9"], str(data)), out, resume=True, progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    del saved["head"]["actor_weights"]  # as a run started before head.actor_weights existed wrote it
+    (out / "config.json").write_text(json.dumps(saved))
+    train(load_run_config(config, same, str(data)), out, resume=True, progress=False)  # no error
+    assert _last_step(out) == 2 and json.loads((out / "config.json").read_text())["head"]["actor_weights"] == "raw"
+
+
 def test_evaluate_rejects_a_protocol_the_data_was_not_prepared_for(config, data, tmp_path):
     out = tmp_path / "run"
     train(load_run_config(config, ["train.max_steps=2", "train.eval_every=2"], str(data)), out, progress=False)
