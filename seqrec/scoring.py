@@ -48,6 +48,7 @@ from seqrec.two_tower import load_two_tower
 OOV = 1
 SCORE_FORMAT = 1
 MODEL_CHUNK = 1024  # sessions per pass of the models inside score_batch: bounds the (chunk, K, D) gathers
+ROW_MULTIPLE = 64  # model passes are padded to a multiple of this many rows (the same kernels for every batch)
 
 
 @dataclass(frozen=True)
@@ -433,14 +434,19 @@ def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
     state = np.zeros((n, bundle.bandit.dim)) if bundle.bandit is not None else None  # (B, d) bandit context
     for lo in range(0, len(model_rows), MODEL_CHUNK):
         rows = model_rows[lo:lo + MODEL_CHUNK]
-        x = torch.from_numpy(items[rows]).to(bundle.device)  # (b, W)
-        c = _candidates(bundle, x, _user_features(bundle, sessions, rows))
+        # pad to a multiple of ROW_MULTIPLE rows (copies of the last): BLAS and faiss pick kernels by the number
+        # of rows, and a batch of 1-3 or 33 sessions gets other last bits; so a session's scores never depend
+        # on how sessions fall into batches (Ray's batches, a resume, --batch-size)
+        padded = np.r_[rows, np.repeat(rows[-1:], -len(rows) % ROW_MULTIPLE)]  # (b',)
+        n_rows = len(rows)
+        x = torch.from_numpy(items[padded]).to(bundle.device)  # (b', W)
+        c = _candidates(bundle, x, _user_features(bundle, sessions, padded))
         k = c.ids.shape[1]
-        ids[rows, :k] = c.ids.cpu().numpy()
+        ids[rows, :k] = c.ids[:n_rows].cpu().numpy()
         for j, t in enumerate((c.two_tower, c.supervised, c.q, c.final)):
-            scores[j, rows, :k] = t.float().cpu().numpy()
+            scores[j, rows, :k] = t[:n_rows].float().cpu().numpy()
         if state is not None:
-            state[rows] = bundle.learner.nets[0].encoder.encode(x).double().cpu().numpy()  # (b, D)
+            state[rows] = bundle.learner.nets[0].encoder.encode(x)[:n_rows].double().cpu().numpy()  # (b, D)
     fallback = (ids >= FIRST_ITEM).sum(1) == 0  # (B,) no known item, or no candidate found
     p = len(bundle.popular)
     ids[fallback] = 0
