@@ -31,14 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TOP = 10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def world(score_world) -> dict:
     """The shared scoring world of tests/conftest.py (a generated log, its prepared folder, two trained runs)."""
