@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from uci_fake import fake_uci
 
 from seqrec.abtest_config import abtest_config_from_dict, load_abtest_config
 from seqrec.abtest_ope import run_ope_check
@@ -26,37 +27,12 @@ from seqrec.simulator import Simulator
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "experiments" / "configs" / "abtest.toml"
 SIM = REPO / "experiments" / "configs" / "campaign_sim.toml"
-HEADER = ("age", "job", "marital", "education", "default", "housing", "loan", "contact", "month", "day_of_week",
-          "duration", "campaign", "pdays", "previous", "poutcome", "emp.var.rate", "cons.price.idx", "cons.conf.idx",
-          "euribor3m", "nr.employed", "y")
-
-
-def fake_uci(path: Path, rows: int = 1500, seed: int = 0) -> Path:
-    """A small file in the UCI layout whose label follows a known logistic model (as tests/test_simulator.py)."""
-    rng = np.random.default_rng(seed)
-    age = rng.integers(18, 90, rows)
-    job = rng.choice(("admin.", "blue-collar", "management", "retired", "student", "technician"), rows)
-    pout = rng.choice(("failure", "nonexistent", "success"), rows, p=(0.1, 0.85, 0.05))
-    month = rng.choice(("mar", "may", "jun", "aug", "oct", "nov"), rows)
-    y = rng.random(rows) < 1 / (1 + np.exp(-(-2.2 + 1.0 * (age >= 65) + 2.5 * (pout == "success"))))
-    cols = {"age": age, "job": job, "marital": rng.choice(("married", "single"), rows),
-            "education": rng.choice(("high.school", "university.degree"), rows), "default": np.full(rows, "no"),
-            "housing": rng.choice(("yes", "no"), rows), "loan": rng.choice(("yes", "no"), rows, p=(0.2, 0.8)),
-            "contact": np.full(rows, "cellular"), "month": month, "day_of_week": np.full(rows, "mon"),
-            "duration": np.full(rows, 100), "campaign": np.ones(rows, int), "pdays": np.full(rows, 999),
-            "previous": np.zeros(rows, int), "poutcome": pout, "emp.var.rate": np.full(rows, 1.1),
-            "cons.price.idx": np.full(rows, 93.9), "cons.conf.idx": np.full(rows, -36.4),
-            "euribor3m": np.full(rows, 4.8), "nr.employed": np.full(rows, 5191), "y": np.where(y, "yes", "no")}
-    lines = [";".join(f'"{h}"' for h in HEADER)]
-    for i in range(rows):
-        lines.append(";".join(f'"{cols[h][i]}"' if isinstance(cols[h][i], str) else str(cols[h][i]) for h in HEADER))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+UCI_ROWS = 1500  # rows of the fake UCI file (tests/uci_fake.py)
 
 
 @pytest.fixture(scope="module")
 def uci_file(tmp_path_factory) -> Path:
-    return fake_uci(tmp_path_factory.mktemp("uci") / "bank-additional-full.csv")
+    return fake_uci(tmp_path_factory.mktemp("uci") / "bank-additional-full.csv", rows=UCI_ROWS)
 
 
 @pytest.fixture(scope="module")
