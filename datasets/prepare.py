@@ -102,7 +102,9 @@ class _StrictStop(InputError):
 
 
 @dataclass
-class _FileStats:
+class FileStats:
+    """One input file's identity and row counts (read = kept + quarantined + excluded), as the manifests list it."""
+
     path: str
     sha256: str
     bytes: int
@@ -112,6 +114,11 @@ class _FileStats:
     rows_quarantined: int = 0
     rows_excluded: int = 0  # good rows of an event type mapped to drop
 
+    @classmethod
+    def of(cls, path: Path, spec: SourceSpec) -> FileStats:
+        """A file's identity (path, SHA-256, size, format as `spec` reads it), its counts still zero."""
+        return cls(str(path), file_sha256(path), path.stat().st_size, spec.format_of(path))
+
 
 @dataclass
 class _Run:
@@ -120,7 +127,7 @@ class _Run:
     cfg: PrepareConfig
     out: Path
     work: Path
-    files: list[_FileStats]
+    files: list[FileStats]
     event_types: EventTypes
     n_buckets: int
     quarantine: pq.ParquetWriter | None = None
@@ -173,7 +180,7 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
             raise InputError(f"{p}: no such file")
         if p.is_dir():
             raise InputError(f"{p}: is a directory, not an event file")
-    files = [_FileStats(str(p), file_sha256(p), p.stat().st_size, s.format_of(p)) for p, s in zip(inputs, specs)]
+    files = [FileStats.of(p, s) for p, s in zip(inputs, specs)]
     config = _config_dict(cfg, specs)
     cache_key = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, "config": config,
                                            "inputs": [f.sha256 for f in files]}, sort_keys=True).encode()).hexdigest()

@@ -48,10 +48,10 @@ import torch
 
 from seqrec.config import ConfigError
 from seqrec.datasets.prepare import (
+    FileStats,
     bucket_of,
     conform_table,
     estimate_rows,
-    file_sha256,
     gap_us,
     read_manifest,
     unify_schemas,
@@ -122,18 +122,6 @@ def reader_defaults(run: Path) -> tuple[str, tuple[tuple[str, str], ...]]:
     return (source if source in SOURCES else "events"), tuple(merged.items())
 
 
-@dataclass
-class _Input:
-    path: str
-    sha256: str
-    bytes: int
-    format: str
-    rows_read: int = 0
-    rows_kept: int = 0
-    rows_quarantined: int = 0
-    rows_excluded: int = 0
-
-
 def write_json(path: Path, data: dict) -> None:
     """Write `data` as JSON atomically (a temporary file, then a rename): a kill never leaves half a note."""
     tmp = path.with_name(path.name + ".tmp")
@@ -188,7 +176,7 @@ def begin(job: ScoreJob, engine: str, key_extra: dict, progress: bool | None) ->
             raise InputError(f"{p}: is a directory, not an event file")
     bundle = load_bundle(job.run, cfg)
     t_load = time.perf_counter() - t0
-    inputs = [_Input(str(p), file_sha256(p), p.stat().st_size, s.format_of(p)) for p, s in zip(job.inputs, job.specs)]
+    inputs = [FileStats.of(p, s) for p, s in zip(job.inputs, job.specs)]
     specs = [{**asdict(s), "columns": dict(s.columns), "event_map": dict(s.event_map)} for s in job.specs]
     key = json.dumps({"config_hash": bundle.config_hash, "inputs": [i.sha256 for i in inputs], "readers": specs,
                       "bucket_rows": cfg.bucket_rows, "engine": engine, "format": MANIFEST_FORMAT, **key_extra},
@@ -293,7 +281,7 @@ class LocalEngine:
 
 
 # ------------------------------------------------------------------------------------ pass 1
-def scatter_inputs(job: ScoreJob, bundle: ScoringBundle, inputs: list[_Input], work: Path,
+def scatter_inputs(job: ScoreJob, bundle: ScoringBundle, inputs: list[FileStats], work: Path,
                    progress: bool | None) -> None:
     """Read and validate every input; quarantine bad rows; scatter kept rows to user-hash buckets."""
     cfg = job.config

@@ -32,10 +32,9 @@ import numpy as np
 import torch
 
 from seqrec.catalogue import scores
-from seqrec.retrieval_config import IndexConfig
+from seqrec.retrieval_config import EXACT_BACKENDS, IndexConfig
 
 FIRST_ITEM = 2  # rows 0 (padding) and 1 (OOV) are not indexed
-EXACT_BACKENDS = ("auto", "faiss", "torch")
 
 
 class Index(Protocol):
@@ -121,8 +120,7 @@ class FaissIndex:
     def __init__(self, table: torch.Tensor, cfg: IndexConfig | None = None) -> None:
         faiss = import_faiss()
         cfg = cfg or IndexConfig(kind="faiss")
-        self.items = _items(table).cpu()  # (I - 2, D) float32: rescoring the items found
-        items = self.items.numpy()
+        items = _items(table).cpu().numpy()  # (I - 2, D) float32
         self.size, d = items.shape
         self.cfg = cfg
         self.augmented = cfg.faiss_type != "flat"

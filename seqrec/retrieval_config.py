@@ -12,6 +12,7 @@ from dataclasses import dataclass
 INITS = ("learner", "random")
 FAISS_TYPES = ("flat", "hnsw", "ivf")
 INDEX_KINDS = ("exact", "faiss")
+EXACT_BACKENDS = ("auto", "faiss", "torch")
 NORMALIZE = ("zscore", "raw")
 RECALL_KS: tuple[int, ...] = (50, 100, 200)  # candidate recall@K reported on the held-out split
 
@@ -95,8 +96,8 @@ class IndexConfig:
             raise ValueError(f"kind must be one of {', '.join(INDEX_KINDS)}, got {self.kind!r}")
         if self.faiss_type not in FAISS_TYPES:
             raise ValueError(f"faiss_type must be one of {', '.join(FAISS_TYPES)}, got {self.faiss_type!r}")
-        if self.exact_backend not in ("auto", "faiss", "torch"):
-            raise ValueError(f"exact_backend must be one of auto, faiss, torch, got {self.exact_backend!r}")
+        if self.exact_backend not in EXACT_BACKENDS:
+            raise ValueError(f"exact_backend must be one of {', '.join(EXACT_BACKENDS)}, got {self.exact_backend!r}")
         for name in ("hnsw_m", "ef_search", "nprobe", "chunk_mib"):
             _check_int(name, getattr(self, name), 1)
         _check_int("nlist", self.nlist, 0)

@@ -33,7 +33,7 @@ import torch
 
 from seqrec.catalogue import padded_scores
 from seqrec.config import ConfigError
-from seqrec.datasets.prepare import read_manifest
+from seqrec.datasets.prepare import file_sha256, read_manifest
 from seqrec.index import FIRST_ITEM
 from seqrec.nudges import NudgeCatalogue, default_catalogue_path, load_catalogue
 from seqrec.rerank import Candidates, Pipeline, blend, build_pipeline
@@ -129,14 +129,6 @@ class ScoringBundle:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(8 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _checkpoint(folder: Path, name: str) -> Path:
     """folder/checkpoints/NAME.pt, else last.pt; ConfigError when neither exists."""
     for candidate in (name, "last"):
@@ -165,7 +157,7 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
     learner = build_learner(run_cfg, device)
     learner.load_state_dict(torch.load(learner_path, map_location=device, weights_only=True)["model"])
     learner.eval()
-    files = {"config.json": _sha256(run / "config.json"), "learner": _sha256(learner_path)}
+    files = {"config.json": file_sha256(run / "config.json"), "learner": file_sha256(learner_path)}
     version = f"{run.name}:{learner_path.stem}@{_step(learner_path)}"
 
     rerank = replace(run_cfg.rerank, candidates=cfg.candidates)
@@ -178,8 +170,8 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
         tower = load_two_tower(run / "retrieval", tower_path.stem, device)
         pipeline = build_pipeline(tower, learner, rerank, index_cfg)
         user_spec = tower.user_spec
-        files["retrieval"] = _sha256(tower_path)
-        files["retrieval_features"] = _sha256(run / "retrieval" / "features.json")
+        files["retrieval"] = file_sha256(tower_path)
+        files["retrieval_features"] = file_sha256(run / "retrieval" / "features.json")
         version += f",retrieval:{tower_path.stem}@{_step(tower_path)}"
     elif rerank.w_tt:
         rerank = replace(rerank, w_tt=0.0)  # no two-tower score to weigh
@@ -196,7 +188,7 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
     p = min(cfg.top, vocab.num_rows)
     popular = np.argsort(-counts, kind="stable")[:p] + FIRST_ITEM
     share = (counts[popular - FIRST_ITEM] / max(counts.sum(), 1.0)).astype(np.float32)
-    files["vocab"] = _sha256(data / "vocab.parquet")
+    files["vocab"] = file_sha256(data / "vocab.parquet")
 
     catalogue = load_catalogue(cfg.catalogue)
     arm_mask = _arm_mask(catalogue, data, vocab_ids, num_items, cfg.category_column)
@@ -206,7 +198,7 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
         if tuple(bandit.arms) != catalogue.ids:
             raise ConfigError(f"{bandit_json}: the bandit's arms {list(bandit.arms)} differ from the nudge catalogue's "
                               f"{list(catalogue.ids)} ({catalogue.source})")
-        files["bandit"] = _sha256(bandit_json) + _sha256(run / "bandit.npz")
+        files["bandit"] = file_sha256(bandit_json) + file_sha256(run / "bandit.npz")
         policy = f"{bandit.config.kind} from {bandit_json} ({bandit.updates} updates)"
         version += f",bandit@{bandit.updates}"
     else:
@@ -226,7 +218,7 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
     settings = {"format": SCORE_FORMAT, "top": cfg.top, "candidates": cfg.candidates, "checkpoint": cfg.checkpoint,
                 "seed": cfg.seed, "window": window, "gap": _gap_minutes(cfg, manifest),
                 "index": asdict(index_cfg) if pipeline is not None else None, "rerank": asdict(rerank),
-                "catalogue": _sha256(Path(cfg.catalogue) if cfg.catalogue else default_catalogue_path()),
+                "catalogue": file_sha256(Path(cfg.catalogue) if cfg.catalogue else default_catalogue_path()),
                 "category_column": cfg.category_column}
     config_hash = hashlib.sha256(json.dumps({"files": files, "settings": settings}, sort_keys=True,
                                             default=str).encode()).hexdigest()[:16]
