@@ -121,6 +121,26 @@ def blend(two_tower: torch.Tensor, supervised: torch.Tensor, q: torch.Tensor | N
     return final.masked_fill(~valid, -torch.inf)
 
 
+def top_order(final: torch.Tensor, top: int | None = None) -> torch.Tensor:
+    """(B, K) scores -> (B, top) column indices of each row's `top` best (all K if None), best first, ties in
+    column order: exactly a stable descending sort's first `top`.
+
+    A top-(top + 1) selection (3x cheaper than the sort at K = 200, top = 10) settles a row when its top + 1
+    values are distinct (then both its members and their order are unique); rows with a tie or a NaN there
+    fall back to the stable sort.
+    """
+    k = final.shape[1]
+    if top is None or top >= k:
+        return torch.sort(final, dim=1, descending=True, stable=True).indices[:, :top]
+    values, order = torch.topk(final, top + 1, dim=1)  # (B, top + 1) each, sorted
+    unsettled = (values[:, 1:] == values[:, :-1]).any(1) | values.isnan().any(1)  # (B,)
+    order = order[:, :top]
+    if unsettled.any():
+        rows = unsettled.nonzero().squeeze(1)
+        order[rows] = torch.sort(final[rows], dim=1, descending=True, stable=True).indices[:, :top]
+    return order
+
+
 def rerank(pipeline: Pipeline, items: torch.Tensor, ids: torch.Tensor, two_tower: torch.Tensor,
            top: int | None = None) -> Candidates:
     """Score the candidates `ids` (B, K) of windows `items` (B, T), blend, and keep the best `top` (all K if
@@ -128,7 +148,7 @@ def rerank(pipeline: Pipeline, items: torch.Tensor, ids: torch.Tensor, two_tower
     valid = ids >= FIRST_ITEM  # (B, K)
     sup, q = pipeline.scorer(items, ids)  # (B, K), (B, K) or None
     final = blend(two_tower, sup, q, pipeline.rerank, valid)  # (B, K)
-    order = torch.sort(final, dim=1, descending=True, stable=True).indices[:, :top]  # (B, top)
+    order = top_order(final, top)  # (B, top)
     q = torch.full_like(sup, torch.nan) if q is None else q
     return Candidates(*(x.gather(1, order) for x in (ids, two_tower, sup, q, final)))
 

@@ -36,7 +36,7 @@ from seqrec.config import ConfigError
 from seqrec.datasets.prepare import file_sha256, read_manifest
 from seqrec.index import FIRST_ITEM
 from seqrec.nudges import NudgeCatalogue, default_catalogue_path, load_catalogue
-from seqrec.rerank import Candidates, Pipeline, blend, build_pipeline
+from seqrec.rerank import Candidates, Pipeline, blend, build_pipeline, top_order
 from seqrec.rerank import score_batch as pipeline_batch
 from seqrec.retrieval_config import RerankConfig
 from seqrec.rl.bandits import Bandit, BanditConfig, load_bandit
@@ -321,7 +321,7 @@ def _learner_candidates(bundle: ScoringBundle, items: torch.Tensor) -> Candidate
     valid = ids >= FIRST_ITEM  # (B, K)
     tt = torch.full_like(sup, torch.nan)
     final = blend(tt, sup, q, replace(bundle.rerank, w_tt=0.0), valid)  # (B, K)
-    order = torch.sort(final, dim=1, descending=True, stable=True).indices[:, :bundle.top]  # (B, top)
+    order = top_order(final, bundle.top)  # (B, top)
     q = torch.full_like(sup, torch.nan) if q is None else q
     return Candidates(*(x.gather(1, order) for x in (ids, tt, sup, q, final)))
 
@@ -340,7 +340,7 @@ def _retrieve_rerank(bundle: ScoringBundle, items: torch.Tensor, users) -> Candi
     sup = net.encoder.score(state, ids) if cfg.w_sup else None  # (B, K)
     q = net.q_at(state, ids) if cfg.w_q and net.q is not None else None  # (B, K)
     final = blend(tt, sup, q, cfg, ids >= FIRST_ITEM)  # (B, K)
-    order = torch.sort(final, dim=1, descending=True, stable=True).indices[:, :bundle.top]  # (B, top)
+    order = top_order(final, bundle.top)  # (B, top)
     kept = ids.gather(1, order)  # (B, top)
     sup = sup.gather(1, order) if sup is not None else net.encoder.score(state, kept)
     if q is not None:

@@ -39,6 +39,16 @@ def test_gathered_dot_equals_the_plain_gather(rows: int, with_bias: bool) -> Non
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_gathered_dot_rows_do_not_depend_on_the_batch() -> None:
+    """Exactly equal, not close: a session's scores must not change with how sessions fall into batches."""
+    g = torch.Generator().manual_seed(0)
+    state, table = torch.randn(3 * GATHER_ROWS + 5, 64, generator=g), torch.randn(500, 64, generator=g)
+    ids = torch.randint(0, 500, (state.shape[0], 200), generator=g)
+    whole = gathered_dot(state, table, ids)
+    for lo, hi in ((0, 1), (5, 8), (GATHER_ROWS - 1, 2 * GATHER_ROWS + 3), (40, state.shape[0])):
+        assert torch.equal(gathered_dot(state[lo:hi], table, ids[lo:hi]), whole[lo:hi])
+
+
 def test_gathered_dot_keeps_autograd() -> None:
     state, table = torch.randn(40, 4, requires_grad=True), torch.randn(9, 4, requires_grad=True)
     ids = torch.zeros(40, 3, dtype=torch.long)

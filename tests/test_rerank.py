@@ -35,6 +35,7 @@ from seqrec.rerank import (
     pipeline_ranks,
     rerank,
     score_batch,
+    top_order,
 )
 from seqrec.retrieval_config import IndexConfig, RerankConfig
 from seqrec.tower_features import FeatureSpec
@@ -103,6 +104,21 @@ def test_fast_candidate_scorer_equals_gathering_the_full_vectors(k):
         ref_sup, ref_q = gather_scorer(learner.scores, learner.q_values)(items, ids)
     torch.testing.assert_close(sup, ref_sup)
     torch.testing.assert_close(q, ref_q)
+
+
+@pytest.mark.parametrize("top", [1, 3, 10, 19, 20, None])
+def test_top_order_is_a_stable_descending_sort(top):
+    """Rows with distinct values, ties inside and at the cut, -inf padding and NaN: the same columns in the
+    same order as a stable sort's first `top` (ties in column order)."""
+    g = torch.Generator().manual_seed(top or 0)
+    x = torch.randn(64, 20, generator=g)
+    x[1] = 0.5  # all tied
+    x[2, 5:] = -torch.inf  # padding: fewer real candidates than top + 1
+    x[3, [2, 7, 11]] = x[3].max() + 1  # a three-way tie at the head
+    x[4] = torch.randint(0, 3, (20,), generator=g).float()  # many ties across the cut
+    x[5, 4] = torch.nan
+    want = torch.sort(x, dim=1, descending=True, stable=True).indices[:, :top]
+    assert torch.equal(top_order(x, top), want)
 
 
 def test_rerank_keeps_ids_and_scores_aligned_and_sorted():
