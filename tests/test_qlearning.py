@@ -97,3 +97,25 @@ def test_double_q_value_takes_the_arg_max_of_the_learner_and_the_value_of_the_ot
     # a negative's target values the unchanged state with reward 0: gamma * Q'(s, argmax Q(s, .)) = 0.5 * 2
     state = net.encoder.encode(items)
     assert (0.5 * double_q_value(net, other, items, state)).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_double_q_value_equals_the_plain_formulation_over_a_catalogue_of_several_chunks(with_state):
+    """The arg-max is taken blockwise without the (B, I) Q matrix (scores_argmax); it must pick what
+    argmax over net.q_values picks, ties included (the first item), and value it with the other copy."""
+    torch.manual_seed(1)
+    learner = Learner(EncoderConfig(kind="sasrec", num_items=700, max_len=5, dim=16),
+                      HeadConfig(variant="sqn"), lr=0.01)
+    net, other = learner.nets[0].eval(), learner.nets[1].eval()
+    items = torch.randint(2, 700, (33, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        net.q.weight[130] *= 50
+        net.q.weight[[131, 650, 699]] = net.q.weight[130].clone()  # one far-best item, tied in its chunk and in others
+        net.q.bias[[131, 650, 699]] = net.q.bias[130].clone()
+        state = net.encoder.encode(items)
+        want_best = net.q_values(items).argmax(dim=1, keepdim=True)  # (B, 1)
+        want = other.q_at(other.encoder.encode(items), want_best).squeeze(1)
+        got = double_q_value(net, other, items, state if with_state else None)
+    tied = (state @ net.q.weight[130] > 0).nonzero().squeeze(1)
+    assert len(tied) > 0 and (want_best[tied, 0] == 130).all()  # the ties are really exercised
+    assert torch.equal(got, want)
