@@ -55,6 +55,8 @@ class EncoderConfig:
     dropout: float = 0.1        # on embeddings, attention weights and residual branches (GRU: embeddings)
     positions: str = "right"    # SASRec positions: "right" from the newest item, "left" from the oldest
     tied: bool = True           # score with the input item table (SASRec's choice) instead of a second one
+    item_init_norm: float = 1.0  # expected L2 norm of an item row at initialisation (N(0, norm^2 / D) entries)
+    gru_residual: bool = False  # GRU4Rec: state = GRU output + the item's input embedding (a residual connection)
 
     def __post_init__(self) -> None:
         if self.kind not in ENCODER_KINDS:
@@ -73,6 +75,13 @@ class EncoderConfig:
             raise ValueError(f"positions must be one of {POSITION_KINDS}, got {self.positions!r}")
         if not isinstance(self.tied, bool):
             raise ValueError(f"tied must be a bool, got {self.tied!r}")
+        if not isinstance(self.gru_residual, bool):
+            raise ValueError(f"gru_residual must be a bool, got {self.gru_residual!r}")
+        if self.gru_residual and self.kind != "gru":
+            raise ValueError(f"gru_residual applies to kind='gru' only (SASRec has residual blocks), got {self.kind!r}")
+        if isinstance(self.item_init_norm, bool) or not isinstance(self.item_init_norm, (int, float)) \
+                or not 0.0 < self.item_init_norm < float("inf"):
+            raise ValueError(f"item_init_norm must be a number > 0, got {self.item_init_norm!r}")
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
@@ -119,8 +128,8 @@ class SequenceEncoder(nn.Module):
         self.item_emb = nn.Embedding(cfg.num_items, cfg.dim, padding_idx=PAD)
         self.out_emb = None if cfg.tied else nn.Embedding(cfg.num_items, cfg.dim, padding_idx=PAD)
         for table in (self.item_emb, self.out_emb):
-            if table is not None:  # rows of about unit norm, so initial logits are O(1)
-                nn.init.normal_(table.weight, std=cfg.dim**-0.5)
+            if table is not None:  # rows of norm about item_init_norm (default 1: initial logits are O(1))
+                nn.init.normal_(table.weight, std=cfg.item_init_norm * cfg.dim**-0.5)
                 with torch.no_grad():
                     table.weight[PAD].zero_()
         self.empty_state = nn.Parameter(torch.zeros(cfg.dim))  # (D,) the state before any item
@@ -208,6 +217,8 @@ class SASRec(SequenceEncoder):
         nn.init.normal_(self.pos_emb.weight, std=cfg.dim**-0.5)
         self.blocks = nn.ModuleList(_Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.blocks))
         self.final_norm = nn.LayerNorm(cfg.dim)
+        # states of norm about sqrt(D) / item_init_norm: initial logits keep their scale whatever the row norm
+        nn.init.constant_(self.final_norm.weight, 1.0 / cfg.item_init_norm)
 
     def _positions(self, keep: torch.Tensor) -> torch.Tensor:
         """Position index of every column, (T,) or (B, T); see the module docstring for the two choices."""
@@ -265,6 +276,8 @@ class GRU4Rec(SequenceEncoder):
         front = items.gather(1, order)  # (B, T) real items first, pads after
         x = self.emb_dropout(self.item_emb(front)) * (front != PAD).unsqueeze(-1)  # (B, T, D)
         h, _ = self.gru(x)  # (B, T, D) outputs at trailing pads are never used
+        if self.cfg.gru_residual:
+            h = h + x  # (B, T, D) the item itself reaches the state (and so its own score) unrotated
         back = order.argsort(dim=1)  # (B, T) inverse permutation
         h = h.gather(1, back.unsqueeze(-1).expand_as(h))  # (B, T, D)
         return torch.where(keep.unsqueeze(-1), h, self.empty_state)  # (B, T, D)
