@@ -2,7 +2,7 @@
 
 Each (model, seed) is a run under OUT/<model>-seed<k> (config.json, checkpoints, TensorBoard); the table
 gives mean and standard deviation over seeds of HR@10 and NDCG@10 for purchases and views on the test
-split (the papers' protocol), with the popularity baseline as the first row.
+split (the papers' protocol), with the popularity and recent-items baselines as the first rows.
 
     python experiments/train_table.py --data data/taobao --out runs/taobao --seeds 0,1,2
     python experiments/train_table.py --data data/yc --models sasrec,sasrec_sqn --set train.max_steps=1000
@@ -55,18 +55,20 @@ def main() -> None:
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[str, list[dict]] = {}
-    popularity: dict = {}
+    baselines: dict[str, dict] = {}
     for model in args.models.split(","):
         for seed in seeds:
             metrics = run_one(model, seed, args.data, args.out, args.set)
             results.setdefault(model, []).append(metrics["test"])
-            popularity = metrics["popularity"]["test"]
+            baselines = {name: metrics[name]["test"] for name in ("popularity", "recent") if name in metrics}
             print(f"{model} seed {seed}: " + ", ".join(
                 f"{ev} {m} {metrics['test'].get(ev, {}).get(m, float('nan')):.4f}" for ev, m in COLUMNS), flush=True)
     header = "| model | " + " | ".join(f"{ev} {m.upper()}" for ev, m in COLUMNS) + " |"
-    lines = [header, "|---" * (len(COLUMNS) + 1) + "|",
-             "| popularity | " + " | ".join(cell([popularity[ev][m]] if ev in popularity else [])
-                                            for ev, m in COLUMNS) + " |"]
+    lines = [header, "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, label in (("popularity", "popularity"), ("recent", "recent items (the window again, newest first)")):
+        base = baselines.get(name, {})
+        lines.append(f"| {label} | " + " | ".join(cell([base[ev][m]] if ev in base else []) for ev, m in COLUMNS)
+                     + " |")
     for model, runs in results.items():
         cells = (cell([r[ev][m] for r in runs if ev in r]) for ev, m in COLUMNS)
         lines.append(f"| {model} | " + " | ".join(cells) + " |")

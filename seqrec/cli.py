@@ -494,9 +494,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def metrics_table(metrics: dict, split: str) -> str:
-    """Markdown table of a split's metrics per event type, model beside popularity."""
+    """Markdown table of a split's metrics per event type, model beside the popularity and recent baselines."""
     lines = [f"| {split} | events | HR@5 | NDCG@5 | HR@10 | NDCG@10 | HR@20 | NDCG@20 |", "|---" * 8 + "|"]
     blocks = [("model", metrics[split]), ("popularity", metrics["popularity"][split])]
+    if split in metrics.get("recent", {}):
+        blocks.append(("recent", metrics["recent"][split]))
     if split in metrics.get("pipeline", {}):
         blocks.insert(1, ("pipeline", metrics["pipeline"][split]))
     for who, rows in blocks:

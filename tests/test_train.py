@@ -16,7 +16,7 @@ from seqrec.datasets.synthetic import SyntheticConfig, write_events
 
 from seqrec.cli import main
 from seqrec.config import ConfigError
-from seqrec.train import load_run_config, train
+from seqrec.train import load_run_config, recent_scorer, train
 
 CONFIG = """
 [encoder]
@@ -92,10 +92,11 @@ def test_train_writes_checkpoints_tensorboard_and_evaluate_writes_metrics(config
     assert {"loss/ce", "loss/td", "q/mean", "perf/samples_per_s", "metrics/purchase_hr@10"} <= tags
     assert main(["evaluate", "--run", str(out), "--split", "test"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for block in (metrics["test"], metrics["popularity"]["test"]):
+    for block in (metrics["test"], metrics["popularity"]["test"], metrics["recent"]["test"]):
         assert {"view", "purchase"} <= set(block)
         assert all(0.0 <= block["view"][f"{m}@{k}"] <= 1.0 for m in ("hr", "ndcg") for k in (5, 10, 20))
-    assert "popularity purchase" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "popularity purchase" in printed and "recent purchase" in printed
     # the same run folder is not silently overwritten
     assert main(["train", "--config", str(config), "--data", str(data), "--out", str(out)]) == 2
 
@@ -154,3 +155,15 @@ def test_kill_9_then_resume_ends_with_the_same_metrics(config, data, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert (json.loads((whole / "checkpoints" / "last.json").read_text())["valid"]
             == json.loads((killed / "checkpoints" / "last.json").read_text())["valid"])
+
+
+def test_recent_baseline_ranks_the_window_newest_first_then_popularity() -> None:
+    """Hand-computed: window [pad, 5, 3, 5] -> 5 (its newest column wins), 3, then items by training count."""
+    import numpy as np
+
+    train_actions = np.array([4, 4, 4, 6, 6, 3, 1, 1, 1, 1])  # counts: 4 -> 3, 6 -> 2, 3 -> 1; OOV (1) 4 times
+    score = recent_scorer(train_actions, 8, torch.device("cpu"))
+    s = score(torch.tensor([[0, 5, 3, 5], [0, 0, 0, 0]]))  # (2, 8)
+    assert s[0].argsort(descending=True)[:4].tolist() == [5, 3, 4, 6]
+    assert s[1].argsort(descending=True)[:3].tolist() == [4, 6, 3]  # an empty window: popularity alone
+    assert (s[:, :2] < 0).all()  # padding and OOV never come first, however often OOV occurred
