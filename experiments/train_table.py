@@ -26,16 +26,16 @@ MODELS = ("sasrec", "sasrec_sqn", "sasrec_sac", "sasrec_snqn", "sasrec_sa2c", "g
 COLUMNS = (("purchase", "hr@10"), ("purchase", "ndcg@10"), ("view", "hr@10"), ("view", "ndcg@10"))
 
 
-def run_one(model: str, seed: int, data: str, out: Path, overrides: list[str]) -> dict:
-    """Train (or resume, or re-use) one model with one seed and return its test metrics."""
+def run_one(model: str, seed: int, data: str, out: Path, overrides: list[str], checkpoint: str = "best") -> dict:
+    """Train (or resume, or re-use) one model with one seed and return its test metrics at `checkpoint`."""
     run = out / f"{model}-seed{seed}"
     cfg = load_run_config(CONFIGS / f"{model}.toml", [*overrides, f"train.seed={seed}"], data)
     done = run / "checkpoints" / "last.json"
     finished = done.exists() and json.loads(done.read_text())["step"] >= cfg.train.max_steps
     if not finished:
         train(cfg, run, resume=(run / "checkpoints" / "last.pt").exists())
-    return evaluate(run, "test", "loo" if json.loads((Path(data) / "manifest.json").read_text())["config"][
-        "split"] == "loo" else "sessions")
+    loo = json.loads((Path(data) / "manifest.json").read_text())["config"]["split"] == "loo"
+    return evaluate(run, "test", "loo" if loo else "sessions", checkpoint)
 
 
 def cell(values: list[float]) -> str:
@@ -52,13 +52,16 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated config names in experiments/configs")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override every config")
+    ap.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                    help="the checkpoint to evaluate: best on validation (default) or the last one, to see what "
+                         "selection hides; 'last' writes table_last.md")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[str, list[dict]] = {}
     baselines: dict[str, dict] = {}
     for model in args.models.split(","):
         for seed in seeds:
-            metrics = run_one(model, seed, args.data, args.out, args.set)
+            metrics = run_one(model, seed, args.data, args.out, args.set, args.checkpoint)
             results.setdefault(model, []).append(metrics["test"])
             baselines = {name: metrics[name]["test"] for name in ("popularity", "recent") if name in metrics}
             print(f"{model} seed {seed}: " + ", ".join(
@@ -73,9 +76,10 @@ def main() -> None:
         cells = (cell([r[ev][m] for r in runs if ev in r]) for ev, m in COLUMNS)
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    note = f"\n\n{len(seeds)} seeds ({args.seeds}); data {args.data}; overrides {args.set or 'none'}\n"
+    note = (f"\n\n{len(seeds)} seeds ({args.seeds}); data {args.data}; overrides {args.set or 'none'}; "
+            f"{args.checkpoint} checkpoint\n")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(table + note)
+    (args.out / ("table.md" if args.checkpoint == "best" else "table_last.md")).write_text(table + note)
     print(table + note)
 
 

@@ -1,5 +1,6 @@
 """Every experiment script runs end to end at tiny size (figures are not checked here, only that it works)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,11 @@ def test_train_table_smoke(tmp_path):
     table = (tmp_path / "runs" / "table.md").read_text()
     assert "| popularity |" in table and "| recent items" in table, out.stdout
     assert "| sasrec |" in table and "| gru4rec_sqn |" in table, out.stdout
+    # the finished runs again, at their last checkpoints: no training, a second table
+    subprocess.run([sys.executable, str(ROOT / "experiments" / "train_table.py"), "--data", str(tmp_path / "data"),
+                    "--out", str(tmp_path / "runs"), "--models", "sasrec", "--seeds", "0", "--checkpoint", "last",
+                    "--set", "train.max_steps=4", "--set", "train.eval_every=2", "--set", "encoder.dim=8"],
+                   capture_output=True, text=True, check=True, timeout=300)
+    assert "last checkpoint" in (tmp_path / "runs" / "table_last.md").read_text()
+    metrics = json.loads((tmp_path / "runs" / "sasrec-seed0" / "metrics.json").read_text())
+    assert metrics["checkpoint"]["test"]["path"] == "checkpoints/last.pt"
