@@ -113,7 +113,7 @@ class Dropout(nn.Module):
         n = x.numel()
         bits = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), device=x.device).view(torch.int16)  # (>= n,)
         keep = bits[:n].view_as(x) >= self.cut - 32768  # P(keep) = 1 - cut / 65536
-        return x * (keep * self.scale)
+        return x.mul(keep).mul_(self.scale)  # = x * (keep * scale) bit for bit, without a float mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -194,18 +194,20 @@ class _Block(nn.Module):
         return x + self.drop(self.ff(self.norm_ff(x)))  # (B, T, D)
 
     def last(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """`forward(x, allowed)[:, -1:]` in eval mode, computed for the last query only: keys and values of
-        every position, but the query, projection and feed-forward of one row (B, 1, D); the state a
-        recommendation starts from needs no more, and batch scoring then does about half the work."""
+        """`forward(x, allowed)[:, -1:]` computed for the last query only: keys and values of every position,
+        but the query, projection and feed-forward of one row (B, 1, D). The state a recommendation starts
+        from, and the one a training transition learns from, need no more: about half the block's work.
+        In training mode it draws its own dropout masks (for one row instead of T)."""
         b, t, d = x.shape
         h = self.norm_attn(x)  # (B, T, D)
         w, bias = self.qkv.weight, self.qkv.bias  # (3D, D), (3D,) rows: query, key, value
         kv = F.linear(h, w[d:], bias[d:]).view(b, t, 2, self.heads, d // self.heads)  # (B, T, 2, H, D/H)
         k, v = kv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D/H)
         q = F.linear(h[:, -1:], w[:d], bias[:d]).view(b, 1, self.heads, d // self.heads).transpose(1, 2)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, -1:].unsqueeze(1))  # (B, H, 1, D/H)
-        y = x[:, -1:] + self.proj(a.transpose(1, 2).reshape(b, 1, d))  # (B, 1, D)
-        return y + self.ff(self.norm_ff(y))  # (B, 1, D)
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, -1:].unsqueeze(1), dropout_p=p)
+        y = x[:, -1:] + self.drop(self.proj(a.transpose(1, 2).reshape(b, 1, d)))  # (B, 1, D); a: (B, H, 1, D/H)
+        return y + self.drop(self.ff(self.norm_ff(y)))  # (B, 1, D)
 
 
 class SASRec(SequenceEncoder):
@@ -246,10 +248,9 @@ class SASRec(SequenceEncoder):
         return torch.where(keep, x, self.empty_state)  # (B, T, D)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, D) state after the last position; in eval mode the last block runs for that
-        position only (`_Block.last`), the same values as `encode_all(items)[:, -1]` up to rounding."""
-        if self.training:
-            return self.encode_all(items)[:, -1]
+        """(B, T) ids -> (B, D) state after the last position; the last block runs for that position only
+        (`_Block.last`): in eval mode the same values as `encode_all(items)[:, -1]` up to rounding, in
+        training mode the same distribution (its dropout masks are drawn for one row)."""
         x, keep, allowed = self._embed(self._ids(items))
         for block in self.blocks[:-1]:
             x = block(x, allowed) * keep  # (B, T, D)

@@ -64,17 +64,34 @@ def test_build_encoder_kinds_and_tied_default() -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_encode_is_last_state_of_encode_all(variant: str) -> None:
-    """In eval mode SASRec's encode runs its last block for the last position only: equal up to rounding,
-    empty windows included; in training mode it is encode_all's last column exactly."""
+    """SASRec's encode runs its last block for the last position only: equal up to rounding, empty windows
+    included, and in training mode (dropout off, so the masks cannot differ) with the same gradients."""
     model = make(variant)
     x = torch.cat([windows(8, 10), torch.full((2, 10), PAD)])  # (10, 10) two empty windows last
     torch.testing.assert_close(model.encode(x), model.encode_all(x)[:, -1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.encode(x[8:]), model.empty_state.expand(2, -1), rtol=0, atol=0)
-    model.train()
-    torch.manual_seed(3)
-    a = model.encode(x)
-    torch.manual_seed(3)
-    torch.testing.assert_close(a, model.encode_all(x)[:, -1], rtol=0, atol=0)
+    model = make(variant, train=True, dropout=0.0)
+    w = torch.randn(10, 16)
+    grads = []
+    for state in (model.encode(x), model.encode_all(x)[:, -1]):
+        model.zero_grad()
+        (state * w).sum().backward()
+        grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["sasrec", "sasrec-2x2"])
+def test_training_encode_applies_dropout_to_the_last_block(variant: str) -> None:
+    """With dropout, training-mode states vary with the seed and average (over masks) to about the eval state."""
+    model = make(variant, train=True, dropout=0.2, blocks=1)
+    model.emb_dropout.cut = 0  # embeddings kept whole: any variation comes from the (only, so last) block
+    x = windows(4, 10)
+    draws = torch.stack([model.encode(x) for _ in range(2000)])  # (2000, B, D)
+    assert draws.std(0).mean() > 0.05  # masks really are drawn in the last block
+    model.eval()
+    # dropout rescales kept values, so the mean state is close to (not equal to: layer norms) the eval state
+    assert (draws.mean(0) - model.encode(x)).abs().mean() < 0.25 * model.encode(x).abs().mean()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
