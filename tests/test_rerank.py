@@ -212,7 +212,7 @@ def test_train_then_evaluate_with_the_pipeline_keeps_metrics_json_shape(data, tm
                  "--set", "retrieval.enabled=false"]) == 0
     assert not (plain / "retrieval").exists() and "retrieval" not in json.loads((plain / "config.json").read_text())
     assert main(["evaluate", "--run", str(plain)]) == 0
-    assert set(json.loads((plain / "metrics.json").read_text())) == {"test", "popularity", "checkpoint"}
+    assert set(json.loads((plain / "metrics.json").read_text())) == {"test", "popularity", "recent", "checkpoint"}
     assert main(["evaluate", "--run", str(plain), "--pipeline"]) == 2  # asked for, but no retrieval model
 
     assert main(["train", "--config", str(config), "--data", str(data), "--out", str(out)]) == 0
@@ -221,10 +221,11 @@ def test_train_then_evaluate_with_the_pipeline_keeps_metrics_json_shape(data, tm
     tower = json.loads((out / "retrieval" / "checkpoints" / "best.json").read_text())
     assert tower["select_metric"] == "all/recall@100"
     assert main(["evaluate", "--run", str(out), "--split", "valid", "--no-pipeline"]) == 0
-    assert set(json.loads((out / "metrics.json").read_text())) == {"valid", "popularity", "checkpoint"}
+    assert set(json.loads((out / "metrics.json").read_text())) == {"valid", "popularity", "recent", "checkpoint"}
     assert main(["evaluate", "--run", str(out), "--split", "test"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"valid", "test", "popularity", "checkpoint", "pipeline", "recall", "pipeline_info"}
+    assert set(metrics) == {"valid", "test", "popularity", "recent", "checkpoint", "pipeline", "recall",
+                            "pipeline_info"}
     assert metrics["test"].keys() == metrics["pipeline"]["test"].keys()
     assert set(metrics["test"]["view"]) == {"hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "count"}
     assert metrics["pipeline"]["test"]["view"].keys() == metrics["test"]["view"].keys()
