@@ -268,18 +268,23 @@ def evaluate_arrays(score_fn, arrays: dict[str, np.ndarray], event_names: tuple[
     return metrics.result()
 
 
+def _item_counts(train_actions: np.ndarray, num_items: int, device: torch.device) -> torch.Tensor:
+    """(I,) float32 count of each item as a training target: what both baselines rank by."""
+    counts = np.bincount(np.asarray(train_actions), minlength=num_items).astype(np.float32)
+    return torch.from_numpy(counts).to(device)
+
+
 def popularity_scorer(train_actions: np.ndarray, num_items: int, device: torch.device):
     """Scores every state with the item counts of the training split (the papers' popularity baseline)."""
-    counts = torch.from_numpy(np.bincount(np.asarray(train_actions), minlength=num_items).astype(np.float32))
-    counts = counts.to(device)
+    counts = _item_counts(train_actions, num_items, device)
     return lambda state: counts.expand(state.shape[0], -1)
 
 
 def recent_scorer(train_actions: np.ndarray, num_items: int, device: torch.device):
     """Scores the window's own items first, newest first, then the rest by training popularity: the
     "show it again" baseline, strong where users return to items they just saw (Taobao's repeat purchases)."""
-    counts = torch.from_numpy(np.bincount(np.asarray(train_actions), minlength=num_items).astype(np.float32))
-    popular = (counts / (counts.max() + 1.0)).to(device)  # (I,) in [0, 1): below any window item
+    counts = _item_counts(train_actions, num_items, device)
+    popular = counts / (counts.max() + 1.0)  # (I,) in [0, 1): below any window item
 
     def score(state: torch.Tensor) -> torch.Tensor:  # (B, T) windows -> (B, I)
         b, t = state.shape
