@@ -33,13 +33,12 @@ import pyarrow.parquet as pq
 
 from . import sessions as S
 from .readers import BadRows, InputError, SourceSpec, read_file
-from .schema import DEFAULT_REWARDS, EVENT_TYPES, QUARANTINE_SCHEMA, TIMESTAMP_TYPE
+from .schema import DEFAULT_REWARDS, EVENT_TYPES, FIRST_ITEM, OOV, QUARANTINE_SCHEMA, TIMESTAMP_TYPE
 from .validate import EventTypes, Validator
 
 FORMAT_VERSION = 2  # 2: rows_excluded / excluded_by_event, session sampling keys
 SPLITS = ("train", "valid", "test")
 LOO_SPLIT = 3  # session-level code under leave-one-out: its events are cut into all three splits
-PAD, OOV = 0, 1  # reserved item indices; real items start at 2
 _THREADS = 2  # buckets in flight in passes 2 and 3 (the machine this targets has 2 cores)
 _INT64_MAX = np.iinfo(np.int64).max
 MANIFEST_KEYS = ("rows_read", "rows_kept", "rows_quarantined", "quarantine_reasons", "events_by_type",
@@ -859,7 +858,7 @@ def _emit_bucket(pb: dict, ctx: dict) -> tuple[pa.Table, list[dict[str, np.ndarr
     if not sampled.all():  # whole sessions left out by max_sessions
         t, local, glob = t.filter(pa.array(sampled)), local[sampled], glob[sampled]
     idx = pc.index_in(t.column("item_id"), value_set=ctx["vocab_items"])
-    item = (pc.fill_null(idx, OOV - 2).to_numpy(zero_copy_only=False) + 2).astype(np.int32)
+    item = (pc.fill_null(idx, OOV - FIRST_ITEM).to_numpy(zero_copy_only=False) + FIRST_ITEM).astype(np.int32)
     event = t.column("event").to_numpy().astype(np.int8)
     starts = np.r_[True, local[1:] != local[:-1]] if len(local) else np.empty(0, bool)
     position = (np.arange(len(local)) - S.first_index(starts)).astype(np.int32)
@@ -926,3 +925,7 @@ def load_transitions(folder: str | Path, split: str) -> dict[str, np.ndarray]:
         return {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in TRANSITION_FILES}
     except FileNotFoundError as e:
         raise InputError(f"{folder}: missing transitions for split {split!r} ({e.filename})") from None
+
+
+def event_names(manifest: dict) -> tuple[str, ...]:
+    return tuple(e["name"] for e in sorted(manifest["event_types"], key=lambda e: e["code"]))

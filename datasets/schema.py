@@ -44,6 +44,10 @@ COLUMN_OF_FIELD: dict[str, str] = {
     "event": "event_type", "nudge": "nudge_id", "propensity": "propensity", "value": "value",
 }
 
+# Reserved item indices of every vocabulary, defined here alone: padding, the out-of-vocabulary item, and the
+# first real item (item i of vocabulary.parquet has index i + FIRST_ITEM).
+PAD, OOV, FIRST_ITEM = 0, 1, 2
+
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 
 # Longest string id accepted; longer ids are quarantined as id_out_of_range.

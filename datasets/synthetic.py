@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from .schema import EVENT_TYPES, TIMESTAMP_TYPE
 
-# The arms of the default nudge catalogue (seqrec/nudges.toml), in its order and families; the generator keeps
+# The arms of the default nudge catalogue (seqrec/nudging/nudges.toml), in its order and families; the generator keeps
 # its own copy so that datasets/ reads no file at import, and tests/test_nudges.py checks that the two agree.
 NUDGE_ARMS: tuple[str, ...] = (
     "default_option", "preset_plan", "gain_framing", "loss_framing", "urgency",

@@ -4,7 +4,7 @@ reported 91.25% test accuracy (PAPERS.md section 5; their own customers, not UCI
 
     python experiments/bank_classifier.py --data ../shared/data --seeds 0,1,2 [--out FILE.md]
 
-Per seed: a stratified train / valid / test split of bank-additional-full.csv (seqrec.bank_classifier), each
+Per seed: a stratified train / valid / test split of bank-additional-full.csv (seqrec.campaign.bank_classifier), each
 model trained on train, its threshold picked on valid (highest balanced accuracy), and both test sets scored:
 the balanced one (all test positives, as many negatives drawn at random, like the paper's) and the natural one
 (the file's 11.3% positives). Figures are mean ± sd over seeds (sd with n - 1); confusion counts are means.
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from seqrec.bank_classifier import (
+from seqrec.campaign.bank_classifier import (
     CATEGORICAL,
     ITEM_KINDS,
     LEAKING_COLUMNS,
@@ -43,9 +43,9 @@ from seqrec.bank_classifier import (
     tower_columns,
     train_two_tower,
 )
-from seqrec.binary_metrics import best_threshold, report
-from seqrec.sim_population import UCI_FILE, default_calibration_path
-from seqrec.tower_features import FeatureSpec
+from seqrec.campaign.binary_metrics import best_threshold, report
+from seqrec.campaign.population import UCI_FILE, default_calibration_path
+from seqrec.retrieval.features import FeatureSpec
 
 PAPER_ACCURACY = 91.25  # Kristiana et al. 2025: two-tower test accuracy, 745 purchase / 735 no-purchase users
 PERCENT = ("accuracy", "balanced_accuracy", "precision", "recall", "f1")

@@ -62,7 +62,8 @@ def build(args: argparse.Namespace) -> tuple[Path, Path]:
     from seqrec.datasets.prepare import PrepareConfig, prepare
     from seqrec.datasets.synthetic import SyntheticConfig, generate_events, write_events
 
-    from seqrec.train import run_config, train
+    from seqrec.runs.config import run_config
+    from seqrec.runs.train import train
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ def product_rate(items: int, dim: int, batch: int, clock=time.perf_counter, seco
     fastest pass over about `seconds` by `clock` (wall time, or time.thread_time: CPU time of one thread)."""
     import torch
 
-    from seqrec.catalogue import padded_scores
+    from seqrec.models.catalogue import padded_scores
 
     g = torch.Generator().manual_seed(0)
     table, state = torch.randn(items, dim, generator=g), torch.randn(batch, dim, generator=g)
@@ -142,10 +143,10 @@ def recall_sweep(run: Path, log: Path, args: argparse.Namespace) -> list[dict]:
     import torch
     from seqrec.datasets.prepare import gap_us
 
-    from seqrec.index import ExactIndex, FaissIndex, import_faiss
-    from seqrec.retrieval_config import IndexConfig
-    from seqrec.scoring import ScoreConfig, load_bundle, window_matrix
-    from seqrec.sessions_state import session_states
+    from seqrec.retrieval.config import IndexConfig
+    from seqrec.retrieval.index import ExactIndex, FaissIndex, import_faiss
+    from seqrec.serve.scoring import ScoreConfig, load_bundle, window_matrix
+    from seqrec.serve.sessions_state import session_states
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -206,7 +207,7 @@ def main() -> None:
 
     import torch
 
-    from seqrec.train import retain_heap
+    from seqrec.models.device import retain_heap
 
     retain_heap()  # as the seqrec CLI does: the product's output buffer is not page-faulted in afresh each time
     run, log = build(args)

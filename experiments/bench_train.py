@@ -59,13 +59,14 @@ import sys
 import time
 
 import torch
-from seqrec.rl.losses import HeadConfig
-from seqrec.rl.qlearning import FIRST_ITEM, Learner
+from seqrec.datasets.schema import FIRST_ITEM
+from seqrec.rl.qlearning.learner import Learner
+from seqrec.rl.qlearning.losses import HeadConfig
 
-from seqrec.catalogue import ARGMAX_BLOCK, ROW_ALIGN
-from seqrec.encoders import EncoderConfig
-from seqrec.metrics import target_ranks
-from seqrec.train import pick_device, retain_heap
+from seqrec.models.catalogue import ARGMAX_BLOCK, ROW_ALIGN
+from seqrec.models.device import pick_device, retain_heap
+from seqrec.models.encoders import EncoderConfig
+from seqrec.training.metrics import target_ranks
 
 # model name -> (encoder kind, head variant)
 MODELS = {"gru4rec": ("gru", "ce"), "sasrec": ("sasrec", "ce"), "sasrec-sqn": ("sasrec", "sqn"),
@@ -169,8 +170,8 @@ def minor_faults() -> int:
 def make_learner(variant: str, enc: EncoderConfig, batch: int, device: torch.device) -> torch.nn.Module:
     """Our Learner with a head variant, or a d3rlpy algorithm on the same encoder (same lr 0.005, gamma 0.5)."""
     if variant.startswith("d3rlpy."):
-        from seqrec.rl.d3rlpy_bridge import D3rlpyLearner
-        from seqrec.rl.d3rlpy_config import D3rlpyConfig
+        from seqrec.rl.d3rlpy_bridge.bridge import D3rlpyLearner
+        from seqrec.rl.d3rlpy_bridge.config import D3rlpyConfig
 
         return D3rlpyLearner(variant, enc, D3rlpyConfig(), batch_size=batch, lr=0.005, gamma=0.5, device=device)
     return Learner(enc, HeadConfig(variant=variant), lr=0.005).to(device)

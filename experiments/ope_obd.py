@@ -2,7 +2,7 @@
 
 ZOZOTOWN ran two policies side by side on the same campaigns: uniform random and Bernoulli Thompson sampling
 (TS). From the uniform-random log we estimate the TS policy's click rate with IPS, SNIPS, DM and DR
-(seqrec.rl.ope) and compare with the rate the TS log actually observed (its own on-policy clicks).
+(seqrec.rl.ope.estimators) and compare with the rate the TS log actually observed (its own on-policy clicks).
 
 Positions. A recommendation shows three items in three slots; each CSV row is one (item, slot) with
 `propensity_score` = the logging policy's probability of that item *in that slot*. As in the Open Bandit
@@ -42,7 +42,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from seqrec.rl.ope import Estimate, FixedPolicy, LoggedBandit, OpeConfig, estimators_from_names, evaluate
+from seqrec.rl.ope.estimators import (
+    Estimate,
+    FixedPolicy,
+    LoggedBandit,
+    OpeConfig,
+    estimate_policy,
+    estimators_from_names,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OBD_FOLDER = "open_bandit_dataset_sample"
@@ -153,7 +160,7 @@ def run(data: Path, campaigns: tuple[str, ...] = CAMPAIGNS, config: OpeConfig | 
         if "prior" in tables:  # total-variation distance between the two, averaged over slots
             checks[campaign]["tv_distance"] = float(0.5 * np.abs(tables["log"] - tables["prior"]).sum(0).mean())
         for source, table in tables.items():
-            for est in evaluate(random_log, FixedPolicy(table), estimators=estimators_from_names(config=config)):
+            for est in estimate_policy(random_log, FixedPolicy(table), estimators=estimators_from_names(config=config)):
                 rows.append(Row(campaign, source, observed, est))
     return rows, checks
 

@@ -23,14 +23,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from seqrec.datasets.prepare import load_transitions, read_manifest
+from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
+from seqrec.datasets.schema import FIRST_ITEM
 
-from seqrec.config import ConfigError
-from seqrec.index import FIRST_ITEM
-from seqrec.rerank import build_pipeline, evaluate_pipeline, score_batch, split_users, states_per_s
-from seqrec.retrieval_config import IndexConfig, RerankConfig
-from seqrec.train import _event_names, build_learner, evaluate_arrays, load_run_config, retain_heap, train
-from seqrec.two_tower import load_two_tower
+from seqrec.core.config import ConfigError
+from seqrec.models.device import retain_heap
+from seqrec.retrieval.config import IndexConfig, RerankConfig
+from seqrec.retrieval.rerank import build_pipeline, evaluate_pipeline, rerank_batch, split_users, states_per_s
+from seqrec.retrieval.two_tower import load_two_tower
+from seqrec.runs.config import load_run_config
+from seqrec.runs.learner import build_learner
+from seqrec.runs.train import train
+from seqrec.training.evaluation import evaluate_arrays
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "sasrec_sqn_retrieval.toml"
 TOP = 10
@@ -85,7 +89,7 @@ def main() -> None:
     learner.eval()
     tower = load_two_tower(run / "retrieval")
     manifest = read_manifest(cfg.data)
-    names = _event_names(manifest)
+    names = event_names(manifest)
     arrays = load_transitions(cfg.data, args.split)
     users = split_users(tower, cfg.data, arrays)
     full = evaluate_arrays(learner.scores, arrays, names, device, cfg.train.eval_batch_size)
@@ -129,7 +133,7 @@ def main() -> None:
         except ConfigError:  # a Q weight with a learner that has no Q head
             continue
         res = evaluate_pipeline(p, arrays, users, names, cfg.train.eval_batch_size, recall_ks=(k,))
-        speed = rate(lambda x, i, p=p: score_batch(p, x, users.rows(i) if users is not None else None, TOP))
+        speed = rate(lambda x, i, p=p: rerank_batch(p, x, users.rows(i) if users is not None else None, TOP))
         label = "exact" if idx.kind == "exact" else f"faiss {idx.faiss_type}"
         rows.append((label, str(k), blend_name(rerank_cfg), res["recall"]["all"][f"recall@{k}"],
                      res["pipeline"][event], speed))

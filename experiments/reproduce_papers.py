@@ -46,7 +46,7 @@ PAPER_ROWS = {
 
 def prepare(dataset: str, inputs: list[Path], data: Path, max_sessions: int | None) -> None:
     """The papers' preprocessing through `seqrec prepare` (one clear line and exit 2 on bad input)."""
-    from seqrec.cli import main
+    from seqrec.cli.main import main
 
     argv = ["prepare", "--config", str(CONFIGS / f"{dataset}_prepare.toml"), "--input", *map(str, inputs),
             "--out", str(data)]

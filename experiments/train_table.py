@@ -18,7 +18,9 @@ import json
 import statistics
 from pathlib import Path
 
-from seqrec.train import evaluate, load_run_config, train
+from seqrec.runs.config import load_run_config
+from seqrec.runs.evaluate import evaluate_run
+from seqrec.runs.train import train
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 MODELS = ("sasrec", "sasrec_sqn", "sasrec_sac", "sasrec_snqn", "sasrec_sa2c", "gru4rec", "gru4rec_sqn",
@@ -35,7 +37,7 @@ def run_one(model: str, seed: int, data: str, out: Path, overrides: list[str], c
     if not finished:
         train(cfg, run, resume=(run / "checkpoints" / "last.pt").exists())
     loo = json.loads((Path(data) / "manifest.json").read_text())["config"]["split"] == "loo"
-    return evaluate(run, "test", "loo" if loo else "sessions", checkpoint)
+    return evaluate_run(run, "test", "loo" if loo else "sessions", checkpoint)
 
 
 def cell(values: list[float]) -> str:

@@ -1,3 +1,3 @@
-from seqrec.cli import main
+from seqrec.cli.main import main
 
 raise SystemExit(main())

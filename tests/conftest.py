@@ -84,7 +84,8 @@ def score_world(tmp_path_factory) -> dict:
     from seqrec.datasets.prepare import PrepareConfig, prepare
     from seqrec.datasets.synthetic import SyntheticConfig, write_events
 
-    from seqrec.train import load_run_config, train
+    from seqrec.runs.config import load_run_config
+    from seqrec.runs.train import train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

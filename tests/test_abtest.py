@@ -14,15 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 from uci_fake import fake_uci
 
-from seqrec.abtest_config import abtest_config_from_dict, load_abtest_config
-from seqrec.abtest_ope import run_ope_check
-from seqrec.abtest_policy import Phased
-from seqrec.abtest_report import ope_markdown
-from seqrec.abtest_stats import newcombe, paired_difference, rank_agreement, two_proportion_z, wilson, z_value
-from seqrec.cli import main
-from seqrec.config import ConfigError
-from seqrec.sim_config import sim_config_from_dict
-from seqrec.simulator import Simulator
+from seqrec.abtest.config import abtest_config_from_dict, load_abtest_config
+from seqrec.abtest.ope import run_ope_check
+from seqrec.abtest.policy import Phased
+from seqrec.abtest.report import ope_markdown
+from seqrec.abtest.stats import newcombe, paired_difference, rank_agreement, two_proportion_z, wilson, z_value
+from seqrec.campaign.config import sim_config_from_dict
+from seqrec.campaign.simulator import Simulator
+from seqrec.cli.main import main
+from seqrec.core.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "experiments" / "configs" / "abtest.toml"
@@ -157,8 +157,8 @@ def test_waves_beyond_the_contact_cap_are_refused(uci_file, tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["epsilon_greedy", "linucb"])
 def test_bandit_warm_start_learns_from_the_training_log(sim, kind):
-    from seqrec.abtest import make_bandit
-    from seqrec.simulator import BanditNudgePolicy, RandomPolicy
+    from seqrec.abtest.run import make_bandit
+    from seqrec.campaign.simulator import BanditNudgePolicy, RandomPolicy
 
     log = sim.run_policy(RandomPolicy(sim), 400, np.random.default_rng(0), batch_size=100)
     cfg = abtest_config_from_dict({**_shipped(), "arm_b": {"warm_start": True, "bandit": {"kind": kind}}})
@@ -202,7 +202,7 @@ def test_phased_policy_switches_at_the_wave_and_learns_from_its_own_contacts(sim
 
 
 def test_ope_check_with_a_deterministic_logger_reports_no_overlap(sim):
-    from seqrec.abtest_config import OpeCheck
+    from seqrec.abtest.config import OpeCheck
 
     result = run_ope_check(sim, OpeCheck(logging="rules", logging_epsilon=0.0, target="random", resamples=20),
                            contacts=300, seed=1, batch_size=100, level=0.95)
@@ -215,7 +215,7 @@ def test_ope_check_with_a_deterministic_logger_reports_no_overlap(sim):
 
 
 def test_ope_check_with_an_exploring_logger_estimates_against_the_truth(sim):
-    from seqrec.abtest_config import OpeCheck
+    from seqrec.abtest.config import OpeCheck
 
     result = run_ope_check(sim, OpeCheck(logging="random", target="rules", resamples=50, reward_model="cell_mean"),
                            contacts=500, seed=2, batch_size=100, level=0.95)
@@ -314,9 +314,9 @@ def test_tiny_abtest_is_identical_for_the_same_seed(tiny):
 
 def test_arm_b_never_offers_a_product_the_customer_holds(tiny, uci_file):
     cfg, (out, _) = tiny
-    from seqrec.abtest import build_simulator
-    from seqrec.abtest_policy import PipelineProducts
-    from seqrec.rerank import load_pipeline
+    from seqrec.abtest.policy import PipelineProducts
+    from seqrec.abtest.run import build_simulator
+    from seqrec.runs.pipeline import load_pipeline
 
     s = build_simulator(dataclasses.replace(load_abtest_config(cfg), seed=3), uci_file)
     pipeline, run_cfg = load_pipeline(out / "training" / "run")

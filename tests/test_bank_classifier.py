@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqrec.bank_classifier import (
+from seqrec.campaign.bank_classifier import (
     CAMPAIGN_CATEGORICAL,
     CAMPAIGN_NUMERIC,
     CATEGORICAL,
@@ -29,8 +29,8 @@ from seqrec.bank_classifier import (
     tower_columns,
     train_two_tower,
 )
-from seqrec.binary_metrics import Confusion, auc, best_threshold, report
-from seqrec.tower_features import FeatureSpec
+from seqrec.campaign.binary_metrics import Confusion, auc, best_threshold, report
+from seqrec.retrieval.features import FeatureSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = {"job": ["admin.", "blue-collar", "technician"], "marital": ["married", "single"],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqrec.catalogue import CHUNK, GATHER_ROWS, ROW_ALIGN, gathered_dot, row_argmax, scores, scores_argmax
-from seqrec.encoders import Dropout
+from seqrec.models.catalogue import CHUNK, GATHER_ROWS, ROW_ALIGN, gathered_dot, row_argmax, scores, scores_argmax
+from seqrec.models.encoders import Dropout
 
 
 @pytest.mark.parametrize("items", [5, 64, 130, 1001])

@@ -12,7 +12,7 @@ import torch
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, load_transitions, prepare, read_manifest
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
-from seqrec.rl.d3rlpy_bridge import (
+from seqrec.rl.d3rlpy_bridge.bridge import (
     D3rlpyLearner,
     SequenceEncoderFactory,
     SummaryWriterAdapterFactory,
@@ -25,10 +25,10 @@ from seqrec.rl.d3rlpy_bridge import (
     to_mdp_dataset,
     to_observations,
 )
-from seqrec.rl.d3rlpy_config import D3RLPY_ALGORITHMS, D3rlpyConfig
+from seqrec.rl.d3rlpy_bridge.config import D3RLPY_ALGORITHMS, D3rlpyConfig
 
-from seqrec.encoders import EncoderConfig
-from seqrec.train import EpochSampler, to_batch
+from seqrec.models.encoders import EncoderConfig
+from seqrec.training.sampler import EpochSampler, to_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ def test_trained_algorithm_saves_and_loads_with_identical_q(data, tmp_path):
     script = f"""
 import numpy as np, torch
 torch.set_num_threads(1)
-from seqrec.rl.d3rlpy_bridge import d3rlpy, load_learnable, q_values
+from seqrec.rl.d3rlpy_bridge.bridge import d3rlpy, load_learnable, q_values
 try:
     d3rlpy.load_learnable({str(tmp_path / "best.d3")!r})
     print("loaded without registration")
@@ -216,7 +216,7 @@ def test_import_drops_gym_notice_and_keeps_real_warnings(tmp_path):
         "import sys, warnings\nimport gym, gym_notices.notices as n\n"
         "print(n.notices[gym.__version__], file=sys.stderr)\nwarnings.warn('a real warning from the import')\n")
     script = (f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
-              "from seqrec.rl.d3rlpy_bridge import import_quietly\nimport_quietly('noisy_module')\n")
+              "from seqrec.rl.d3rlpy_bridge.bridge import import_quietly\nimport_quietly('noisy_module')\n")
     out = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr

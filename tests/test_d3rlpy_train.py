@@ -15,9 +15,9 @@ from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
 
-from seqrec.cli import main
-from seqrec.config import ConfigError
-from seqrec.train import load_run_config, saved_config
+from seqrec.cli.main import main
+from seqrec.core.config import ConfigError
+from seqrec.runs.config import load_run_config, saved_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """

@@ -26,15 +26,16 @@ import torch.multiprocessing as mp
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
-from seqrec.rl.losses import HeadConfig
-from seqrec.rl.qlearning import Learner
+from seqrec.rl.qlearning.learner import Learner
+from seqrec.rl.qlearning.losses import HeadConfig
 
-from seqrec import distributed
-from seqrec.cli import main
-from seqrec.config import ConfigError
-from seqrec.encoders import EncoderConfig
-from seqrec.metrics import RankingMetrics
-from seqrec.train import load_run_config, train
+from seqrec.cli.main import main
+from seqrec.core.config import ConfigError
+from seqrec.models.encoders import EncoderConfig
+from seqrec.runs.config import load_run_config
+from seqrec.runs.train import train
+from seqrec.training import distributed
+from seqrec.training.metrics import RankingMetrics
 
 # dropout 0 and SQN (no negatives): a 2-rank step computes the 1-process step's update, up to summation order
 CONFIG = """

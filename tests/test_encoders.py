@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqrec.encoders import PAD, EncoderConfig, GRU4Rec, SASRec, SequenceEncoder, build_encoder
+from seqrec.models.encoders import PAD, EncoderConfig, GRU4Rec, SASRec, SequenceEncoder, build_encoder
 
 # (id, config overrides): every encoder variant the invariants must hold for.
 VARIANTS = {

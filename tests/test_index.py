@@ -6,8 +6,8 @@ import importlib.util
 import pytest
 import torch
 
-from seqrec.index import ExactIndex, FaissIndex, build_index
-from seqrec.retrieval_config import IndexConfig
+from seqrec.retrieval.config import IndexConfig
+from seqrec.retrieval.index import ExactIndex, FaissIndex, build_index
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
                                  reason="faiss-cpu is not installed (the optional extra: pip install 'seqrec[ann]')")

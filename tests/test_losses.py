@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from seqrec.rl.losses import HeadConfig, actor_weights, advantage, td_loss, td_target, weighted_ce
+from seqrec.rl.qlearning.losses import HeadConfig, actor_weights, advantage, td_loss, td_target, weighted_ce
 
 
 def test_td_target_stops_at_session_end():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from seqrec.metrics import RankingMetrics, hits_and_gains, target_ranks
+from seqrec.training.metrics import RankingMetrics, hits_and_gains, target_ranks
 
 
 def test_target_ranks_skip_reserved_items_and_miss_reserved_targets():

@@ -1,4 +1,4 @@
-"""Tests for the nudge catalogue (seqrec.nudges) and logged nudge decisions from event tables."""
+"""Tests for the nudge catalogue (seqrec.nudging.catalogue) and logged nudge decisions from event tables."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 from seqrec.datasets.schema import DEFAULT_REWARDS
 from seqrec.datasets.synthetic import NUDGE_ARMS, NUDGE_FAMILY, SyntheticConfig, generate_events
-from seqrec.rl.bandits import BanditConfig, fit_offline
+from seqrec.rl.bandits.policies import BanditConfig, fit_offline
 
 import seqrec
-from seqrec.nudges import (
+from seqrec.nudging.catalogue import (
     FAMILIES,
     CatalogueError,
     NudgeArm,
@@ -47,9 +47,9 @@ def test_default_catalogue_is_the_generators_arms_in_the_same_order():
 
 def test_default_catalogue_ships_with_the_package():
     path = default_catalogue_path()
-    assert path.is_file() and path.parent == Path(seqrec.__file__).parent
+    assert path.is_file() and path.parent == Path(seqrec.__file__).parent / "nudging"
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert "nudges.toml" in pyproject["tool"]["setuptools"]["package-data"]["seqrec"]
+    assert "nudges.toml" in pyproject["tool"]["setuptools"]["package-data"]["seqrec.nudging"]
 
 
 def test_restrictions_product_then_category_then_all():

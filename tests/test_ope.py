@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from seqrec.rl.bandits import BanditConfig, save_bandit
-from seqrec.rl.ope import (
+from seqrec.rl.bandits.policies import BanditConfig, save_bandit
+from seqrec.rl.ope.estimators import (
     DM,
     DR,
     IPS,
@@ -34,11 +34,11 @@ from seqrec.rl.ope import (
     UniformPolicy,
     action_probabilities,
     bootstrap_counts,
-    evaluate,
+    estimate_policy,
     resample_order,
 )
 
-from seqrec.cli import main
+from seqrec.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TYPES, ARMS = 4, 5
@@ -80,7 +80,8 @@ def test_ips_and_dr_are_unbiased_and_their_intervals_cover_the_truth():
     for seed in seeds:
         log, pi, _ = sample(1000, seed)
         # DR's default model (mean per action) ignores the context: wrong, so DR leans on the propensities
-        for e in evaluate(log, pi, estimators=[IPS(config=cfg), DR(config=cfg), SNIPS(config=cfg), DM(config=cfg)]):
+        ests = [IPS(config=cfg), DR(config=cfg), SNIPS(config=cfg), DM(config=cfg)]
+        for e in estimate_policy(log, pi, estimators=ests):
             values[e.estimator].append(e.value)
             covered[e.estimator] += e.contains(truth)
             errors[e.estimator].append(e.std_error)
@@ -225,15 +226,15 @@ def test_a_deterministic_logger_cannot_evaluate_another_policy():
     assert est.unsupported == pytest.approx(2 / 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        same = evaluate(log, FixedArmPolicy(0), OpeConfig(resamples=10))
+        same = estimate_policy(log, FixedArmPolicy(0), OpeConfig(resamples=10))
     assert all(e.unsupported == 0 and e.value == pytest.approx(log.reward.mean()) for e in same)
 
 
 def test_determinism_by_seed_and_shared_resamples():
     log, pi, _ = sample(1500, 9)
-    a = evaluate(log, pi, OpeConfig(resamples=300, seed=3))
-    b = evaluate(log, pi, OpeConfig(resamples=300, seed=3))
-    c = evaluate(log, pi, OpeConfig(resamples=300, seed=4))
+    a = estimate_policy(log, pi, OpeConfig(resamples=300, seed=3))
+    b = estimate_policy(log, pi, OpeConfig(resamples=300, seed=3))
+    c = estimate_policy(log, pi, OpeConfig(resamples=300, seed=4))
     assert a == b
     assert [x.value for x in a] == [x.value for x in c] and [x.low for x in a] != [x.low for x in c]
     # evaluate shares one set of resamples; each estimator alone draws the same ones from the same seed
@@ -276,7 +277,7 @@ def test_bootstrap_is_fast_enough_for_ten_thousand_rows():
     log = LoggedBandit(rng.integers(0, 10, n), rng.random(n), np.full(n, 0.1), 10, position=rng.integers(0, 3, n))
     pi = rng.dirichlet(np.ones(10), n)
     start = time.perf_counter()
-    evaluate(log, pi, OpeConfig(resamples=1000))
+    estimate_policy(log, pi, OpeConfig(resamples=1000))
     # about 0.3 s for all four estimators on an idle core; a generous bound for a busy shared machine
     assert time.perf_counter() - start < 5.0
 
@@ -330,7 +331,7 @@ def test_cli_ope_stops_at_bad_propensities(tmp_path, capsys):
 
 
 def test_cli_ope_with_a_saved_bandit_and_other_policies(tmp_path, capsys):
-    from seqrec.nudges import load_catalogue
+    from seqrec.nudging.catalogue import load_catalogue
 
     path = write_log(tmp_path / "log.csv", TINY)
     bandit = BanditConfig(kind="epsilon_greedy", epsilon=0.5).create(load_catalogue().ids)

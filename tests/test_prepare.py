@@ -10,7 +10,7 @@ import pytest
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import MANIFEST_KEYS, PrepareConfig, assign_splits, prepare
 
-from seqrec.cli import main
+from seqrec.cli.main import main
 
 HEADER = "user_id,item_id,event_type,timestamp\n"
 

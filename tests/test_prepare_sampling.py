@@ -23,7 +23,7 @@ from seqrec.datasets.readers import BadRows, InputError, RawBatch
 from seqrec.datasets.schema import DEFAULT_REWARDS
 from seqrec.datasets.validate import EventTypes, Validator
 
-from seqrec.cli import main
+from seqrec.cli.main import main
 
 HEADER = "user_id,item_id,event_type,timestamp\n"
 BASE = 1_700_000_000

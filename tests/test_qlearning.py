@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from seqrec.rl.losses import VARIANTS, HeadConfig
-from seqrec.rl.qlearning import Learner, _negatives, double_q_value, step_generator
+from seqrec.rl.qlearning.learner import Learner, _negatives, double_q_value, step_generator
+from seqrec.rl.qlearning.losses import VARIANTS, HeadConfig
 
-from seqrec.encoders import EncoderConfig
+from seqrec.models.encoders import EncoderConfig
 
 
 def _batch(n=8, items=30, w=5):

@@ -16,10 +16,11 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[ray]'")
 
-from seqrec.cli import _parser, main  # noqa: E402
-from seqrec.config import ConfigError  # noqa: E402
-from seqrec.engines import ENGINES, LocalEngine, make_engine  # noqa: E402
-from seqrec.ray_engine import RayEngine, actor_cpus, nest_rows, unnest_rows  # noqa: E402
+from seqrec.cli.main import _parser, main  # noqa: E402
+from seqrec.core.config import ConfigError  # noqa: E402
+from seqrec.serve.engines import ENGINES, LocalEngine  # noqa: E402
+from seqrec.serve.factory import make_engine  # noqa: E402
+from seqrec.serve.ray_engine import RayEngine, actor_cpus, nest_rows, unnest_rows  # noqa: E402
 
 DEADLINE_S = 240  # a hung job (actors starving the read tasks) fails here instead of hanging the suite
 SORT = ["user_id", "session_id", "session_start", "rank"]  # a session's key, then the rank
@@ -190,14 +191,14 @@ def test_engine_names_and_clear_errors(monkeypatch, tmp_path, capsys):
         main(["score", "--run", "r", "--input", "x", "--out", str(tmp_path), "--engine", "spark"])
     assert "invalid choice: 'spark'" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    monkeypatch.delitem(sys.modules, "seqrec.ray_engine")
+    monkeypatch.delitem(sys.modules, "seqrec.serve.ray_engine")
     with pytest.raises(ConfigError, match=r"needs Ray Data .*pip install -c constraints.txt -e '.\[ray\]'"):
         make_engine("ray")
 
 
 def test_the_local_engine_never_imports_ray(tmp_path):
-    code = ("import sys; from seqrec.engines import make_engine; make_engine('local'); "
-            "import seqrec.cli; print('ray' in sys.modules)")
+    code = ("import sys; from seqrec.serve.factory import make_engine; make_engine('local'); "
+            "import seqrec.cli.main; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"
 

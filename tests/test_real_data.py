@@ -22,7 +22,7 @@ from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.readers import read_file
 from seqrec.datasets.schema import REASONS
 
-from seqrec.cli import main
+from seqrec.cli.main import main
 
 TAOBAO = ("taobao_userbehavior_slice", "*.csv")
 YOOCHOOSE = ("yoochoose_rsc15_clicks_100k_sessionrec", "yoochoose-clicks-100k_train_full.txt")

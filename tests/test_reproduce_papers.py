@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from seqrec.cli import main
-from seqrec.train import load_run_config
+from seqrec.cli.main import main
+from seqrec.runs.config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "experiments" / "configs"

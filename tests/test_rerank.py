@@ -16,14 +16,16 @@ import torch
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, load_transitions, prepare
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
-from seqrec.rl.losses import HeadConfig
-from seqrec.rl.qlearning import Learner
+from seqrec.rl.qlearning.learner import Learner
+from seqrec.rl.qlearning.losses import HeadConfig
 
-from seqrec.cli import main
-from seqrec.config import ConfigError
-from seqrec.encoders import EncoderConfig
-from seqrec.index import ExactIndex
-from seqrec.rerank import (
+from seqrec.cli.main import main
+from seqrec.core.config import ConfigError
+from seqrec.models.encoders import EncoderConfig
+from seqrec.retrieval.config import IndexConfig, RerankConfig
+from seqrec.retrieval.features import FeatureSpec
+from seqrec.retrieval.index import ExactIndex
+from seqrec.retrieval.rerank import (
     Candidates,
     Pipeline,
     blend,
@@ -31,16 +33,15 @@ from seqrec.rerank import (
     evaluate_pipeline,
     gather_scorer,
     learner_scorer,
-    load_pipeline,
     pipeline_ranks,
     rerank,
-    score_batch,
+    rerank_batch,
     top_order,
 )
-from seqrec.retrieval_config import IndexConfig, RerankConfig
-from seqrec.tower_features import FeatureSpec
-from seqrec.train import evaluate_arrays, load_run_config
-from seqrec.two_tower import RecallMetrics, TwoTower
+from seqrec.retrieval.two_tower import RecallMetrics, TwoTower
+from seqrec.runs.config import load_run_config
+from seqrec.runs.pipeline import load_pipeline
+from seqrec.training.evaluation import evaluate_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,7 +158,7 @@ def test_score_batch_returns_top_candidates_and_nan_q_without_a_q_head():
     learner, tower = _fixture_models("ce")
     p = build_pipeline(tower, learner, RerankConfig(candidates=12), IndexConfig())
     items = torch.randint(0, 40, (5, 10))
-    c = score_batch(p, items, top=4)
+    c = rerank_batch(p, items, top=4)
     assert all(x.shape == (5, 4) for x in c) and bool((c.ids >= 2).all())
     assert bool(torch.isnan(c.q).all()) and bool((c.final[:, :-1] >= c.final[:, 1:]).all())
     _, ref = ExactIndex(tower.item_table()).search(tower.user(items), 12)
@@ -171,8 +172,8 @@ def test_score_batch_returns_top_candidates_and_nan_q_without_a_q_head():
 def test_faiss_flat_pipeline_gives_the_exact_pipeline():
     learner, tower = _fixture_models()
     items = torch.randint(2, 40, (8, 10))  # real items last: an empty history's state (zero at init) ties all
-    a = score_batch(build_pipeline(tower, learner, RerankConfig(candidates=10), IndexConfig()), items)
-    b = score_batch(build_pipeline(tower, learner, RerankConfig(candidates=10),
+    a = rerank_batch(build_pipeline(tower, learner, RerankConfig(candidates=10), IndexConfig()), items)
+    b = rerank_batch(build_pipeline(tower, learner, RerankConfig(candidates=10),
                                    IndexConfig(kind="faiss", faiss_type="flat")), items)
     assert torch.equal(a.ids, b.ids)
     torch.testing.assert_close(a.final, b.final, rtol=1e-4, atol=1e-4)
@@ -237,7 +238,7 @@ def test_train_then_evaluate_with_the_pipeline_keeps_metrics_json_shape(data, tm
 
     p, cfg = load_pipeline(out)  # what batch scoring loads
     assert cfg.rerank.w_q == 0.5 and p.tower.user_spec.columns == ("user_segment",)
-    c = score_batch(p, torch.from_numpy(np.asarray(load_transitions(data, "test")["state"][:7], np.int64)),
+    c = rerank_batch(p, torch.from_numpy(np.asarray(load_transitions(data, "test")["state"][:7], np.int64)),
                     p.tower.user_spec.encode({"user_segment": ["bargain_hunter"] * 7}), top=3)
     assert c.ids.shape == (7, 3) and bool(torch.isfinite(c.q).all())
 

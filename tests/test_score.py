@@ -21,11 +21,11 @@ import torch
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import gap_us
 
-from seqrec.cli import main
-from seqrec.engines import LocalEngine, ScoreJob
-from seqrec.rerank import score_batch as pipeline_batch
-from seqrec.scoring import ScoreConfig, draw_arms, load_bundle, score_batch, session_keys, uniforms, window_matrix
-from seqrec.sessions_state import find_duplicates, session_states
+from seqrec.cli.main import main
+from seqrec.retrieval.rerank import rerank_batch as pipeline_batch
+from seqrec.serve.engines import LocalEngine, ScoreJob
+from seqrec.serve.scoring import ScoreConfig, draw_arms, load_bundle, score_batch, session_keys, uniforms, window_matrix
+from seqrec.serve.sessions_state import find_duplicates, session_states
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP = 10
@@ -263,7 +263,7 @@ def test_score_batch_is_pure_and_matches_the_reranker(world):
     whole = score_batch(bundle, states)
     halves = pa.concat_tables([score_batch(bundle, states.slice(0, 100)), score_batch(bundle, states.slice(100))])
     assert whole.equals(halves) and np.array_equal(probs, bundle.arm_probs)  # batches and calls change nothing
-    # the lazy re-ranking of scoring.py gives what seqrec.rerank.score_batch gives
+    # the lazy re-ranking of scoring.py gives what seqrec.retrieval.rerank.rerank_batch gives
     x = torch.from_numpy(window_matrix(bundle, states.column("items")))
     users = bundle.user_spec.encode({c: states.column(c).to_numpy(zero_copy_only=False)
                                      for c in bundle.user_spec.columns}, states.num_rows)

@@ -12,13 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from seqrec.datasets.synthetic import NUDGE_FAMILIES
-from seqrec.rl.bandits import BanditConfig
+from seqrec.rl.bandits.policies import BanditConfig
 from uci_fake import fake_uci  # tests/uci_fake.py (pytest puts tests/ on sys.path)
 
-from seqrec.cli import main
-from seqrec.sim_config import CUSTOMER_COLUMNS, SimConfigError, load_sim_config, sim_config_from_dict
-from seqrec.sim_population import READ_COLUMNS, CalibrationError, read_uci
-from seqrec.simulator import (
+from seqrec.campaign.config import CUSTOMER_COLUMNS, SimConfigError, load_sim_config, sim_config_from_dict
+from seqrec.campaign.population import READ_COLUMNS, CalibrationError, read_uci
+from seqrec.campaign.simulator import (
     BanditNudgePolicy,
     Contacts,
     Decisions,
@@ -27,6 +26,7 @@ from seqrec.simulator import (
     RulePolicy,
     Simulator,
 )
+from seqrec.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "experiments" / "configs" / "campaign_sim.toml"
@@ -173,7 +173,7 @@ def test_fit_reproduces_every_level_rate(uci_file):
 
 def test_taste_offset_keeps_the_calibrated_rate(uci_file):
     """With tastes, each customer's expected base probability (over tastes) is still the fitted one."""
-    from seqrec.sim_population import sigmoid, taste_offset
+    from seqrec.campaign.population import sigmoid, taste_offset
 
     x = np.linspace(-5, 3, 9)
     d = taste_offset(x, 1.0)
@@ -459,7 +459,7 @@ def test_same_config_same_output_file(uci_file, tmp_path):
 
 def test_nudge_log_feeds_off_policy_evaluation_with_a_known_truth(sim):
     """IPS on a random logger's nudge decisions lands near the exact value of always showing social proof."""
-    from seqrec.rl.ope import IPS, OpeConfig
+    from seqrec.rl.ope.estimators import IPS, OpeConfig
 
     log = sim.run_policy(RandomPolicy(sim), sim.population.size, np.random.default_rng(2))
     bandit_log = sim.nudge_log(log, context=True)

@@ -14,9 +14,11 @@ from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
 
-from seqrec.cli import main
-from seqrec.config import ConfigError
-from seqrec.train import load_run_config, recent_scorer, train
+from seqrec.cli.main import main
+from seqrec.core.config import ConfigError
+from seqrec.runs.config import load_run_config
+from seqrec.runs.train import train
+from seqrec.training.evaluation import recent_scorer
 
 CONFIG = """
 [encoder]

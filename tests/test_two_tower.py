@@ -12,15 +12,15 @@ import torch
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
-from seqrec.rl.losses import HeadConfig
-from seqrec.rl.qlearning import Learner
+from seqrec.rl.qlearning.learner import Learner
+from seqrec.rl.qlearning.losses import HeadConfig
 
-import seqrec.two_tower as tt
-from seqrec.config import ConfigError
-from seqrec.encoders import EncoderConfig
-from seqrec.retrieval_config import TwoTowerConfig
-from seqrec.tower_features import FeatureSpec, item_rows, session_rows
-from seqrec.two_tower import TwoTower, in_batch_softmax_loss, load_two_tower, log_q, train_two_tower
+import seqrec.retrieval.two_tower as tt
+from seqrec.core.config import ConfigError
+from seqrec.models.encoders import EncoderConfig
+from seqrec.retrieval.config import TwoTowerConfig
+from seqrec.retrieval.features import FeatureSpec, item_rows, session_rows
+from seqrec.retrieval.two_tower import TwoTower, in_batch_softmax_loss, load_two_tower, log_q, train_two_tower
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,157 @@
+"""The SQN family: a shared sequence encoder with a supervised head and a double-Q head, and its learner.
+
+`TwoHeadNet` scores the catalogue twice from one state: supervised logits (the encoder's item table) and
+Q values (a linear layer D -> I). `Learner` holds two such networks for double Q-learning (each batch a
+coin decides which one learns and which one values the next state) and applies the variant's loss.
+Randomness (coin, negatives, dropout) is drawn from generators seeded by (seed, step), so a resumed run
+repeats exactly the steps an uninterrupted one would take.
+"""
+
+from __future__ import annotations
+
+import torch
+from seqrec.datasets.schema import FIRST_ITEM  # negatives are drawn from real items only
+from torch import nn
+
+from seqrec.models.catalogue import gathered_dot, scores, scores_argmax
+from seqrec.models.encoders import EncoderConfig, build_encoder
+
+from .losses import HeadConfig, actor_weights, advantage, td_loss, td_target, weighted_ce
+
+
+class TwoHeadNet(nn.Module):
+    """Encoder + supervised head (+ Q head): items (B, T) -> logits (B, I), q (B, I) or None."""
+
+    def __init__(self, enc: EncoderConfig, q_head: bool) -> None:
+        super().__init__()
+        self.encoder = build_encoder(enc)
+        self.q = nn.Linear(enc.dim, enc.num_items) if q_head else None
+
+    def forward(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        state = self.encoder.encode(items)  # (B, D)
+        logits = self.encoder.score_all(state)  # (B, I)
+        return logits, (scores(state, self.q.weight, self.q.bias) if self.q is not None else None)
+
+    def q_values(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, I) Q values only (no supervised scores: saves a catalogue-wide matmul)."""
+        if self.q is None:
+            raise ValueError("this network has no Q head (variant 'ce')")
+        return scores(self.encoder.encode(items), self.q.weight, self.q.bias)  # (B, I)
+
+    def q_at(self, state: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(B, D) states, (B, K) item ids -> (B, K) Q values of just those items (K rows of the head,
+        instead of the (B, D) x (D, I) product and its two backward products)."""
+        return gathered_dot(state, self.q.weight, ids, self.q.bias)  # (B, K)
+
+
+def double_q_value(net: TwoHeadNet, other: TwoHeadNet, items: torch.Tensor,
+                   state: torch.Tensor | None = None) -> torch.Tensor:
+    """Q'(x, argmax_a Q(x, a)) for windows `items` (B, T): the learning network picks the action over the
+    whole catalogue, the other copy values just that row. `state` is net's (B, D) encoding if at hand. (B,)
+
+    No gradient flows through it. It runs under inference mode (no autograd bookkeeping at all: its two
+    encoder passes run about 10% faster than under no_grad, same values), and the arg-max of net's Q values
+    comes from `scores_argmax`, which never writes the (B, I) Q matrix."""
+    if net.q is None:
+        raise ValueError("this network has no Q head (variant 'ce')")
+    with torch.inference_mode():
+        state = net.encoder.encode(items) if state is None else state  # (B, D)
+        best = scores_argmax(state, net.q.weight, net.q.bias).unsqueeze(1)  # (B, 1)
+        value = other.q_at(other.encoder.encode(items), best).squeeze(1)  # (B,)
+    return value.clone()  # a normal tensor again: an inference tensor cannot be saved for a backward pass
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator that depends only on (seed, step): the same draws whether or not the run was resumed."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+    return g
+
+
+class Learner(nn.Module):
+    """One (ce) or two (Q variants) TwoHeadNets, their optimisers, and the update of the chosen variant."""
+
+    def __init__(self, enc: EncoderConfig, head: HeadConfig, lr: float) -> None:
+        super().__init__()
+        self.enc, self.head = enc, head
+        n = 1 if head.variant == "ce" else 2
+        self.nets = nn.ModuleList([TwoHeadNet(enc, q_head=head.variant != "ce") for _ in range(n)])
+        # fused Adam: one kernel over each (I, D) table instead of several passes (4x faster on CPU here)
+        self.opts = [torch.optim.Adam(net.parameters(), lr=lr, fused=True) for net in self.nets]
+
+    def scores(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, I) supervised scores of the first network: what the papers recommend from."""
+        enc = self.nets[0].encoder
+        return enc.score_all(enc.encode(state))
+
+    def q_values(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, I) Q values of the first network (re-ranking, d3rlpy-style comparisons)."""
+        return self.nets[0].q_values(state)
+
+    def update(self, batch: dict[str, torch.Tensor], step: int, seed: int) -> dict[str, float]:
+        """One gradient step on a batch of transitions; returns losses and statistics for TensorBoard.
+
+        Dropout draws from the global RNG, re-seeded from (seed, step) inside a fork so the caller's RNG
+        state is untouched.
+        """
+        device = batch["state"].device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(step_generator(seed, step).initial_seed())
+            return self._update(batch, step, seed)
+
+    def _update(self, batch: dict[str, torch.Tensor], step: int, seed: int) -> dict[str, float]:
+        h = self.head
+        g = step_generator(seed, step, batch["state"].device)
+        s, a = batch["state"], batch["action"]
+        if h.variant == "ce":
+            enc = self.nets[0].encoder
+            loss = weighted_ce(enc.encode(s), enc.output_weight, a)
+            self._step(0, loss)
+            return {"loss/ce": loss.item(), "loss/total": loss.item()}
+
+        main = int(torch.randint(0, 2, (1,), generator=g, device=g.device).item())  # who learns this batch
+        net, other = self.nets[main], self.nets[1 - main]
+        state = net.encoder.encode(s)  # (B, D)
+        q_pos = net.q_at(state, a.unsqueeze(1)).squeeze(1)  # (B,) only the taken action needs a gradient
+        target = td_target(batch["reward"], batch["done"], double_q_value(net, other, batch["next_state"]), h.gamma)
+        td = td_loss(q_pos, target)
+        stats = {"q/mean": q_pos.mean().item(), "q/target_mean": target.mean().item()}
+
+        weight = None
+        if h.variant in ("snqn", "sa2c"):
+            neg = _negatives(a, h.negatives, self.enc.num_items, g)  # (B, N)
+            q_neg = net.q_at(state, neg)  # (B, N)
+            # a negative earns reward 0 and leaves the state unchanged: its target values s itself
+            neg_target = h.gamma * double_q_value(net, other, s, state.detach())  # (B,)
+            td = td + td_loss(q_neg, neg_target.unsqueeze(1).expand_as(q_neg))
+            if h.variant == "sa2c" and step >= h.warmup_steps:
+                weight = advantage(q_pos, q_neg, h.advantage_min, h.advantage_max)
+                stats["advantage/mean"] = weight.mean().item()
+        elif h.variant == "sac" and step >= h.warmup_steps:
+            weight = q_pos.detach()
+        if weight is not None:
+            weight = actor_weights(weight, h.actor_weights)
+        ce = weighted_ce(state, net.encoder.output_weight, a, weight)
+        loss = ce + h.td_weight * td
+        self._step(main, loss)
+        return {"loss/ce": ce.item(), "loss/td": td.item(), "loss/total": loss.item(), **stats}
+
+    def _step(self, i: int, loss: torch.Tensor) -> None:
+        opt = self.opts[i]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def optim_state(self) -> list[dict]:
+        return [o.state_dict() for o in self.opts]
+
+    def load_optim_state(self, states: list[dict]) -> None:
+        for o, st in zip(self.opts, states, strict=True):
+            o.load_state_dict(st)
+
+
+def _negatives(action: torch.Tensor, n: int, num_items: int, g: torch.Generator) -> torch.Tensor:
+    """(B, n) uniform real items different from each row's positive (a collision moves to the next item)."""
+    span = num_items - FIRST_ITEM
+    neg = torch.randint(0, span - 1, (action.shape[0], n), generator=g, device=g.device) + FIRST_ITEM
+    return torch.where(neg >= action.unsqueeze(1), neg + 1, neg)  # skip the positive: uniform over the rest

@@ -1,0 +1,271 @@
+"""The A/B test's configuration: one TOML file -> frozen, validated dataclasses (`seqrec abtest --config`).
+
+Tables (the shipped file, experiments/configs/abtest.toml, says what each number means and why):
+  (top level)   simulator config, seed, customers, contacts per arm, batch size, interval level, torch threads
+  [training]    the exploring campaign whose log trains arm B: policy, epsilon, waves, the Q head's rewards
+  [model.*]     arm B's run: [model.encoder], [model.head], [model.train], [model.retrieval], [model.rerank],
+                [model.index] as in a `seqrec train` config (merged over MODEL_DEFAULTS, keys checked here)
+  [arm_a]       the rule-based campaign: epsilon (0 = the rules as written)
+  [arm_b]       warm_start; [arm_b.bandit] the nudge bandit (seqrec.rl.bandits.policies.BanditConfig)
+  [ope]         the off-policy check: logging and target policies, contacts, estimators, reward model, resamples
+
+An unknown key stops with a ConfigError naming it and the valid keys of its table.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from seqrec.core.config import ConfigError, from_dict, load_toml
+from seqrec.datasets.schema import EVENT_TYPES
+from seqrec.models.encoders import EncoderConfig
+from seqrec.retrieval.config import IndexConfig, RerankConfig, TwoTowerConfig
+from seqrec.rl.bandits.policies import BanditConfig
+from seqrec.rl.ope.estimators import ESTIMATORS
+from seqrec.rl.qlearning.losses import HeadConfig
+
+POLICIES = ("random", "rules")
+REWARD_MODELS = ("ridge", "cell_mean")
+USER_FEATURES = ("segment", "age_band", "job", "poutcome", "housing", "loan")   # simulator columns on every event
+
+# Arm B's run when [model] says nothing: SASRec-SQN with the papers' discount, two-tower candidates from the
+# customers' segment and profile, the Q head re-ranking them. Short: the whole test runs in minutes on 2 cores.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "encoder": {"kind": "sasrec", "dim": 32, "blocks": 1, "heads": 1, "dropout": 0.1},
+    "head": {"variant": "sqn", "gamma": 0.5},
+    "train": {"batch_size": 256, "lr": 0.005, "max_steps": 300, "eval_every": 150, "log_every": 50,
+              "device": "cpu"},
+    "retrieval": {"enabled": True, "init": "learner", "max_steps": 150, "eval_every": 75, "log_every": 25,
+                  "user_categorical": list(USER_FEATURES), "item_categorical": ["product_category"]},
+    "rerank": {"candidates": 5, "w_tt": 0.0, "w_sup": 0.0, "w_q": 1.0},
+    "index": {"kind": "exact"},
+}
+# what each [model.*] table is checked against (placeholders where the prepared data decides)
+_MODEL_TABLES: dict[str, tuple[type, dict[str, Any]]] = {
+    "encoder": (EncoderConfig, {"num_items": 11, "max_len": 10}), "head": (HeadConfig, {}),
+    "retrieval": (TwoTowerConfig, {}), "rerank": (RerankConfig, {}), "index": (IndexConfig, {}),
+}
+
+
+def _check_int(where: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{where} must be an integer >= {low}; got {value!r}")
+
+
+def _check_real(where: str, value: object, low: float, high: float) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not low <= value <= high:
+        raise ValueError(f"{where} must be a number in [{low:g}, {high:g}]; got {value!r}")
+
+
+def _check_choice(where: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{where} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainingPhase:
+    """The exploring campaign before the test: its log trains arm B's pipeline."""
+
+    policy: str = "random"      # random | rules (rules needs epsilon > 0 to explore)
+    epsilon: float = 0.0        # rules: share of uniformly random decisions
+    waves: int = 2              # every customer is contacted once a year for `waves` years, then the test wave
+    rewards: tuple[tuple[str, float], ...] = (("view", 0.0), ("like", 0.0), ("cart", 0.0), ("purchase", 1.0))
+
+    def __post_init__(self) -> None:
+        _check_choice("training.policy", self.policy, POLICIES)
+        _check_real("training.epsilon", self.epsilon, 0.0, 1.0)
+        _check_int("training.waves", self.waves, 1)
+        names = [k for k, _ in self.rewards]
+        unknown = sorted(set(names) - set(EVENT_TYPES))
+        if unknown or set(names) != set(EVENT_TYPES):
+            raise ValueError(f"training.rewards must give every event type ({', '.join(EVENT_TYPES)}) and no other; "
+                             f"got {', '.join(names)}")
+        for k, v in self.rewards:
+            _check_real(f"training.rewards.{k}", v, -1e6, 1e6)
+
+
+@dataclass(frozen=True)
+class ArmA:
+    """The rule-based campaign: per segment a product list and one fixed nudge ([rules] of the simulator)."""
+
+    epsilon: float = 0.0        # share of random decisions; 0 = the rules as a campaign team wrote them
+
+    def __post_init__(self) -> None:
+        _check_real("arm_a.epsilon", self.epsilon, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ArmB:
+    """The learnt pipeline's nudge bandit, which learns online from the test's purchases."""
+
+    warm_start: bool = False    # fit the bandit on the training log's nudges (IPS) before the test
+    bandit: BanditConfig = field(default_factory=lambda: BanditConfig(kind="epsilon_greedy", epsilon=0.1))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.warm_start, bool):
+            raise ValueError(f"arm_b.warm_start must be true or false; got {self.warm_start!r}")
+
+
+@dataclass(frozen=True)
+class OpeCheck:
+    """Off-policy evaluation against the simulator's truth: a logging policy's log, a target's estimated value."""
+
+    logging: str = "random"     # the exploring logger: random | rules
+    logging_epsilon: float = 0.0   # rules logger: share of random decisions (0: deterministic, no overlap)
+    target: str = "rules"       # the policy whose value is estimated and then run: random | rules
+    target_epsilon: float = 0.0
+    contacts: int = 0           # logged contacts, one per customer at most; 0 = every customer once
+    estimators: tuple[str, ...] = ESTIMATORS
+    reward_model: str = "ridge"  # DM/DR reward model: ridge (per action on the customer context) | cell_mean
+    ridge_l2: float = 1.0
+    resamples: int = 1000       # bootstrap resamples of the intervals
+
+    def __post_init__(self) -> None:
+        _check_choice("ope.logging", self.logging, POLICIES)
+        _check_choice("ope.target", self.target, POLICIES)
+        _check_real("ope.logging_epsilon", self.logging_epsilon, 0.0, 1.0)
+        _check_real("ope.target_epsilon", self.target_epsilon, 0.0, 1.0)
+        _check_int("ope.contacts", self.contacts, 0)
+        _check_int("ope.resamples", self.resamples, 0)
+        _check_choice("ope.reward_model", self.reward_model, REWARD_MODELS)
+        _check_real("ope.ridge_l2", self.ridge_l2, 1e-12, 1e12)
+        if not self.estimators or any(e not in ESTIMATORS for e in self.estimators):
+            raise ValueError(f"ope.estimators must list some of {', '.join(ESTIMATORS)}; got {list(self.estimators)}")
+
+
+@dataclass(frozen=True)
+class AbTestConfig:
+    """The whole A/B test as loaded from one TOML file (see the module docstring)."""
+
+    simulator: str              # simulator TOML; relative paths are resolved against base_dir
+    seed: int = 0               # population draw, every campaign, model training, the bandit
+    customers: int = 0          # population size; 0 = the simulator's population.size
+    contacts: int = 0           # test contacts per arm (one per customer at most); 0 = every customer once
+    batch_size: int = 500       # contacts decided before their outcomes are seen (the bandit learns in between)
+    level: float = 0.95         # confidence level of every interval
+    threads: int = 1            # torch threads while the test runs (the model is tiny; fixed, so figures repeat)
+    training: TrainingPhase = field(default_factory=TrainingPhase)
+    model: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(MODEL_DEFAULTS))
+    arm_a: ArmA = field(default_factory=ArmA)
+    arm_b: ArmB = field(default_factory=ArmB)
+    ope: OpeCheck = field(default_factory=OpeCheck)
+    source: str = "<memory>"    # the TOML file, for errors and the report
+    base_dir: str = "."
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.simulator, str) or not self.simulator:
+            raise ValueError(f"simulator must be the path of a simulator TOML; got {self.simulator!r}")
+        _check_int("seed", self.seed, 0)
+        _check_int("customers", self.customers, 0)
+        _check_int("contacts", self.contacts, 0)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("threads", self.threads, 1)
+        _check_real("level", self.level, 0.5, 0.999)
+
+    @property
+    def simulator_path(self) -> Path:
+        p = Path(self.simulator)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (written to OUT/config.json and metrics.json)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "model":
+                out[f.name] = copy.deepcopy(v)
+            elif hasattr(v, "__dataclass_fields__"):
+                out[f.name] = _plain(v)
+            else:
+                out[f.name] = v
+        return out
+
+
+def _plain(obj: Any) -> Any:
+    """A dataclass as nested dicts, pairs tables as dicts."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple) and obj and all(isinstance(x, tuple) and len(x) == 2 for x in obj):
+        return {k: v for k, v in obj}
+    return list(obj) if isinstance(obj, tuple) else obj
+
+
+TOP_KEYS = tuple(f.name for f in fields(AbTestConfig) if f.name not in ("source", "base_dir"))
+
+
+def load_abtest_config(path: str | Path) -> AbTestConfig:
+    """Read and validate an A/B test TOML file; every problem is one ConfigError naming the file and key."""
+    p = Path(path)
+    return abtest_config_from_dict(load_toml(p), str(p), str(p.resolve().parent))
+
+
+def abtest_config_from_dict(data: dict[str, Any], source: str = "<memory>", base_dir: str = ".") -> AbTestConfig:
+    """Validate a parsed TOML document into an AbTestConfig (errors prefixed with `source`)."""
+    try:
+        return _build(dict(data), source, base_dir)
+    except (ConfigError, ValueError, TypeError) as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _table(where: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{where}] must be a table; got {value!r}")
+    return dict(value)
+
+
+def _build(data: dict[str, Any], source: str, base_dir: str) -> AbTestConfig:
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]}; valid top-level keys: {', '.join(TOP_KEYS)}")
+    if "simulator" not in data:
+        raise ConfigError("missing key simulator (the simulator TOML, e.g. \"campaign_sim.toml\")")
+    top = {k: v for k, v in data.items() if k not in ("training", "model", "arm_a", "arm_b", "ope")}
+    for k, v in top.items():
+        want, kinds = {"simulator": ("text", str), "level": ("a number", (int, float))}.get(k, ("an integer", int))
+        if isinstance(v, bool) or not isinstance(v, kinds):
+            raise ConfigError(f"{k} must be {want}; got {v!r}")
+    training = from_dict(TrainingPhase, _table("training", data.get("training", {})), "training")
+    arm_a = from_dict(ArmA, _table("arm_a", data.get("arm_a", {})), "arm_a")
+    b = _table("arm_b", data.get("arm_b", {}))
+    bandit = ArmB().bandit
+    if "bandit" in b:
+        raw = _table("arm_b.bandit", b.pop("bandit"))
+        if "seed" in raw:
+            raise ConfigError("arm_b.bandit.seed comes from the top-level seed; leave it out")
+        bandit = from_dict(BanditConfig, raw, "arm_b.bandit")
+    arm_b = from_dict(ArmB, b, "arm_b")
+    arm_b = replace(arm_b, bandit=bandit)
+    ope = from_dict(OpeCheck, _table("ope", data.get("ope", {})), "ope")
+    model = _model(_table("model", data.get("model", {})))
+    return AbTestConfig(**top, training=training, model=model, arm_a=arm_a, arm_b=arm_b, ope=ope,
+                        source=source, base_dir=base_dir)
+
+
+def _model(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """MODEL_DEFAULTS with [model.*] merged in key by key, each table checked against its dataclass."""
+    from seqrec.training.config import TrainConfig
+
+    tables = {**_MODEL_TABLES, "train": (TrainConfig, {})}
+    unknown = sorted(set(raw) - set(tables))
+    if unknown:
+        raise ConfigError(f"unknown table [model.{unknown[0]}]; valid: {', '.join(f'[model.{t}]' for t in tables)}")
+    model = copy.deepcopy(MODEL_DEFAULTS)
+    for name, (cls, placeholders) in tables.items():
+        given = _table(f"model.{name}", raw.get(name, {}))
+        fixed = sorted(set(given) & set(placeholders))
+        if fixed:
+            raise ConfigError(f"model.{name}.{fixed[0]} comes from the prepared data; leave it out")
+        if "seed" in given and name in ("train", "retrieval"):
+            raise ConfigError(f"model.{name}.seed comes from the top-level seed; leave it out")
+        model.setdefault(name, {}).update(given)
+        from_dict(cls, {**placeholders, **model[name]}, f"model.{name}")
+    if not model["retrieval"].get("enabled", False):
+        raise ConfigError("model.retrieval.enabled must be true: arm B takes its candidates from the two-tower")
+    if model["head"].get("variant", "ce") == "ce" and model["rerank"].get("w_q", 0.0):
+        raise ConfigError("model.rerank.w_q needs a Q head: model.head.variant must not be 'ce'")
+    return model

@@ -1,0 +1,162 @@
+"""`seqrec train`: a run config -> a run folder (the learner, then the two-tower model and the nudge bandit).
+
+Run folder: config.json, checkpoints/{last,best}.pt (+ .json), tb/ (TensorBoard), metrics.json.
+Every step's randomness comes from (seed, step), and checkpoints hold the model and optimiser states, so
+a run killed at any moment and resumed from its last checkpoint ends exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from seqrec.core.config import ConfigError
+from seqrec.retrieval.two_tower import train_two_tower
+from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
+from seqrec.models.device import pick_device
+from seqrec.nudging.fit import fit_run_bandit
+from seqrec.runs.config import RunConfig, saved_config
+from seqrec.runs.learner import build_learner
+from seqrec.training import distributed
+from seqrec.training.checkpoints import last_checkpoint, save_checkpoint
+from seqrec.training.evaluation import evaluate_arrays, selected_metric
+from seqrec.training.sampler import EpochSampler, to_batch
+
+
+def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None = None) -> dict:
+    """Train (or resume) the run in `out`; returns the final validation metrics and the best checkpoint.
+
+    Under torchrun (WORLD_SIZE > 1) every process runs this loop on its rows of each batch, with gradients
+    averaged over the processes; train.batch_size is then the global batch (seqrec/distributed.py)."""
+    rank = distributed.from_env()
+    device = pick_device(cfg.train.device)
+    if rank is None:
+        return _train(cfg, out, resume, progress, device, None)
+    distributed.check_supported(rank, cfg.algorithm, cfg.train.batch_size)
+    device = distributed.rank_device(rank, device)
+    with distributed.process_group(rank, device):
+        return _train(cfg, out, resume, progress, device, rank)
+
+
+def _open_run_folder(cfg: RunConfig, out: Path, resume: bool) -> None:
+    """Check that `out` is new (or resumed with the same config) and write config.json into it."""
+    ckpt_dir = out / "checkpoints"
+    if not resume and (ckpt_dir / "last.pt").exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    # compared as parsed, so a key added to seqrec since the run started (at its default) is no difference
+    if resume and saved.exists() and saved_config(out).to_dict() != cfg.to_dict():
+        raise ConfigError(f"{out}: --resume with a different config than the run's config.json")
+    saved.write_text(json.dumps(cfg.to_dict(), indent=2))
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, device: torch.device,
+           rank: distributed.Rank | None) -> dict:
+    """The loop of `train`; `rank` None for a single process (no collectives at all), else rank 0 writes."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    t_cfg = cfg.train
+    main = rank is None or rank.main
+    manifest = read_manifest(cfg.data)
+    names = event_names(manifest)
+    ckpt_dir = out / "checkpoints"
+    distributed.on_main(rank, _open_run_folder, cfg, out, resume)
+
+    torch.manual_seed(t_cfg.seed)  # initialisation
+    learner = build_learner(cfg, device)
+    start, best, best_step = 0, None, None
+    # with ranks, rank 0 reads the checkpoint (on CPU) and sends it to the others
+    state = distributed.on_main(rank, last_checkpoint, ckpt_dir, device if rank is None else "cpu") \
+        if resume else None
+    if state is not None:
+        learner.load_state_dict(state["model"])
+        learner.load_optim_state(state["optim"])
+        start, best, best_step = int(state["step"]), state["best"], state["best_step"]
+    if rank is not None:
+        distributed.broadcast_module(learner)  # every rank starts from rank 0's weights
+        distributed.sync_gradients(learner.opts, rank.world)  # gradients averaged before each optimiser step
+
+    train_arrays = load_transitions(cfg.data, "train")
+    valid_arrays = load_transitions(cfg.data, "valid")
+    valid_part = distributed.split_rows(valid_arrays, rank)  # the rows this rank evaluates (all without ranks)
+    sampler = EpochSampler(len(train_arrays["action"]), t_cfg.batch_size, t_cfg.seed)
+    writer = SummaryWriter(str(out / "tb"), purge_step=start if start else None) if main else distributed.NullWriter()
+    if start == 0:
+        rows = [f"|{sec}.{k}|{v}|" for sec, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()]
+        rows.insert(0, f"|algorithm|{cfg.algorithm}|")
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(rows), 0)
+    event, metric = t_cfg.select_metric.split("/")
+    amp = t_cfg.amp and device.type == "cuda"
+    last_metrics: dict = {}
+    t_log, n_log = time.perf_counter(), 0
+    bar = tqdm(range(start, t_cfg.max_steps), initial=start, total=t_cfg.max_steps, desc="train",
+               disable=(None if progress is None else not progress) if main else True, leave=False)
+    for step in bar:
+        learner.train()
+        batch = to_batch(train_arrays, distributed.shard_rows(sampler.indices(step), rank), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            stats = learner.update(batch, step, t_cfg.seed)
+        n_log += t_cfg.batch_size
+        done = step + 1
+        if done % t_cfg.log_every == 0:
+            if rank is not None:
+                stats = distributed.mean_stats(stats, device)  # over the ranks: the global batch's
+            for k, v in stats.items():
+                writer.add_scalar(k, v, done)
+            writer.add_scalar("perf/samples_per_s", n_log / (time.perf_counter() - t_log), done)
+            t_log, n_log = time.perf_counter(), 0
+        if done % t_cfg.eval_every == 0 or done == t_cfg.max_steps:
+            learner.eval()
+            last_metrics = distributed.gather_metrics(
+                rank, evaluate_arrays(learner.scores, valid_part, names, device, t_cfg.eval_batch_size), names)
+            for ev, row in last_metrics.items():
+                for m, v in row.items():
+                    if m != "count":
+                        writer.add_scalar(f"metrics/{ev}_{m}", v, done)
+            value = selected_metric(last_metrics, event, metric)
+            payload = {"model": learner.state_dict(), "optim": learner.optim_state(), "step": done}
+            if value is not None and (best is None or value > best):
+                best, best_step = value, done
+                if main:
+                    save_checkpoint(ckpt_dir / "best.pt", {**payload, "best": best, "best_step": best_step},
+                          {"step": done, "select_metric": t_cfg.select_metric, "value": value, "valid": last_metrics})
+                    if cfg.algorithm != "seqrec":  # d3rlpy's own file too, for d3rlpy_bridge.load_learnable
+                        learner.save_d3rlpy(str(ckpt_dir / "best.d3.tmp"))
+                        os.replace(ckpt_dir / "best.d3.tmp", ckpt_dir / "best.d3")
+            if main:
+                save_checkpoint(ckpt_dir / "last.pt", {**payload, "best": best, "best_step": best_step},
+                      {"step": done, "best": best, "best_step": best_step, "valid": last_metrics})
+            bar.set_postfix({t_cfg.select_metric: value})
+            t_log, n_log = time.perf_counter(), 0  # evaluation time is not training speed
+    writer.close()
+    result = {"step": t_cfg.max_steps, "valid": last_metrics, "best": best, "best_step": best_step}
+    if cfg.retrieval.enabled and main:  # the two-tower candidate generator, into out/retrieval (rank 0 alone)
+        result["retrieval"] = train_retrieval(cfg, out, resume, progress)
+    if main:  # the nudge bandit, fitted offline on the training split's logged nudges (seqrec/nudging/fit.py)
+        result["bandit"] = fit_run_bandit(cfg.data, out, t_cfg.seed)
+    return result
+
+
+def learner_encoder_state(cfg: RunConfig, run: Path) -> dict[str, torch.Tensor]:
+    """The encoder state dict of the run's trained learner (best checkpoint, else last), first network."""
+    for name in ("best", "last"):
+        path = run / "checkpoints" / f"{name}.pt"
+        if path.exists():
+            learner = build_learner(cfg, torch.device("cpu"))
+            learner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+            return learner.nets[0].encoder.state_dict()
+    raise ConfigError(f"{run}: no learner checkpoint to start the retrieval model from (init = \"learner\")")
+
+
+def train_retrieval(cfg: RunConfig, run: Path, resume: bool = False, progress: bool | None = None) -> dict:
+    """Train the run's [retrieval] model into RUN/retrieval after the learner (`seqrec train`)."""
+    out = run / "retrieval"
+    fresh = not (resume and (out / "checkpoints" / "last.pt").exists())
+    init = learner_encoder_state(cfg, run) if cfg.retrieval.init == "learner" and fresh else None
+    return train_two_tower(cfg.retrieval, cfg.encoder, cfg.data, out, init, cfg.train.device, resume, progress)

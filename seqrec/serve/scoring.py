@@ -1,0 +1,486 @@
+"""Batch scoring, the pure half: a run loaded once (`load_bundle`) and `score_batch(bundle, sessions) -> rows`.
+
+The engine seam (DESIGN.md): an engine turns raw events into tables of session states (seqrec/sessions_state.py)
+and calls `score_batch` on each table; the local engine (seqrec/engines.py) does it bucket by bucket on one
+machine, a Ray engine calls the very same function inside `map_batches` on actors that each call
+`load_bundle` once. `score_batch` reads nothing but its two arguments and changes neither, so a given
+(bundle, batch) gives the same rows in any process, in any order of batches:
+
+- the state of a session is its last W item ids (`items`, oldest first), mapped through the run's vocabulary
+  here (unknown ids -> the out-of-vocabulary index 1);
+- with a retrieval model (RUN/retrieval) the two-tower retrieves `candidates` items through the index and the
+  learner re-ranks them (seqrec/rerank.py); without one the learner's supervised scores over the whole
+  catalogue give the candidates and the same blend ranks them (two_tower_score is then null);
+- a session with no known item gets the `top` most popular items, flagged `fallback` (its model scores null);
+- each recommended item gets a nudge drawn from the bandit's probabilities over the arms the catalogue allows
+  with that item, with the propensity of the draw. The draw's uniform number is a hash of (seed, session key,
+  rank), not a shared random stream: that is what makes the output independent of batching and resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from seqrec.core.config import ConfigError
+from seqrec.datasets.prepare import file_sha256, read_manifest
+from seqrec.datasets.schema import FIRST_ITEM, OOV
+from seqrec.models.catalogue import padded_scores
+from seqrec.nudging.catalogue import NudgeCatalogue, default_catalogue_path, load_catalogue
+from seqrec.retrieval.config import RerankConfig
+from seqrec.retrieval.features import FeatureSpec, item_rows
+from seqrec.retrieval.rerank import Candidates, Pipeline, blend, build_pipeline, top_order
+from seqrec.retrieval.rerank import rerank_batch as pipeline_batch
+from seqrec.retrieval.two_tower import load_two_tower
+from seqrec.rl.bandits.policies import Bandit, BanditConfig, load_bandit
+from seqrec.rl.qlearning.learner import Learner
+from seqrec.runs.config import saved_config
+from seqrec.runs.learner import build_learner
+
+SCORE_FORMAT = 1
+MODEL_CHUNK = 1024  # sessions per pass of the learner alone: bounds its (chunk, I) catalogue scores
+RETRIEVAL_CHUNK = 4096  # sessions per pass with a retrieval model: faiss's flat search costs half as much per
+# query on 2,048 queries or more as on 1,024 (measured: 92 against 192 us at 26,702 items, k = 200)
+ROW_MULTIPLE = 64  # model passes are padded to a multiple of this many rows (the same kernels for every batch)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """What `seqrec score` produces from a run (everything here but batch_size, workers, bucket_rows and device
+    enters the config hash written on every row)."""
+
+    top: int = 10                   # recommendations (rows) per session
+    candidates: int = 200           # K retrieved before re-ranking (the whole catalogue is ranked without retrieval)
+    batch_size: int = 4096          # sessions per score_batch call
+    workers: int | None = None      # batches scored at once, one torch thread each; None: torch's thread count
+    index: str | None = None        # exact | faiss; None: the run's [index]
+    nprobe: int | None = None       # faiss IVF: clusters searched per query; None: the run's [index] nprobe
+    checkpoint: str = "best"        # best | last (falls back to last when a run has no best)
+    seed: int = 0                   # seed of the nudge draws
+    session_gap_minutes: float | None = None  # None: the gap the run's data was prepared with
+    bucket_rows: int = 2_000_000    # rows per on-disk session bucket: bounds memory
+    catalogue: str | None = None    # nudge catalogue TOML; None: the one shipped with seqrec
+    category_column: str = "item_category"  # event column holding an item's category for [categories] rules
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("top", "candidates", "batch_size", "bucket_rows"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if self.candidates < self.top:
+            raise ValueError(f"candidates ({self.candidates}) must be >= top ({self.top})")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ValueError(f"workers must be an int >= 1, got {self.workers!r}")
+        if self.nprobe is not None and (isinstance(self.nprobe, bool) or not isinstance(self.nprobe, int)
+                                        or self.nprobe < 1):
+            raise ValueError(f"nprobe must be an int >= 1, got {self.nprobe!r}")
+        if self.index not in (None, "exact", "faiss"):
+            raise ValueError(f"index must be exact or faiss, got {self.index!r}")
+        if self.checkpoint not in ("best", "last"):
+            raise ValueError(f"checkpoint must be best or last, got {self.checkpoint!r}")
+        if self.session_gap_minutes is not None and not self.session_gap_minutes > 0:
+            raise ValueError(f"session_gap_minutes must be > 0 (inf: one session per user), "
+                             f"got {self.session_gap_minutes}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class ScoringBundle:
+    """Everything score_batch reads, loaded once per process: models, vocabulary, popularity, nudge policy."""
+
+    learner: torch.nn.Module        # the run's learner, eval mode
+    pipeline: Pipeline | None       # two-tower + index + re-ranker; None: the run has no retrieval model
+    rerank: RerankConfig            # the blend (candidates = ScoreConfig.candidates)
+    vocab_ids: pa.Array             # (I - 2,) item ids of catalogue indices 2.. in index order
+    item_ids: pa.Array              # (I,) item id of every catalogue index; null at padding and OOV
+    popular: np.ndarray             # (P,) int64 catalogue indices, most frequent first (P = min(top, items))
+    popular_share: np.ndarray       # (P,) float32 their share of the prepared events (the fallback's final score)
+    arm_ids: tuple[str, ...]        # nudge arms in bandit order (A)
+    arm_families: tuple[str, ...]   # (A,) family of each arm
+    arm_mask: np.ndarray            # (I, A) bool: arms the catalogue allows with each item
+    arm_probs: np.ndarray | None    # (I, A) the context-free bandit's probabilities per item; None: contextual
+    bandit: Bandit | None           # the contextual bandit (LinUCB on the learner's state); None when context-free
+    window: int                     # W, state length
+    user_spec: FeatureSpec          # the user tower's feature columns (empty without retrieval or features)
+    top: int
+    candidates: int
+    seed: int
+    model_version: str              # run:checkpoint@step (+ retrieval, bandit), one value per run
+    config_hash: str                # 16 hex digits over the run's files and the score settings
+    info: dict                      # what the manifest reports: policy, index, null columns
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.learner.parameters()).device
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _checkpoint(folder: Path, name: str) -> Path:
+    """folder/checkpoints/NAME.pt, else last.pt; ConfigError when neither exists."""
+    for candidate in (name, "last"):
+        path = folder / "checkpoints" / f"{candidate}.pt"
+        if path.exists():
+            return path
+    raise ConfigError(f"{folder}: no checkpoint; train the run first")
+
+
+def _step(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.with_suffix(".json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
+    """Load what scoring needs from a run folder: learner (and retrieval model, index, blend), the prepared
+    vocabulary and popularity, and the nudge policy (RUN/bandit.json, else a fresh seeded epsilon-greedy
+    bandit, i.e. uniform over the arms allowed with each item)."""
+    run = Path(run)
+    run_cfg = saved_config(run)
+    manifest = read_manifest(run_cfg.data)
+    device = torch.device(cfg.device)
+    learner_path = _checkpoint(run, cfg.checkpoint)
+    learner = build_learner(run_cfg, device)
+    learner.load_state_dict(torch.load(learner_path, map_location=device, weights_only=True)["model"])
+    learner.eval()
+    files = {"config.json": file_sha256(run / "config.json"), "learner": file_sha256(learner_path)}
+    version = f"{run.name}:{learner_path.stem}@{_step(learner_path)}"
+
+    rerank = replace(run_cfg.rerank, candidates=cfg.candidates)
+    index_cfg = replace(run_cfg.index, kind=cfg.index) if cfg.index else run_cfg.index
+    if cfg.nprobe is not None:
+        index_cfg = replace(index_cfg, nprobe=cfg.nprobe)
+    pipeline, user_spec = None, FeatureSpec()
+    if (run / "retrieval" / "checkpoints" / "last.pt").exists():
+        tower_path = _checkpoint(run / "retrieval", cfg.checkpoint)
+        tower = load_two_tower(run / "retrieval", tower_path.stem, device)
+        pipeline = build_pipeline(tower, learner, rerank, index_cfg)
+        user_spec = tower.user_spec
+        files["retrieval"] = file_sha256(tower_path)
+        files["retrieval_features"] = file_sha256(run / "retrieval" / "features.json")
+        version += f",retrieval:{tower_path.stem}@{_step(tower_path)}"
+    elif rerank.w_tt:
+        rerank = replace(rerank, w_tt=0.0)  # no two-tower score to weigh
+
+    data = Path(run_cfg.data)
+    vocab = pq.read_table(data / "vocab.parquet").sort_by("index")
+    num_items = run_cfg.encoder.num_items
+    if vocab.num_rows + FIRST_ITEM != num_items:
+        raise ConfigError(f"{data}/vocab.parquet has {vocab.num_rows} items but the run's catalogue is {num_items} "
+                          "(the run was trained on other data)")
+    vocab_ids = vocab.column("item_id").combine_chunks()
+    item_ids = pa.concat_arrays([pa.nulls(FIRST_ITEM, vocab_ids.type), vocab_ids])
+    counts = vocab.column("count").to_numpy().astype(np.float64)
+    p = min(cfg.top, vocab.num_rows)
+    popular = np.argsort(-counts, kind="stable")[:p] + FIRST_ITEM
+    share = (counts[popular - FIRST_ITEM] / max(counts.sum(), 1.0)).astype(np.float32)
+    files["vocab"] = file_sha256(data / "vocab.parquet")
+
+    catalogue = load_catalogue(cfg.catalogue)
+    arm_mask = _arm_mask(catalogue, data, vocab_ids, num_items, cfg.category_column)
+    bandit_json = run / "bandit.json"
+    if bandit_json.exists():
+        bandit = load_bandit(run)
+        if tuple(bandit.arms) != catalogue.ids:
+            raise ConfigError(f"{bandit_json}: the bandit's arms {list(bandit.arms)} differ from the nudge catalogue's "
+                              f"{list(catalogue.ids)} ({catalogue.source})")
+        files["bandit"] = file_sha256(bandit_json) + file_sha256(run / "bandit.npz")
+        policy = f"{bandit.config.kind} from {bandit_json} ({bandit.updates} updates)"
+        version += f",bandit@{bandit.updates}"
+    else:
+        bandit = BanditConfig(kind="epsilon_greedy", seed=cfg.seed).create(catalogue.ids)
+        policy = "uniform over the allowed arms (no RUN/bandit.json: a fresh epsilon-greedy bandit)"
+    arm_probs, contextual = None, None
+    if bandit.dim:
+        dim = run_cfg.encoder.dim
+        if not isinstance(learner, Learner) or bandit.dim != dim:
+            raise ConfigError(f"{bandit_json}: a contextual bandit needs the learner's state as context (width {dim}, "
+                              f"our own learner); it has width {bandit.dim}")
+        contextual = bandit
+    else:
+        arm_probs = _context_free_probabilities(bandit, arm_mask)
+
+    window = int(manifest["config"]["window"])
+    settings = {"format": SCORE_FORMAT, "top": cfg.top, "candidates": cfg.candidates, "checkpoint": cfg.checkpoint,
+                "seed": cfg.seed, "window": window, "gap": _gap_minutes(cfg, manifest),
+                "index": asdict(index_cfg) if pipeline is not None else None, "rerank": asdict(rerank),
+                "catalogue": file_sha256(Path(cfg.catalogue) if cfg.catalogue else default_catalogue_path()),
+                "category_column": cfg.category_column}
+    config_hash = hashlib.sha256(json.dumps({"files": files, "settings": settings}, sort_keys=True,
+                                            default=str).encode()).hexdigest()[:16]
+    null_columns = ["two_tower_score: always (the run has no retrieval model)" if pipeline is None
+                    else "two_tower_score: on fallback rows", "supervised_score: on fallback rows",
+                    "q_value: always (the learner has no Q head)" if not _has_q(learner)
+                    else "q_value: on fallback rows"]
+    info = {"policy": policy, "retrieval": pipeline is not None,
+            "index": (index_cfg.kind if index_cfg.kind == "exact" else f"faiss-{index_cfg.faiss_type}"
+                      + (f" nprobe={index_cfg.nprobe}" if index_cfg.faiss_type == "ivf" else ""))
+            if pipeline is not None else "none: the learner ranks the whole catalogue",
+            "null_columns": null_columns, "session_gap_minutes": settings["gap"], "window": window,
+            "rerank": asdict(rerank)}
+    return ScoringBundle(learner, pipeline, rerank, vocab_ids, item_ids, popular, share, catalogue.ids,
+                         tuple(catalogue.family_of(a) for a in catalogue.ids), arm_mask, arm_probs, contextual,
+                         window, user_spec, cfg.top, cfg.candidates, cfg.seed, version, config_hash, info)
+
+
+def _has_q(learner: torch.nn.Module) -> bool:
+    if isinstance(learner, Learner):
+        return learner.nets[0].q is not None
+    return hasattr(learner, "q_values")
+
+
+def _gap_minutes(cfg: ScoreConfig, manifest: dict) -> float:
+    """The session gap: the option, else the prepared data's (the string "inf" there means no cut)."""
+    if cfg.session_gap_minutes is not None:
+        return float(cfg.session_gap_minutes)
+    return float(manifest["config"].get("session_gap_minutes", 30.0))
+
+
+def _arm_mask(catalogue: NudgeCatalogue, data: Path, vocab_ids: pa.Array, num_items: int,
+              category_column: str) -> np.ndarray:
+    """(I, A) arms allowed with each catalogue item: its [products] entry, else its category's (the item's
+    most frequent `category_column` value in the prepared events), else every arm."""
+    mask = np.ones((num_items, len(catalogue.ids)), bool)
+    events = data / "events.parquet"
+    if catalogue.categories and category_column in pq.read_schema(events).names:
+        frame = pq.read_table(events, columns=["item", category_column]).to_pandas()
+        category = item_rows(frame, [category_column], [], num_items)[category_column].to_numpy(dtype=object)
+        for name in catalogue.categories:
+            mask[category == name] = catalogue.mask(category=name)
+    if catalogue.products:
+        text = pc.cast(vocab_ids, pa.string()).to_pylist()
+        index = {t: i + FIRST_ITEM for i, t in enumerate(text)}
+        for product in catalogue.products:
+            if product in index:
+                mask[index[product]] = catalogue.mask(product=product)
+    return mask
+
+
+def _context_free_probabilities(bandit: Bandit, mask: np.ndarray) -> np.ndarray:
+    """(I, A) choice probabilities of a context-free bandit for each item's mask, computed once per distinct
+    mask (Thompson sampling's Monte-Carlo estimate included), so scoring draws no bandit randomness."""
+    unique, inverse = np.unique(mask, axis=0, return_inverse=True)  # (M, A), (I,)
+    return bandit.probabilities_batch(None, unique)[inverse.reshape(-1)]
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+def window_matrix(bundle: ScoringBundle, items: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A list column of item ids (oldest first) -> (B, W) int64 catalogue indices, left-padded with 0; unknown
+    ids (and ids of the wrong type) map to OOV = 1; only the last W ids of a longer list count."""
+    lists = items.combine_chunks() if isinstance(items, pa.ChunkedArray) else items
+    b, w = len(lists), bundle.window
+    offsets = lists.offsets.to_numpy().astype(np.int64)
+    values = lists.values.slice(offsets[0], offsets[-1] - offsets[0])
+    offsets -= offsets[0]
+    if values.type != bundle.vocab_ids.type:
+        values = pc.cast(values, bundle.vocab_ids.type, safe=False) if pa.types.is_string(
+            bundle.vocab_ids.type) else pa.array([None] * len(values), bundle.vocab_ids.type)
+    index = pc.index_in(values, value_set=bundle.vocab_ids).fill_null(OOV - FIRST_ITEM)
+    index = index.to_numpy().astype(np.int64) + FIRST_ITEM  # (N,) catalogue indices
+    lengths = np.diff(offsets)  # (B,)
+    row = np.repeat(np.arange(b), lengths)  # (N,)
+    col = w - lengths[row] + (np.arange(len(index)) - offsets[:-1][row])  # (N,) newest item in column W - 1
+    keep = col >= 0
+    out = np.zeros((b, w), np.int64)
+    out[row[keep], col[keep]] = index[keep]
+    return out
+
+
+def _learner_candidates(bundle: ScoringBundle, items: torch.Tensor) -> Candidates:
+    """No retrieval model: the learner's supervised scores over the whole catalogue give the K candidates
+    (padding and OOV excluded), then the run's blend of supervised score and Q value ranks them."""
+    learner, k = bundle.learner, min(bundle.candidates, len(bundle.vocab_ids))
+    if isinstance(learner, Learner):
+        net = learner.nets[0]
+        state = net.encoder.encode(items)  # (B, D)
+        full = padded_scores(state, net.encoder.output_weight)  # (B, I') row-padded, padding columns -inf
+        full[:, :FIRST_ITEM] = -torch.inf
+        sup, ids = torch.topk(full, k, dim=1)  # (B, K) each
+        q = net.q_at(state, ids) if net.q is not None else None
+    else:
+        full = learner.scores(items).clone()  # (B, I)
+        full[:, :FIRST_ITEM] = -torch.inf
+        sup, ids = torch.topk(full, k, dim=1)
+        q = learner.q_values(items).gather(1, ids) if hasattr(learner, "q_values") else None
+    valid = ids >= FIRST_ITEM  # (B, K)
+    tt = torch.full_like(sup, torch.nan)
+    final = blend(tt, sup, q, replace(bundle.rerank, w_tt=0.0), valid)  # (B, K)
+    order = top_order(final, bundle.top)  # (B, top)
+    q = torch.full_like(sup, torch.nan) if q is None else q
+    return Candidates(*(x.gather(1, order) for x in (ids, tt, sup, q, final)))
+
+
+def _retrieve_rerank(bundle: ScoringBundle, items: torch.Tensor, users) -> Candidates:
+    """seqrec.retrieval.rerank.rerank_batch for our learner, computing each learner score only where it is needed: the
+    blend's terms over the K candidates, the others for the `top` kept rows only (same ranking and values;
+    tests/test_score.py). With the default blend (supervised score only) this skips the (B, K, D) gather of
+    the Q head."""
+    p, cfg = bundle.pipeline, bundle.rerank
+    user = p.tower.user(items, users)  # (B, D)
+    tt, ids = p.index.search(user, bundle.candidates)  # (B, K) raw dot products, ids
+    tt = tt / p.tower.temperature
+    net = bundle.learner.nets[0]
+    state = net.encoder.encode(items)  # (B, D)
+    sup = net.encoder.score(state, ids) if cfg.w_sup else None  # (B, K)
+    q = net.q_at(state, ids) if cfg.w_q and net.q is not None else None  # (B, K)
+    final = blend(tt, sup, q, cfg, ids >= FIRST_ITEM)  # (B, K)
+    order = top_order(final, bundle.top)  # (B, top)
+    kept = ids.gather(1, order)  # (B, top)
+    sup = sup.gather(1, order) if sup is not None else net.encoder.score(state, kept)
+    if q is not None:
+        q = q.gather(1, order)
+    else:
+        q = net.q_at(state, kept) if net.q is not None else torch.full_like(sup, torch.nan)
+    return Candidates(kept, tt.gather(1, order), sup, q, final.gather(1, order))
+
+
+def _candidates(bundle: ScoringBundle, items: torch.Tensor, users) -> Candidates:
+    """The ranked top of (B, T) windows: retrieve + re-rank, or the learner alone without a retrieval model."""
+    if bundle.pipeline is None:
+        return _learner_candidates(bundle, items)
+    if isinstance(bundle.learner, Learner):
+        return _retrieve_rerank(bundle, items, users)
+    return pipeline_batch(bundle.pipeline, items, users, bundle.top, bundle.candidates)
+
+
+def _user_features(bundle: ScoringBundle, sessions: pa.Table, rows: np.ndarray):
+    """The user tower's Features of the sessions `rows` (None when the tower has no user features)."""
+    cols = bundle.user_spec.columns
+    if not cols:
+        return None
+    frame = {c: sessions.column(c).combine_chunks().take(pa.array(rows)).to_numpy(zero_copy_only=False)
+             for c in cols if c in sessions.column_names}
+    return bundle.user_spec.encode(frame, len(rows))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: (N,) uint64 -> (N,) uint64, well mixed (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _hash_column(col: pa.ChunkedArray) -> np.ndarray:
+    """(B,) uint64 hash of each value of an id column (ints and strings; deterministic across processes)."""
+    arr = col.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    if pa.types.is_integer(arr.type):
+        return _mix(arr.fill_null(-1).to_numpy().astype(np.int64).view(np.uint64))
+    values = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)
+    return pd.util.hash_array(values).astype(np.uint64)
+
+
+def session_keys(sessions: pa.Table) -> np.ndarray:
+    """(B,) uint64 key of each session: a hash of its user id, session id (if any) and start time."""
+    h = _hash_column(sessions.column("user_id"))
+    if "session_id" in sessions.column_names:
+        h = _mix(h ^ _mix(_hash_column(sessions.column("session_id")) + np.uint64(1)))
+    start = sessions.column("session_start").combine_chunks().cast(pa.int64()).to_numpy().view(np.uint64)
+    return _mix(h ^ _mix(start + np.uint64(2)))
+
+
+def uniforms(keys: np.ndarray, rank: np.ndarray, seed: int) -> np.ndarray:
+    """(N,) uniforms in [0, 1) from (N,) session keys, (N,) ranks and the seed: the same for the same triple."""
+    salt = _mix(np.full(1, seed, np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+    x = _mix(keys ^ salt) + rank.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return (_mix(x) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def draw_arms(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """(N, A) probabilities and (N,) uniforms -> (N,) arm per row by inverse CDF; never an arm of probability 0."""
+    cdf = np.cumsum(probs, axis=1)
+    arm = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=1)
+    last = probs.shape[1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)
+    return np.minimum(arm, last)
+
+
+@torch.no_grad()
+def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
+    """Session states (one row each: user_id, [session_id], session_start, events, items, [user features])
+    -> one row per (session, rank), sessions in input order, ranks 1..top (fewer only if the catalogue is).
+
+    Pure: depends on `bundle` and `sessions` only; the local and Ray engines both call it.
+    """
+    n = sessions.num_rows
+    items = window_matrix(bundle, sessions.column("items"))  # (B, W)
+    known = (items >= FIRST_ITEM).sum(1)  # (B,)
+    top = min(bundle.top, len(bundle.vocab_ids))
+    ids = np.zeros((n, top), np.int64)
+    scores = np.full((4, n, top), np.nan, np.float32)  # two-tower, supervised, Q, final
+    model_rows = np.flatnonzero(known > 0)
+    state = np.zeros((n, bundle.bandit.dim)) if bundle.bandit is not None else None  # (B, d) bandit context
+    chunk = MODEL_CHUNK if bundle.pipeline is None else RETRIEVAL_CHUNK
+    for lo in range(0, len(model_rows), chunk):
+        rows = model_rows[lo:lo + chunk]
+        # pad to a multiple of ROW_MULTIPLE rows (copies of the last): BLAS and faiss pick kernels by the number
+        # of rows, and a batch of 1-3 or 33 sessions gets other last bits; so a session's scores never depend
+        # on how sessions fall into batches (Ray's batches, a resume, --batch-size)
+        padded = np.r_[rows, np.repeat(rows[-1:], -len(rows) % ROW_MULTIPLE)]  # (b',)
+        n_rows = len(rows)
+        x = torch.from_numpy(items[padded]).to(bundle.device)  # (b', W)
+        c = _candidates(bundle, x, _user_features(bundle, sessions, padded))
+        k = c.ids.shape[1]
+        ids[rows, :k] = c.ids[:n_rows].cpu().numpy()
+        for j, t in enumerate((c.two_tower, c.supervised, c.q, c.final)):
+            scores[j, rows, :k] = t[:n_rows].float().cpu().numpy()
+        if state is not None:
+            state[rows] = bundle.learner.nets[0].encoder.encode(x)[:n_rows].double().cpu().numpy()  # (b, D)
+    fallback = (ids >= FIRST_ITEM).sum(1) == 0  # (B,) no known item, or no candidate found
+    p = len(bundle.popular)
+    ids[fallback] = 0
+    ids[fallback, :p] = bundle.popular
+    scores[:, fallback] = np.nan
+    scores[3, fallback, :p] = bundle.popular_share
+
+    valid = ids >= FIRST_ITEM  # (B, top), real items first in every row
+    row_session = np.repeat(np.arange(n), valid.sum(1))  # (N,)
+    rank = (np.cumsum(valid, axis=1))[valid].astype(np.int16)  # (N,) 1-based
+    flat = ids[valid]  # (N,)
+    if bundle.arm_probs is not None:
+        probs = bundle.arm_probs[flat]  # (N, A)
+    else:
+        if fallback.any():  # the context of a session without a known item: the encoding of an unknown window
+            pad = torch.full((1, bundle.window), OOV, dtype=torch.long, device=bundle.device)
+            state[fallback] = bundle.learner.nets[0].encoder.encode(pad).double().cpu().numpy()
+        probs = bundle.bandit.probabilities_batch(state[row_session], bundle.arm_mask[flat])
+    u = uniforms(session_keys(sessions)[row_session], rank, bundle.seed)
+    arm = draw_arms(probs, u)  # (N,)
+    take = pa.array(row_session)
+    cols = {"user_id": sessions.column("user_id").take(take)}
+    if "session_id" in sessions.column_names:
+        cols["session_id"] = sessions.column("session_id").take(take)
+    cols["session_start"] = sessions.column("session_start").take(take)
+    cols["session_events"] = pa.array(sessions.column("events").to_numpy()[row_session], pa.int32())
+    cols["known_items"] = pa.array(known[row_session].astype(np.int32))
+    cols["rank"] = pa.array(rank)
+    cols["item_id"] = bundle.item_ids.take(pa.array(flat))
+    for name, j in (("two_tower_score", 0), ("supervised_score", 1), ("q_value", 2), ("final_score", 3)):
+        cols[name] = pa.array(scores[j][valid], pa.float32(), from_pandas=True)  # NaN -> null
+    cols["fallback"] = pa.array(fallback[row_session])
+    arm_index = pa.array(arm.astype(np.int32))
+    cols["nudge_id"] = pa.DictionaryArray.from_arrays(arm_index, pa.array(bundle.arm_ids))
+    family_names = sorted(set(bundle.arm_families))
+    family = np.array([family_names.index(f) for f in bundle.arm_families], np.int32)[arm]
+    cols["nudge_family"] = pa.DictionaryArray.from_arrays(pa.array(family), pa.array(family_names))
+    cols["propensity"] = pa.array(probs[np.arange(len(arm)), arm], pa.float64())
+    zeros = pa.array(np.zeros(len(arm), np.int32))
+    cols["model_version"] = pa.DictionaryArray.from_arrays(zeros, pa.array([bundle.model_version]))
+    cols["config_hash"] = pa.DictionaryArray.from_arrays(zeros, pa.array([bundle.config_hash]))
+    return pa.table(cols)

@@ -1,0 +1,59 @@
+"""Full-catalogue ranking metrics of a scorer over transition arrays, and the two simple baselines beside it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from seqrec.datasets.schema import OOV
+from seqrec.training.metrics import RankingMetrics, target_ranks
+
+
+@torch.no_grad()
+def evaluate_arrays(score_fn, arrays: dict[str, np.ndarray], event_names: tuple[str, ...], device: torch.device,
+                    batch_size: int = 1024) -> dict[str, dict[str, float]]:
+    """HR/NDCG@k per event type: every transition's action is a target ranked over the whole catalogue."""
+    metrics = RankingMetrics(event_names)
+    n = len(arrays["action"])
+    for lo in range(0, n, batch_size):
+        idx = np.arange(lo, min(lo + batch_size, n))
+        state = torch.from_numpy(np.asarray(arrays["state"][idx], np.int64)).to(device)
+        target = torch.from_numpy(np.asarray(arrays["action"][idx], np.int64)).to(device)
+        ranks = target_ranks(score_fn(state).float(), target)
+        metrics.add(ranks, torch.from_numpy(np.asarray(arrays["event"][idx], np.int64)))
+    return metrics.result()
+
+
+def item_counts(train_actions: np.ndarray, num_items: int, device: torch.device) -> torch.Tensor:
+    """(I,) float32 count of each item as a training target: what both baselines rank by."""
+    counts = np.bincount(np.asarray(train_actions), minlength=num_items).astype(np.float32)
+    return torch.from_numpy(counts).to(device)
+
+
+def popularity_scorer(train_actions: np.ndarray, num_items: int, device: torch.device):
+    """Scores every state with the item counts of the training split (the papers' popularity baseline)."""
+    counts = item_counts(train_actions, num_items, device)
+    return lambda state: counts.expand(state.shape[0], -1)
+
+
+def recent_scorer(train_actions: np.ndarray, num_items: int, device: torch.device):
+    """Scores the window's own items first, newest first, then the rest by training popularity: the
+    "show it again" baseline, strong where users return to items they just saw (Taobao's repeat purchases)."""
+    counts = item_counts(train_actions, num_items, device)
+    popular = counts / (counts.max() + 1.0)  # (I,) in [0, 1): below any window item
+
+    def score(state: torch.Tensor) -> torch.Tensor:  # (B, T) windows -> (B, I)
+        b, t = state.shape
+        out = popular.expand(b, -1).clone()  # (B, I)
+        recency = (2.0 + torch.arange(t, device=device, dtype=torch.float32)).expand(b, -1)  # (B, T) newest largest
+        out.scatter_reduce_(1, state.long(), recency, reduce="amax")  # a repeated item keeps its newest column
+        out[:, : OOV + 1] = -1.0  # padding and the out-of-vocabulary id are never recommended
+        return out
+
+    return score
+
+
+def selected_metric(metrics: dict, event: str, metric: str) -> float | None:
+    """The selection metric; falls back to view events when the data has no events of the named type."""
+    row = metrics.get(event) or metrics.get("view")
+    return None if row is None else row.get(metric)
