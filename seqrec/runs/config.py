@@ -1,0 +1,145 @@
+"""A run's config: one TOML file -> frozen dataclasses -> config.json in the run folder, and back."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seqrec.core.config import ConfigError, from_dict, load_toml
+from seqrec.datasets.prepare import read_manifest
+from seqrec.models.encoders import EncoderConfig
+from seqrec.retrieval.config import IndexConfig, RerankConfig, TwoTowerConfig, check_retrieval
+from seqrec.rl.d3rlpy_bridge.config import D3RLPY_ALGORITHMS, D3rlpyConfig
+from seqrec.rl.qlearning.losses import HeadConfig
+from seqrec.training.config import TrainConfig
+
+
+ALGORITHMS = ("seqrec", *D3RLPY_ALGORITHMS)  # seqrec: our own heads ([head] variant); else d3rlpy's algorithm
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run is: the prepared data, the encoder, the head (variant) and the loop; or, with
+    `algorithm = "d3rlpy.*"`, a d3rlpy algorithm on the same encoder (only head.gamma applies, plus [d3rlpy])."""
+
+    data: str
+    encoder: EncoderConfig
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    algorithm: str = "seqrec"
+    d3rlpy: D3rlpyConfig = field(default_factory=D3rlpyConfig)
+    retrieval: TwoTowerConfig = field(default_factory=TwoTowerConfig)  # two-tower candidates (seqrec/two_tower.py)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        check_retrieval(self.algorithm, self.head.variant, self.encoder.dim, self.retrieval, self.rerank)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"data": self.data, "encoder": asdict(self.encoder), "head": asdict(self.head),
+             "train": asdict(self.train)}
+        if self.algorithm != "seqrec":  # runs of our own heads keep the config.json they always had
+            d = {"algorithm": self.algorithm, **d, "d3rlpy": asdict(self.d3rlpy)}
+        if self.retrieval.enabled:  # likewise runs without a retrieval model; lists as config.json holds them
+            d.update(json.loads(json.dumps({"retrieval": asdict(self.retrieval), "index": asdict(self.index),
+                                            "rerank": asdict(self.rerank)})))
+        return d
+
+
+SECTIONS = ("data", "encoder", "head", "train", "d3rlpy", "retrieval", "index", "rerank")
+
+
+TOP_LEVEL_KEYS = ("algorithm",)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` (value as a TOML literal, else a string) -> (section, key, value); a top-level
+    key (`algorithm=d3rlpy.dqn`) comes back with section ""."""
+    path = text.split("=", 1)[0].strip()
+    if "=" not in text or ("." not in path and path not in TOP_LEVEL_KEYS):
+        raise ConfigError(f"--set {text!r}: expected section.key=value (sections: {', '.join(SECTIONS)}) "
+                          f"or {'|'.join(TOP_LEVEL_KEYS)}=value")
+    raw = text.split("=", 1)[1]
+    section, key = path.split(".", 1) if "." in path else ("", path)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key, value
+
+
+def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None = None) -> RunConfig:
+    """Compose the RunConfig from a TOML dict, --set overrides and --data; num_items and max_len default
+    to the prepared dataset's catalogue size and window."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    unknown = sorted(set(raw) - set(SECTIONS) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}]; valid sections: {', '.join(SECTIONS)}; "
+                          f"valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section == "":
+            raw[key] = value
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {text!r}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
+        if section == "data":
+            raw["data"] = {**raw.get("data", {}), key: value}
+        else:
+            raw.setdefault(section, {})[key] = value
+    data_section = raw.get("data", {})
+    bad = sorted(set(data_section) - {"dir"})
+    if bad:
+        raise ConfigError(f"unknown key data.{bad[0]}; valid keys in [data]: dir")
+    data_dir = data or data_section.get("dir")
+    if not data_dir:
+        raise ConfigError("no prepared dataset: give --data DIR or data.dir in the config")
+    manifest = read_manifest(data_dir)
+    enc = {"num_items": manifest["catalogue_size"], "max_len": manifest["config"]["window"], **raw.get("encoder", {})}
+    algorithm = raw.get("algorithm", "seqrec")
+    _check_algorithm_sections(algorithm, raw)
+    return RunConfig(data=str(data_dir), encoder=from_dict(EncoderConfig, enc, "encoder"),
+                     head=from_dict(HeadConfig, raw.get("head", {}), "head"),
+                     train=from_dict(TrainConfig, raw.get("train", {}), "train"), algorithm=algorithm,
+                     d3rlpy=from_dict(D3rlpyConfig, raw.get("d3rlpy", {}), "d3rlpy"), **_retrieval_sections(raw))
+
+
+def _retrieval_sections(d: dict[str, Any]) -> dict[str, Any]:
+    """The [retrieval], [index] and [rerank] tables of a TOML dict or config.json as RunConfig fields."""
+    return {"retrieval": from_dict(TwoTowerConfig, d.get("retrieval", {}), "retrieval"),
+            "index": from_dict(IndexConfig, d.get("index", {}), "index"),
+            "rerank": from_dict(RerankConfig, d.get("rerank", {}), "rerank")}
+
+
+def _check_algorithm_sections(algorithm: Any, raw: dict[str, Any]) -> None:
+    """The algorithm is a known name, and no table holds keys the algorithm would silently ignore."""
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    if algorithm == "seqrec" and raw.get("d3rlpy"):
+        raise ConfigError('[d3rlpy] applies only with algorithm = "d3rlpy.*"; this run trains our own heads '
+                          "(algorithm = \"seqrec\")")
+    ignored = sorted(set(raw.get("head", {})) - {"gamma"})
+    if algorithm != "seqrec" and ignored:
+        raise ConfigError(f"with algorithm = {algorithm!r} only head.gamma applies (the discount); remove "
+                          f"head.{ignored[0]} (d3rlpy settings go in [d3rlpy])")
+
+
+def load_run_config(path: str | Path, overrides: list[str] = (), data: str | None = None) -> RunConfig:
+    return run_config(load_toml(path), overrides, data)
+
+
+def saved_config(run: Path) -> RunConfig:
+    """The RunConfig a run was trained with, from its config.json."""
+    try:
+        d = json.loads((run / "config.json").read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run}: not a run folder (no config.json)") from None
+    return RunConfig(data=d["data"], encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
+                     head=from_dict(HeadConfig, d["head"], "head"), train=from_dict(TrainConfig, d["train"], "train"),
+                     algorithm=d.get("algorithm", "seqrec"),
+                     d3rlpy=from_dict(D3rlpyConfig, d.get("d3rlpy", {}), "d3rlpy"), **_retrieval_sections(d))

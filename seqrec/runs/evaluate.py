@@ -1,0 +1,65 @@
+"""`seqrec evaluate`: a run's checkpoint on a split beside the popularity and recent-items baselines -> metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from seqrec.core.config import ConfigError
+from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
+from seqrec.models.device import pick_device
+from seqrec.retrieval.config import IndexConfig
+from seqrec.runs.config import saved_config
+from seqrec.runs.learner import build_learner
+from seqrec.runs.pipeline import pipeline_report
+from seqrec.training.evaluation import evaluate_arrays, popularity_scorer, recent_scorer
+
+
+def evaluate_run(run: Path, split: str = "test", protocol: str = "sessions", checkpoint: str = "best",
+             pipeline: bool | None = None, index: IndexConfig | None = None) -> dict:
+    """Metrics of the run's checkpoint on `split`, with the popularity and recent-items baselines; merged into
+    metrics.json.
+
+    With a retrieval model (RUN/retrieval; `pipeline` None = when there is one, True = required, False = skip)
+    also "pipeline" (retrieve + re-rank, same protocol), "recall" (candidate recall@K) and "pipeline_info"
+    (blend, index, states/s against full ranking), each keyed by split; `index` overrides the run's [index]."""
+    cfg = saved_config(run)
+    manifest = read_manifest(cfg.data)
+    prepared_as = manifest["config"]["split"]
+    if (protocol == "loo") != (prepared_as == "loo"):
+        raise ConfigError(f"--protocol {protocol} needs data prepared with --split "
+                          f"{'loo' if protocol == 'loo' else 'random or temporal'}; {cfg.data} has {prepared_as!r}")
+    device = pick_device(cfg.train.device)
+    path = run / "checkpoints" / f"{checkpoint}.pt"
+    if not path.exists():
+        path = run / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise ConfigError(f"{run}: no checkpoint; train the run first")
+    learner = build_learner(cfg, device)
+    learner.load_state_dict(torch.load(path, map_location=device, weights_only=True)["model"])
+    learner.eval()
+    names = event_names(manifest)
+    arrays = load_transitions(cfg.data, split)
+    model = evaluate_arrays(learner.scores, arrays, names, device, cfg.train.eval_batch_size)
+    train_actions = load_transitions(cfg.data, "train")["action"]
+    baselines = {name: evaluate_arrays(make(train_actions, cfg.encoder.num_items, device), arrays, names, device,
+                                       cfg.train.eval_batch_size)
+                 for name, make in (("popularity", popularity_scorer), ("recent", recent_scorer))}
+    has_tower = (run / "retrieval" / "checkpoints" / "last.pt").exists()
+    if pipeline and not has_tower:
+        raise ConfigError(f"{run}: no retrieval model for --pipeline (train with [retrieval] enabled = true)")
+    extra = {}
+    if pipeline is not False and has_tower:
+        extra = pipeline_report(run, split, learner, cfg, index)
+    out_path = run / "metrics.json"
+    metrics = json.loads(out_path.read_text()) if out_path.exists() else {}
+    metrics[split] = model
+    for name, values in baselines.items():
+        metrics.setdefault(name, {})[split] = values
+    metrics.setdefault("checkpoint", {})[split] = {"path": str(path.relative_to(run)), "protocol": protocol}
+    for key, value in extra.items():
+        metrics.setdefault(key, {})[split] = value
+    out_path.write_text(json.dumps(metrics, indent=2))
+    return metrics
