@@ -41,7 +41,7 @@ from seqrec.campaign.bank_classifier import (
     read_bank,
     split_bank,
     tower_columns,
-    train_two_tower,
+    train_bank_classifier,
 )
 from seqrec.campaign.binary_metrics import best_threshold, report
 from seqrec.campaign.population import UCI_FILE, default_calibration_path
@@ -70,7 +70,7 @@ def fit_models(bank: BankData, train: np.ndarray, valid: np.ndarray, seed: int,
     models: dict[str, tuple[Scorer, dict[str, float]]] = {}
     for item in ITEM_KINDS:
         enc = TowerEncoders.fit(x_tr, tower_columns(item))
-        net, info = train_two_tower(replace(tt, item=item), enc, x_tr, y_tr, x_va, y_va, seed)
+        net, info = train_bank_classifier(replace(tt, item=item), enc, x_tr, y_tr, x_va, y_va, seed)
         models[f"two-tower (item = {item})"] = (lambda f, n=net, e=enc: predict_two_tower(n, *e.encode(f)), info)
     spec = FeatureSpec.fit(x_tr, CATEGORICAL, NUMERIC)
     logit = fit_logistic(design_matrix(spec, x_tr), y_tr, lr)

@@ -15,12 +15,13 @@ from seqrec.datasets.synthetic import SyntheticConfig, write_events
 from seqrec.rl.qlearning.learner import Learner
 from seqrec.rl.qlearning.losses import HeadConfig
 
-import seqrec.retrieval.two_tower as tt
+import seqrec.retrieval.tower_training as tt
 from seqrec.core.config import ConfigError
 from seqrec.models.encoders import EncoderConfig
 from seqrec.retrieval.config import TwoTowerConfig
 from seqrec.retrieval.features import FeatureSpec, item_rows, session_rows
-from seqrec.retrieval.two_tower import TwoTower, in_batch_softmax_loss, load_two_tower, log_q, train_two_tower
+from seqrec.retrieval.tower_training import train_two_tower
+from seqrec.retrieval.two_tower import TwoTower, in_batch_softmax_loss, load_two_tower, log_q
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ fitted by Newton's method (convex: no early stopping).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from torch import nn
 
 from seqrec.campaign.binary_metrics import auc
 from seqrec.retrieval.features import Features, FeatureSpec
+from seqrec.training.loop import Evaluation, Hooks, Schedule, fit
 
 LABEL = "y"
 LEAKING_COLUMNS: tuple[str, ...] = ("duration",)  # known only after the call: never read
@@ -229,10 +231,12 @@ def predict_two_tower(model: BankTwoTower, user: Features, item: Features) -> np
     return torch.sigmoid(model(user, item)).numpy().astype(np.float64)
 
 
-def train_two_tower(cfg: TwoTowerClassifierConfig, enc: TowerEncoders, train: pd.DataFrame, y_train: np.ndarray,
-                    valid: pd.DataFrame, y_valid: np.ndarray, seed: int) -> tuple[BankTwoTower, dict[str, float]]:
-    """Adam on class-weighted cross-entropy, shuffled minibatches, early stopping on validation AUC; returns the
-    best epoch's model and {"best_epoch", "epochs", "valid_auc"}. The seed fixes initialisation, order, dropout."""
+def train_bank_classifier(cfg: TwoTowerClassifierConfig, enc: TowerEncoders, train: pd.DataFrame,
+                          y_train: np.ndarray, valid: pd.DataFrame, y_valid: np.ndarray,
+                          seed: int) -> tuple[BankTwoTower, dict[str, float]]:
+    """Adam on class-weighted cross-entropy, shuffled minibatches, early stopping on validation AUC (one step of
+    seqrec.training.loop.fit per epoch, nothing on disk); returns the best epoch's model and {"best_epoch",
+    "epochs", "valid_auc"}. The seed fixes initialisation, order, dropout."""
     tu, ti = enc.encode(train)
     vu, vi = enc.encode(valid)
     y = torch.as_tensor(np.asarray(y_train, np.float32))  # (N,)
@@ -242,8 +246,9 @@ def train_two_tower(cfg: TwoTowerClassifierConfig, enc: TowerEncoders, train: pd
         model = BankTwoTower(enc, cfg)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         order = torch.Generator().manual_seed(seed)
-        best, best_epoch, best_state, epoch = -1.0, 0, None, 0
-        for epoch in range(1, cfg.max_epochs + 1):
+        best_state: dict[str, torch.Tensor] | None = None
+
+        def epoch(step: int) -> None:
             model.train()
             for idx in torch.randperm(len(y), generator=order).split(cfg.batch_size):
                 loss = F.binary_cross_entropy_with_logits(model(tu.rows(idx), ti.rows(idx)), y[idx],
@@ -251,16 +256,21 @@ def train_two_tower(cfg: TwoTowerClassifierConfig, enc: TowerEncoders, train: pd
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+
+        def evaluate() -> Evaluation:
             score = auc(predict_two_tower(model, vu, vi), y_valid)
-            if score > best:
-                best, best_epoch = score, epoch
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            elif epoch - best_epoch >= cfg.patience:
-                break
+            return Evaluation({"auc": score}, None if math.isnan(score) else score, {})
+
+        def keep_best(step: int) -> None:
+            nonlocal best_state
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+        result = fit(epoch, evaluate, Schedule(cfg.max_epochs, eval_every=1, patience=cfg.patience),
+                     hooks=Hooks(on_best=keep_best))
     if best_state is None:
         raise ValueError("validation AUC is undefined: the validation rows need both classes")
     model.load_state_dict(best_state)
-    return model.eval(), {"best_epoch": best_epoch, "epochs": epoch, "valid_auc": best}
+    return model.eval(), {"best_epoch": result.best_step, "epochs": result.step, "valid_auc": result.best}
 
 
 # ------------------------------------------------------------------------------------- logistic regression

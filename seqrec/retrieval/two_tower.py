@@ -19,13 +19,13 @@ negatives only this is log q(item) plus a constant, the usual correction; with b
 the balance heuristic of multiple importance sampling. Collisions: a column holding the row's own positive
 item (another row with the same item, or a random negative that drew it) is masked out (-inf): it is not a
 negative. Repeats of some other item stay, as sampling with replacement expects.
+
+Training (features, the step, recall evaluation, the loop) is in seqrec/retrieval/tower_training.py.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqrec.core.config import ConfigError, from_dict
-from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
 from seqrec.datasets.schema import FIRST_ITEM
-from seqrec.models.device import pick_device
 from seqrec.models.encoders import EncoderConfig, build_encoder
 from seqrec.retrieval.config import RECALL_KS, TwoTowerConfig
-from seqrec.retrieval.features import Features, FeatureSpec, check_numeric, item_rows, read_event_columns, session_rows
-from seqrec.retrieval.index import ExactIndex
-from seqrec.rl.qlearning.learner import step_generator
-from seqrec.training.checkpoints import save_checkpoint
-from seqrec.training.sampler import EpochSampler
+from seqrec.retrieval.features import Features, FeatureSpec
 
 
 class TwoTower(nn.Module):
@@ -164,155 +158,6 @@ def session_features(spec: FeatureSpec, sessions: pd.DataFrame, session_ids: np.
     as `tower_features.session_rows` gives) and the transitions' session numbers (N,)."""
     rows = sessions.reindex(np.asarray(session_ids, np.int64))  # (N, columns); unknown sessions all missing
     return spec.encode(rows)
-
-
-def build_features(data_dir: str | Path, cfg: TwoTowerConfig,
-                   num_items: int) -> tuple[FeatureSpec, FeatureSpec, Features, pd.DataFrame | None]:
-    """Fit both towers' specs on the prepared data: (user spec, item spec, item Features (I, ...), per-session
-    user frame)."""
-    user_cols = [*cfg.user_categorical, *cfg.user_numeric]
-    cols = user_cols + [*cfg.item_categorical, *cfg.item_numeric]
-    if not cols:
-        return FeatureSpec(), FeatureSpec(), Features(torch.zeros(num_items, 0, dtype=torch.long),
-                                                      torch.zeros(num_items, 0)), None
-    events = read_event_columns(data_dir, cols)
-    check_numeric(events, [*cfg.user_numeric, *cfg.item_numeric])
-    sessions = session_rows(events, user_cols)
-    user_spec = FeatureSpec.fit(sessions[sessions["split"] == "train"], cfg.user_categorical, cfg.user_numeric)
-    items = item_rows(events, cfg.item_categorical, cfg.item_numeric, num_items)
-    item_spec = FeatureSpec.fit(items.iloc[FIRST_ITEM:], cfg.item_categorical, cfg.item_numeric)
-    return user_spec, item_spec, item_spec.encode(items), sessions
-
-
-def tower_encoder(enc: EncoderConfig, cfg: TwoTowerConfig) -> EncoderConfig:
-    """The user tower's encoder: the run's architecture at width `dim` (0 = the run's)."""
-    return replace(enc, dim=cfg.dim or enc.dim)
-
-
-@torch.no_grad()
-def evaluate_recall(model: TwoTower, arrays: dict[str, np.ndarray], users: Features | None,
-                    event_names: tuple[str, ...], device: torch.device, batch_size: int = 1024) -> dict:
-    """Candidate recall@50/100/200 of the exact top-k over the item table, per event type."""
-    model.eval()
-    index = ExactIndex(model.item_table())
-    metrics = RecallMetrics(event_names)
-    n = len(arrays["action"])
-    for lo in range(0, n, batch_size):
-        idx = np.arange(lo, min(lo + batch_size, n))
-        state = torch.from_numpy(np.asarray(arrays["state"][idx], np.int64)).to(device)
-        _, ids = index.search(model.user(state, users.rows(idx) if users is not None else None), max(RECALL_KS))
-        metrics.add(ids.cpu(), torch.from_numpy(np.asarray(arrays["action"][idx], np.int64)),
-                    torch.from_numpy(np.asarray(arrays["event"][idx], np.int64)))
-    return metrics.result()
-
-
-def train_two_tower(cfg: TwoTowerConfig, enc: EncoderConfig, data: str | Path, out: Path,
-                    init: dict[str, torch.Tensor] | None = None, device: str = "auto", resume: bool = False,
-                    progress: bool | None = None) -> dict:
-    """Train (or resume) the two-tower model in `out` (config.json, features.json, checkpoints/, tb/).
-
-    `init`: an encoder state dict to start the user tower and the id embeddings from (init = "learner").
-    Returns {"step", "valid": recall metrics, "best": recall@100, "best_step"}.
-    """
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    dev = pick_device(device)
-    enc = tower_encoder(enc, cfg)
-    ckpt_dir = out / "checkpoints"
-    if not resume and (ckpt_dir / "last.pt").exists():
-        raise ConfigError(f"{out} already holds a retrieval model; pass --resume to continue it")
-    saved = {"data": str(data), "encoder": asdict(enc), "retrieval": asdict(cfg)}
-    if resume and (out / "config.json").exists() and json.loads((out / "config.json").read_text()) != \
-            json.loads(json.dumps(saved)):
-        raise ConfigError(f"{out}: --resume with a different [retrieval] config than the one it was trained with")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    user_spec, item_spec, item_feats, sessions = build_features(data, cfg, enc.num_items)
-    (out / "config.json").write_text(json.dumps(saved, indent=2))
-    (out / "features.json").write_text(json.dumps({"user": user_spec.to_dict(), "item": item_spec.to_dict()}))
-
-    torch.manual_seed(cfg.seed)
-    model = TwoTower(enc, user_spec, item_spec, item_feats, cfg.temperature).to(dev)
-    if init is not None:
-        model.encoder.load_state_dict(init)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start, best, best_step = 0, None, None
-    if resume and (ckpt_dir / "last.pt").exists():
-        state = torch.load(ckpt_dir / "last.pt", map_location=dev, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        start, best, best_step = int(state["step"]), state["best"], state["best_step"]
-
-    train_arrays, valid_arrays = load_transitions(data, "train"), load_transitions(data, "valid")
-    has_users = bool(user_spec.columns)
-    train_users = session_features(user_spec, sessions, train_arrays["session"]) if has_users else None
-    valid_users = session_features(user_spec, sessions, valid_arrays["session"]) if has_users else None
-    counts = np.bincount(np.asarray(train_arrays["action"]), minlength=enc.num_items).astype(np.float64)
-    item_prob = torch.from_numpy(counts / counts.sum()).float().to(dev)  # (I,) q(item)
-    names = event_names(read_manifest(data))
-    sampler = EpochSampler(len(train_arrays["action"]), cfg.batch_size, cfg.seed)
-    writer = SummaryWriter(str(out / "tb"), purge_step=start if start else None)
-    if start == 0:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-            f"|retrieval.{k}|{v}|" for k, v in asdict(cfg).items()), 0)
-    last: dict = {}
-    if start == 0:  # where training starts from (with init = "learner": the learner's own ranking)
-        first = evaluate_recall(model, valid_arrays, valid_users, names, dev)
-        for k in RECALL_KS:
-            writer.add_scalar(f"metrics/recall@{k}", first.get("all", {}).get(f"recall@{k}", 0.0), 0)
-    t_log, n_log = time.perf_counter(), 0
-    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="retrieval",
-               disable=None if progress is None else not progress, leave=False)
-    for step in bar:
-        model.train()
-        idx = sampler.indices(step)
-        state = torch.from_numpy(np.asarray(train_arrays["state"][idx], np.int64)).to(dev)  # (B, T)
-        action = torch.from_numpy(np.asarray(train_arrays["action"][idx], np.int64)).to(dev)  # (B,)
-        users = train_users.rows(idx) if train_users is not None else None
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(step_generator(cfg.seed, step).initial_seed())  # dropout
-            loss = _loss(model, cfg, state, action, users, item_prob, step_generator(cfg.seed, step, dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        n_log += len(idx)
-        done = step + 1
-        if done % cfg.log_every == 0:
-            writer.add_scalar("loss/retrieval", loss.item(), done)
-            writer.add_scalar("perf/retrieval_samples_per_s", n_log / (time.perf_counter() - t_log), done)
-            t_log, n_log = time.perf_counter(), 0
-        if done % cfg.eval_every == 0 or done == cfg.max_steps:
-            last = evaluate_recall(model, valid_arrays, valid_users, names, dev)
-            for k in RECALL_KS:
-                writer.add_scalar(f"metrics/recall@{k}", last.get("all", {}).get(f"recall@{k}", 0.0), done)
-            value = last.get("all", {}).get("recall@100")
-            payload = {"model": model.state_dict(), "optim": opt.state_dict(), "step": done}
-            if value is not None and (best is None or value > best):
-                best, best_step = value, done
-                save_checkpoint(ckpt_dir / "best.pt", {**payload, "best": best, "best_step": best_step},
-                      {"step": done, "select_metric": "all/recall@100", "value": value, "valid": last})
-            save_checkpoint(ckpt_dir / "last.pt", {**payload, "best": best, "best_step": best_step},
-                  {"step": done, "best": best, "best_step": best_step, "valid": last})
-            bar.set_postfix({"recall@100": value})
-            t_log, n_log = time.perf_counter(), 0
-    writer.close()
-    return {"step": cfg.max_steps, "valid": last, "best": best, "best_step": best_step}
-
-
-def _loss(model: TwoTower, cfg: TwoTowerConfig, state: torch.Tensor, action: torch.Tensor, users: Features | None,
-          item_prob: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """One batch's sampled-softmax loss (B transitions; M = cfg.random_negatives shared negatives)."""
-    user = model.user(state, users)  # (B, D)
-    pos = model.item(action)  # (B, D)
-    neg = neg_ids = neg_lq = None
-    b, m = action.shape[0], cfg.random_negatives
-    if m:
-        neg_ids = torch.randint(FIRST_ITEM, model.enc.num_items, (m,), generator=g, device=g.device)  # (M,)
-        neg = model.item(neg_ids)  # (M, D)
-    pos_lq = log_q(action, item_prob, b, m) if cfg.logq_correction else None  # (B,)
-    if m and cfg.logq_correction:
-        neg_lq = log_q(neg_ids, item_prob, b, m)  # (M,)
-    return in_batch_softmax_loss(user, pos, action, cfg.temperature, pos_lq, neg, neg_ids, neg_lq)
 
 
 def load_two_tower(folder: Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> TwoTower:

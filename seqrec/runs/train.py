@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
 
 from seqrec.core.config import ConfigError
-from seqrec.retrieval.two_tower import train_two_tower
 from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
 from seqrec.models.device import pick_device
 from seqrec.nudging.fit import fit_run_bandit
+from seqrec.retrieval.tower_training import train_two_tower
 from seqrec.runs.config import RunConfig, saved_config
 from seqrec.runs.learner import build_learner
 from seqrec.training import distributed
-from seqrec.training.checkpoints import last_checkpoint, save_checkpoint
+from seqrec.training.checkpoints import last_checkpoint
 from seqrec.training.evaluation import evaluate_arrays, selected_metric
+from seqrec.training.loop import Bar, Checkpoints, Evaluation, Hooks, Schedule, fit, open_writer, resume_point
 from seqrec.training.sampler import EpochSampler, to_batch
 
 
@@ -57,85 +57,62 @@ def _open_run_folder(cfg: RunConfig, out: Path, resume: bool) -> None:
 
 def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, device: torch.device,
            rank: distributed.Rank | None) -> dict:
-    """The loop of `train`; `rank` None for a single process (no collectives at all), else rank 0 writes."""
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
+    """The learner's part of `train` on seqrec.training.loop.fit; `rank` None for a single process (no
+    collectives at all), else rank 0 writes."""
     t_cfg = cfg.train
     main = rank is None or rank.main
-    manifest = read_manifest(cfg.data)
-    names = event_names(manifest)
+    names = event_names(read_manifest(cfg.data))
     ckpt_dir = out / "checkpoints"
     distributed.on_main(rank, _open_run_folder, cfg, out, resume)
 
     torch.manual_seed(t_cfg.seed)  # initialisation
     learner = build_learner(cfg, device)
-    start, best, best_step = 0, None, None
-    # with ranks, rank 0 reads the checkpoint (on CPU) and sends it to the others
-    state = distributed.on_main(rank, last_checkpoint, ckpt_dir, device if rank is None else "cpu") \
-        if resume else None
-    if state is not None:
+
+    def restore(state: dict) -> None:
         learner.load_state_dict(state["model"])
         learner.load_optim_state(state["optim"])
-        start, best, best_step = int(state["step"]), state["best"], state["best_step"]
+
+    # with ranks, rank 0 reads the checkpoint (on CPU) and sends it to the others
+    start = resume_point(distributed.on_main(rank, last_checkpoint, ckpt_dir, device if rank is None else "cpu")
+                         if resume else None, restore)
     if rank is not None:
         distributed.broadcast_module(learner)  # every rank starts from rank 0's weights
         distributed.sync_gradients(learner.opts, rank.world)  # gradients averaged before each optimiser step
 
     train_arrays = load_transitions(cfg.data, "train")
-    valid_arrays = load_transitions(cfg.data, "valid")
-    valid_part = distributed.split_rows(valid_arrays, rank)  # the rows this rank evaluates (all without ranks)
+    valid_part = distributed.split_rows(load_transitions(cfg.data, "valid"), rank)  # this rank's rows (all alone)
     sampler = EpochSampler(len(train_arrays["action"]), t_cfg.batch_size, t_cfg.seed)
-    writer = SummaryWriter(str(out / "tb"), purge_step=start if start else None) if main else distributed.NullWriter()
-    if start == 0:
-        rows = [f"|{sec}.{k}|{v}|" for sec, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()]
-        rows.insert(0, f"|algorithm|{cfg.algorithm}|")
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(rows), 0)
+    rows = [f"|{sec}.{k}|{v}|" for sec, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()]
+    rows.insert(0, f"|algorithm|{cfg.algorithm}|")
+    writer = open_writer(out / "tb", start, "|param|value|\n|-|-|\n" + "\n".join(rows), enabled=main)
     event, metric = t_cfg.select_metric.split("/")
     amp = t_cfg.amp and device.type == "cuda"
-    last_metrics: dict = {}
-    t_log, n_log = time.perf_counter(), 0
-    bar = tqdm(range(start, t_cfg.max_steps), initial=start, total=t_cfg.max_steps, desc="train",
-               disable=(None if progress is None else not progress) if main else True, leave=False)
-    for step in bar:
+
+    def step_fn(step: int) -> dict[str, float]:
         learner.train()
         batch = to_batch(train_arrays, distributed.shard_rows(sampler.indices(step), rank), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            stats = learner.update(batch, step, t_cfg.seed)
-        n_log += t_cfg.batch_size
-        done = step + 1
-        if done % t_cfg.log_every == 0:
-            if rank is not None:
-                stats = distributed.mean_stats(stats, device)  # over the ranks: the global batch's
-            for k, v in stats.items():
-                writer.add_scalar(k, v, done)
-            writer.add_scalar("perf/samples_per_s", n_log / (time.perf_counter() - t_log), done)
-            t_log, n_log = time.perf_counter(), 0
-        if done % t_cfg.eval_every == 0 or done == t_cfg.max_steps:
-            learner.eval()
-            last_metrics = distributed.gather_metrics(
-                rank, evaluate_arrays(learner.scores, valid_part, names, device, t_cfg.eval_batch_size), names)
-            for ev, row in last_metrics.items():
-                for m, v in row.items():
-                    if m != "count":
-                        writer.add_scalar(f"metrics/{ev}_{m}", v, done)
-            value = selected_metric(last_metrics, event, metric)
-            payload = {"model": learner.state_dict(), "optim": learner.optim_state(), "step": done}
-            if value is not None and (best is None or value > best):
-                best, best_step = value, done
-                if main:
-                    save_checkpoint(ckpt_dir / "best.pt", {**payload, "best": best, "best_step": best_step},
-                          {"step": done, "select_metric": t_cfg.select_metric, "value": value, "valid": last_metrics})
-                    if cfg.algorithm != "seqrec":  # d3rlpy's own file too, for d3rlpy_bridge.load_learnable
-                        learner.save_d3rlpy(str(ckpt_dir / "best.d3.tmp"))
-                        os.replace(ckpt_dir / "best.d3.tmp", ckpt_dir / "best.d3")
-            if main:
-                save_checkpoint(ckpt_dir / "last.pt", {**payload, "best": best, "best_step": best_step},
-                      {"step": done, "best": best, "best_step": best_step, "valid": last_metrics})
-            bar.set_postfix({t_cfg.select_metric: value})
-            t_log, n_log = time.perf_counter(), 0  # evaluation time is not training speed
+            return learner.update(batch, step, t_cfg.seed)
+
+    def evaluate_fn() -> Evaluation:
+        learner.eval()
+        metrics = distributed.gather_metrics(
+            rank, evaluate_arrays(learner.scores, valid_part, names, device, t_cfg.eval_batch_size), names)
+        scalars = {f"metrics/{ev}_{m}": v for ev, row in metrics.items() for m, v in row.items() if m != "count"}
+        return Evaluation(metrics, selected_metric(metrics, event, metric), scalars)
+
+    def save_d3rlpy(step: int) -> None:  # d3rlpy's own file too, for d3rlpy_bridge.load_learnable
+        learner.save_d3rlpy(str(ckpt_dir / "best.d3.tmp"))
+        os.replace(ckpt_dir / "best.d3.tmp", ckpt_dir / "best.d3")
+
+    hooks = Hooks(on_best=save_d3rlpy if cfg.algorithm != "seqrec" else None,
+                  reduce_stats=(lambda s: distributed.mean_stats(s, device)) if rank is not None else None)
+    states = Checkpoints(ckpt_dir, lambda: {"model": learner.state_dict(), "optim": learner.optim_state()},
+                         t_cfg.select_metric)
+    schedule = Schedule(t_cfg.max_steps, t_cfg.eval_every, t_cfg.log_every, t_cfg.batch_size)
+    result = fit(step_fn, evaluate_fn, schedule, start, writer, states, hooks,
+                 Bar("train", t_cfg.select_metric, progress), writes=main).as_dict()
     writer.close()
-    result = {"step": t_cfg.max_steps, "valid": last_metrics, "best": best, "best_step": best_step}
     if cfg.retrieval.enabled and main:  # the two-tower candidate generator, into out/retrieval (rank 0 alone)
         result["retrieval"] = train_retrieval(cfg, out, resume, progress)
     if main:  # the nudge bandit, fitted offline on the training split's logged nudges (seqrec/nudging/fit.py)
@@ -150,7 +127,7 @@ def learner_encoder_state(cfg: RunConfig, run: Path) -> dict[str, torch.Tensor]:
         if path.exists():
             learner = build_learner(cfg, torch.device("cpu"))
             learner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
-            return learner.nets[0].encoder.state_dict()
+            return learner.encoder_state_dict()
     raise ConfigError(f"{run}: no learner checkpoint to start the retrieval model from (init = \"learner\")")
 
 
