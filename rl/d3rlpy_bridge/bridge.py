@@ -289,6 +289,25 @@ class D3rlpyLearner(nn.Module):
         """(B, T) -> (B, I) Q values."""
         return q_values(self.algo, state)
 
+    @property
+    def has_q_head(self) -> bool:
+        """Always: every d3rlpy algorithm here is a Q-learner."""
+        return True
+
+    def candidate_scores(self, items: torch.Tensor,
+                         ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) windows, (B, K) candidate ids -> (B, K) ranking scores and (B, K) Q values, gathered from the
+        full (B, I) ones (d3rlpy has no per-item call)."""
+        return self.scores(items).gather(1, ids), self.q_values(items).gather(1, ids)
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """Not available: the encoder sits inside d3rlpy's Q functions, out of reach of its public API."""
+        raise ValueError(f"a d3rlpy learner ({self.algorithm}) exposes no state encoding; use algorithm = 'seqrec'")
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """Not available (see `encode`)."""
+        raise ValueError(f"a d3rlpy learner ({self.algorithm}) exposes no encoder to copy; use init = 'random'")
+
     def optim_state(self) -> list[dict]:
         return [self.algo.impl.modules.optim.state_dict()]
 

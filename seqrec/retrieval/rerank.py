@@ -30,12 +30,10 @@ import torch
 
 from seqrec.core.config import ConfigError
 from seqrec.datasets.schema import FIRST_ITEM
-from seqrec.models.catalogue import scores
 from seqrec.retrieval.config import RECALL_KS, IndexConfig, RerankConfig
 from seqrec.retrieval.features import Features, read_event_columns, session_rows
 from seqrec.retrieval.index import Index, build_index
 from seqrec.retrieval.two_tower import RecallMetrics, TwoTower, session_features
-from seqrec.rl.qlearning.learner import Learner
 from seqrec.training.metrics import RankingMetrics
 
 # (B, T) windows, (B, K) candidate ids -> (B, K) supervised scores, (B, K) Q values or None (no Q head)
@@ -63,30 +61,10 @@ class Pipeline:
     rerank: RerankConfig
 
 
-# Our learner's candidate scores come from the full (B, I) product, then a gather, while I <= DENSE_PER_CANDIDATE
-# x K; above that from the K rows gathered per state. Measured (1 thread, B = 1,024, K = 200, D = 64): gathering
-# the (B, K, D) rows costs 45-85 ms whatever I, the dense product 8 ms at I = 2,900, 65 ms at 12,800 and
-# 136 ms at 26,702, so the crossover is near 64 K; 32 K keeps to the safe side.
-DENSE_PER_CANDIDATE = 32
-
-
 def learner_scorer(learner: torch.nn.Module) -> CandidateScorer:
-    """Our Learner: one encoding, then the supervised table and the Q head at the K candidates (see
-    DENSE_PER_CANDIDATE). Any other learner (d3rlpy's) through its full (B, I) `scores` and `q_values`,
-    gathered at the candidates."""
-    if isinstance(learner, Learner):
-        net = learner.nets[0]
-
-        def score(items: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-            state = net.encoder.encode(items)  # (B, D)
-            if net.encoder.cfg.num_items <= DENSE_PER_CANDIDATE * ids.shape[1]:
-                sup = net.encoder.score_all(state).gather(1, ids)  # (B, K)
-                q = scores(state, net.q.weight, net.q.bias).gather(1, ids) if net.q is not None else None
-                return sup, q
-            return net.encoder.score(state, ids), (net.q_at(state, ids) if net.q is not None else None)
-
-        return score
-    return gather_scorer(learner.scores, getattr(learner, "q_values", None))
+    """The learner's CandidateScorer: its `candidate_scores` (ours gathers just the K candidates' rows where that
+    is cheaper; d3rlpy's gathers its full (B, I) scores and Q values)."""
+    return learner.candidate_scores
 
 
 def gather_scorer(scores: Callable[[torch.Tensor], torch.Tensor],
@@ -237,7 +215,7 @@ def split_users(tower: TwoTower, data: str | Path, arrays: dict[str, np.ndarray]
 def build_pipeline(tower: TwoTower, learner: torch.nn.Module, rerank_cfg: RerankConfig,
                    index_cfg: IndexConfig) -> Pipeline:
     """Compose a pipeline; a Q weight needs a learner with a Q head."""
-    if rerank_cfg.w_q and isinstance(learner, Learner) and learner.nets[0].q is None:
+    if rerank_cfg.w_q and not learner.has_q_head:
         raise ConfigError("rerank.w_q is set but the learner has no Q head (head.variant = 'ce')")
     return Pipeline(tower, build_index(tower.item_table(), index_cfg), learner_scorer(learner), rerank_cfg)
 

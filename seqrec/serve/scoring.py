@@ -34,7 +34,6 @@ import torch
 from seqrec.core.config import ConfigError
 from seqrec.datasets.prepare import file_sha256, read_manifest
 from seqrec.datasets.schema import FIRST_ITEM, OOV
-from seqrec.models.catalogue import padded_scores
 from seqrec.nudging.catalogue import NudgeCatalogue, default_catalogue_path, load_catalogue
 from seqrec.retrieval.config import RerankConfig
 from seqrec.retrieval.features import FeatureSpec, item_rows
@@ -224,7 +223,7 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
                                             default=str).encode()).hexdigest()[:16]
     null_columns = ["two_tower_score: always (the run has no retrieval model)" if pipeline is None
                     else "two_tower_score: on fallback rows", "supervised_score: on fallback rows",
-                    "q_value: always (the learner has no Q head)" if not _has_q(learner)
+                    "q_value: always (the learner has no Q head)" if not learner.has_q_head
                     else "q_value: on fallback rows"]
     info = {"policy": policy, "retrieval": pipeline is not None,
             "index": (index_cfg.kind if index_cfg.kind == "exact" else f"faiss-{index_cfg.faiss_type}"
@@ -235,12 +234,6 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
     return ScoringBundle(learner, pipeline, rerank, vocab_ids, item_ids, popular, share, catalogue.ids,
                          tuple(catalogue.family_of(a) for a in catalogue.ids), arm_mask, arm_probs, contextual,
                          window, user_spec, cfg.top, cfg.candidates, cfg.seed, version, config_hash, info)
-
-
-def _has_q(learner: torch.nn.Module) -> bool:
-    if isinstance(learner, Learner):
-        return learner.nets[0].q is not None
-    return hasattr(learner, "q_values")
 
 
 def _gap_minutes(cfg: ScoreConfig, manifest: dict) -> float:
@@ -307,17 +300,16 @@ def _learner_candidates(bundle: ScoringBundle, items: torch.Tensor) -> Candidate
     (padding and OOV excluded), then the run's blend of supervised score and Q value ranks them."""
     learner, k = bundle.learner, min(bundle.candidates, len(bundle.vocab_ids))
     if isinstance(learner, Learner):
-        net = learner.nets[0]
-        state = net.encoder.encode(items)  # (B, D)
-        full = padded_scores(state, net.encoder.output_weight)  # (B, I') row-padded, padding columns -inf
+        state = learner.encode(items)  # (B, D)
+        full = learner.padded_supervised(state)  # (B, I') row-padded, padding columns -inf
         full[:, :FIRST_ITEM] = -torch.inf
         sup, ids = torch.topk(full, k, dim=1)  # (B, K) each
-        q = net.q_at(state, ids) if net.q is not None else None
+        q = learner.q_at(state, ids) if learner.has_q_head else None
     else:
         full = learner.scores(items).clone()  # (B, I)
         full[:, :FIRST_ITEM] = -torch.inf
         sup, ids = torch.topk(full, k, dim=1)
-        q = learner.q_values(items).gather(1, ids) if hasattr(learner, "q_values") else None
+        q = learner.q_values(items).gather(1, ids) if learner.has_q_head else None
     valid = ids >= FIRST_ITEM  # (B, K)
     tt = torch.full_like(sup, torch.nan)
     final = blend(tt, sup, q, replace(bundle.rerank, w_tt=0.0), valid)  # (B, K)
@@ -335,18 +327,18 @@ def _retrieve_rerank(bundle: ScoringBundle, items: torch.Tensor, users) -> Candi
     user = p.tower.user(items, users)  # (B, D)
     tt, ids = p.index.search(user, bundle.candidates)  # (B, K) raw dot products, ids
     tt = tt / p.tower.temperature
-    net = bundle.learner.nets[0]
-    state = net.encoder.encode(items)  # (B, D)
-    sup = net.encoder.score(state, ids) if cfg.w_sup else None  # (B, K)
-    q = net.q_at(state, ids) if cfg.w_q and net.q is not None else None  # (B, K)
+    learner = bundle.learner
+    state = learner.encode(items)  # (B, D)
+    sup = learner.supervised_at(state, ids) if cfg.w_sup else None  # (B, K)
+    q = learner.q_at(state, ids) if cfg.w_q and learner.has_q_head else None  # (B, K)
     final = blend(tt, sup, q, cfg, ids >= FIRST_ITEM)  # (B, K)
     order = top_order(final, bundle.top)  # (B, top)
     kept = ids.gather(1, order)  # (B, top)
-    sup = sup.gather(1, order) if sup is not None else net.encoder.score(state, kept)
+    sup = sup.gather(1, order) if sup is not None else learner.supervised_at(state, kept)
     if q is not None:
         q = q.gather(1, order)
     else:
-        q = net.q_at(state, kept) if net.q is not None else torch.full_like(sup, torch.nan)
+        q = learner.q_at(state, kept) if learner.has_q_head else torch.full_like(sup, torch.nan)
     return Candidates(kept, tt.gather(1, order), sup, q, final.gather(1, order))
 
 
@@ -441,7 +433,7 @@ def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
         for j, t in enumerate((c.two_tower, c.supervised, c.q, c.final)):
             scores[j, rows, :k] = t[:n_rows].float().cpu().numpy()
         if state is not None:
-            state[rows] = bundle.learner.nets[0].encoder.encode(x)[:n_rows].double().cpu().numpy()  # (b, D)
+            state[rows] = bundle.learner.encode(x)[:n_rows].double().cpu().numpy()  # (b, D)
     fallback = (ids >= FIRST_ITEM).sum(1) == 0  # (B,) no known item, or no candidate found
     p = len(bundle.popular)
     ids[fallback] = 0
@@ -458,7 +450,7 @@ def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
     else:
         if fallback.any():  # the context of a session without a known item: the encoding of an unknown window
             pad = torch.full((1, bundle.window), OOV, dtype=torch.long, device=bundle.device)
-            state[fallback] = bundle.learner.nets[0].encoder.encode(pad).double().cpu().numpy()
+            state[fallback] = bundle.learner.encode(pad).double().cpu().numpy()
         probs = bundle.bandit.probabilities_batch(state[row_session], bundle.arm_mask[flat])
     u = uniforms(session_keys(sessions)[row_session], rank, bundle.seed)
     arm = draw_arms(probs, u)  # (N,)
