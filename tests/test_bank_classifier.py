@@ -152,8 +152,8 @@ def _fit_both(seed: int, item: str, n: int = 3000, epochs: int = 15):
     s = split_bank(y, SplitConfig(), 0)
     tr, va = frame.iloc[s.train], frame.iloc[s.valid]
     enc = TowerEncoders.fit(tr, tower_columns(item))
-    net, info = train_bank_classifier(TwoTowerClassifierConfig(item=item, max_epochs=epochs, batch_size=128), enc, tr,
-                                y[s.train], va, y[s.valid], seed)
+    net, info = train_bank_classifier(TwoTowerClassifierConfig(item=item, max_epochs=epochs, batch_size=128), enc,
+                                      tr, y[s.train], va, y[s.valid], seed)
     test = frame.iloc[s.test_balanced]
     return predict_two_tower(net, *enc.encode(test)), y[s.test_balanced], info, (frame, y, s)
 

@@ -222,3 +222,17 @@ def test_import_drops_gym_notice_and_keeps_real_warnings(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "a real warning from the import" in out.stderr
     assert "unmaintained" not in out.stderr + out.stdout  # neither from d3rlpy's gym nor from the module
+
+
+def test_the_learner_seam_gathers_the_full_scores_and_q_values():
+    learner = _learner("d3rlpy.dqn")
+    items = torch.randint(0, 42, (5, 10), generator=torch.Generator().manual_seed(1))
+    ids = torch.tensor([[2, 9, 41]] * 5)
+    sup, q = learner.candidate_scores(items, ids)
+    assert learner.has_q_head
+    assert torch.equal(sup, learner.scores(items).gather(1, ids))
+    assert torch.equal(q, learner.q_values(items).gather(1, ids))
+    with pytest.raises(ValueError, match="no state encoding"):
+        learner.encode(items)
+    with pytest.raises(ValueError, match="no encoder"):
+        learner.encoder_state_dict()

@@ -119,3 +119,41 @@ def test_double_q_value_equals_the_plain_formulation_over_a_catalogue_of_several
     tied = (state @ net.q.weight[130] > 0).nonzero().squeeze(1)
     assert len(tied) > 0 and (want_best[tied, 0] == 130).all()  # the ties are really exercised
     assert torch.equal(got, want)
+
+
+# --------------------------------------------------------------------------- the seam callers use (not `nets`)
+
+
+@pytest.mark.parametrize("variant", ["ce", "sqn"])
+def test_the_learner_seam_is_the_first_networks(variant):
+    learner = _learner(variant).eval()
+    net = learner.nets[0]
+    items, ids = _batch()["state"], torch.tensor([[2, 5, 29]] * 8)
+    with torch.no_grad():
+        state = net.encoder.encode(items)
+        assert torch.equal(learner.encode(items), state)
+        assert torch.equal(learner.supervised_at(state, ids), net.encoder.score(state, ids))
+        full = learner.padded_supervised(state)  # (B, I') row-padded
+        torch.testing.assert_close(full[:, :30], learner.scores(items))
+        assert bool((full[:, 30:] == -torch.inf).all())
+        assert learner.has_q_head == (variant != "ce")
+        if variant == "ce":
+            with pytest.raises(ValueError, match="no Q head"):
+                learner.q_at(state, ids)
+            assert learner.candidate_scores(items, ids)[1] is None
+        else:
+            assert torch.equal(learner.q_at(state, ids), net.q_at(state, ids))
+            torch.testing.assert_close(learner.candidate_scores(items, ids)[1], learner.q_values(items).gather(1, ids))
+        torch.testing.assert_close(learner.candidate_scores(items, ids)[0], learner.scores(items).gather(1, ids))
+    enc = learner.encoder_state_dict()
+    assert enc.keys() == net.encoder.state_dict().keys()
+    assert all(torch.equal(v, net.encoder.state_dict()[k]) for k, v in enc.items())
+
+
+def test_no_module_outside_rl_reaches_into_the_learners_networks():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = [str(p.relative_to(root)) for d in ("seqrec", "experiments") for p in (root / d).rglob("*.py")
+                 if ".nets" in p.read_text()]
+    assert offenders == []
