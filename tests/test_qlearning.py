@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from seqrec.rl.qlearning.learner import Learner, _negatives, double_q_value, step_generator
+from seqrec.rl.qlearning.learner import Learner, double_q_value, sample_negatives, step_generator
 from seqrec.rl.qlearning.losses import VARIANTS, HeadConfig
 
 from seqrec.models.encoders import EncoderConfig
@@ -64,7 +64,7 @@ def test_steps_depend_only_on_seed_and_step():
 
 def test_negatives_are_real_items_other_than_the_positive():
     action = torch.tensor([2, 5, 29])
-    neg = _negatives(action, 200, 30, step_generator(0, 0))
+    neg = sample_negatives(action, 200, 30, step_generator(0, 0))
     assert neg.min() >= 2 and neg.max() <= 29
     assert not (neg == action[:, None]).any()
     assert set(neg[0].tolist()) == set(range(3, 30))  # uniform over every other real item

@@ -169,7 +169,7 @@ class Learner(nn.Module):
 
         weight = None
         if h.variant in ("snqn", "sa2c"):
-            neg = _negatives(a, h.negatives, self.enc.num_items, g)  # (B, N)
+            neg = sample_negatives(a, h.negatives, self.enc.num_items, g)  # (B, N)
             q_neg = net.q_at(state, neg)  # (B, N)
             # a negative earns reward 0 and leaves the state unchanged: its target values s itself
             neg_target = h.gamma * double_q_value(net, other, s, state.detach())  # (B,)
@@ -200,7 +200,7 @@ class Learner(nn.Module):
             o.load_state_dict(st)
 
 
-def _negatives(action: torch.Tensor, n: int, num_items: int, g: torch.Generator) -> torch.Tensor:
+def sample_negatives(action: torch.Tensor, n: int, num_items: int, g: torch.Generator) -> torch.Tensor:
     """(B, n) uniform real items different from each row's positive (a collision moves to the next item)."""
     span = num_items - FIRST_ITEM
     neg = torch.randint(0, span - 1, (action.shape[0], n), generator=g, device=g.device) + FIRST_ITEM

@@ -141,12 +141,13 @@ def train_two_tower(cfg: TwoTowerConfig, enc: EncoderConfig, data: str | Path, o
         return Evaluation(metrics, everything.get("recall@100"),
                           {f"metrics/recall@{k}": everything.get(f"recall@{k}", 0.0) for k in RECALL_KS})
 
-    states = Checkpoints(ckpt_dir, lambda: {"model": model.state_dict(), "optim": opt.state_dict()},
-                         "all/recall@100")
+    checkpoints = Checkpoints(ckpt_dir, lambda: {"model": model.state_dict(), "optim": opt.state_dict()},
+                              "all/recall@100")
     # evaluate_first: where training starts from (with init = "learner": the learner's own ranking)
     schedule = Schedule(cfg.max_steps, cfg.eval_every, cfg.log_every, cfg.batch_size,
                         "perf/retrieval_samples_per_s", evaluate_first=True)
-    result = fit(step_fn, evaluate_fn, schedule, start, writer, states, bar=Bar("retrieval", "recall@100", progress))
+    result = fit(step_fn, evaluate_fn, schedule, start, writer, checkpoints,
+                 bar=Bar("retrieval", "recall@100", progress))
     writer.close()
     return result.as_dict()
 

@@ -73,8 +73,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
         learner.load_optim_state(state["optim"])
 
     # with ranks, rank 0 reads the checkpoint (on CPU) and sends it to the others
-    start = resume_point(distributed.on_main(rank, last_checkpoint, ckpt_dir, device if rank is None else "cpu")
-                         if resume else None, restore)
+    saved = distributed.on_main(rank, last_checkpoint, ckpt_dir, device if rank is None else "cpu") if resume else None
+    start = resume_point(saved, restore)
     if rank is not None:
         distributed.broadcast_module(learner)  # every rank starts from rank 0's weights
         distributed.sync_gradients(learner.opts, rank.world)  # gradients averaged before each optimiser step
@@ -107,10 +107,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
 
     hooks = Hooks(on_best=save_d3rlpy if cfg.algorithm != "seqrec" else None,
                   reduce_stats=(lambda s: distributed.mean_stats(s, device)) if rank is not None else None)
-    states = Checkpoints(ckpt_dir, lambda: {"model": learner.state_dict(), "optim": learner.optim_state()},
-                         t_cfg.select_metric)
+    checkpoints = Checkpoints(ckpt_dir, lambda: {"model": learner.state_dict(), "optim": learner.optim_state()},
+                              t_cfg.select_metric)
     schedule = Schedule(t_cfg.max_steps, t_cfg.eval_every, t_cfg.log_every, t_cfg.batch_size)
-    result = fit(step_fn, evaluate_fn, schedule, start, writer, states, hooks,
+    result = fit(step_fn, evaluate_fn, schedule, start, writer, checkpoints, hooks,
                  Bar("train", t_cfg.select_metric, progress), writes=main).as_dict()
     writer.close()
     if cfg.retrieval.enabled and main:  # the two-tower candidate generator, into out/retrieval (rank 0 alone)
