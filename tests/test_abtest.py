@@ -110,10 +110,10 @@ def test_shipped_config_loads_and_explains_its_numbers():
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.update(budget=5), "unknown key budget; valid top-level keys: simulator, seed"),
     (lambda d: d.pop("simulator"), "missing key simulator"),
-    (lambda d: d.update(contacts="all"), "contacts must be an integer"),
+    (lambda d: d.update(contacts="all"), "contacts must be an int"),
     (lambda d: d.update(level=1.5), "level must be a number in"),
     (lambda d: d["training"].update(wave=3), "unknown key training.wave; valid keys in [training]: epsilon, policy"),
-    (lambda d: d["training"].update(waves=0), "training.waves must be an integer >= 1"),
+    (lambda d: d["training"].update(waves=0), "training.waves must be an int >= 1"),
     (lambda d: d["training"].update(policy="psychic"), "training.policy must be one of random, rules"),
     (lambda d: d["training"]["rewards"].pop("purchase"), "training.rewards must give every event type"),
     (lambda d: d["model"]["encoder"].update(width=8), "unknown key model.encoder.width; valid keys in "

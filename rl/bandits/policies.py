@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 from seqrec.datasets.schema import DEFAULT_REWARDS
 
+from seqrec.core.config import check_int, check_real
+
 KINDS: tuple[str, ...] = ("epsilon_greedy", "ucb1", "thompson", "linucb")
 THOMPSON_UPDATES: tuple[str, ...] = ("fractional", "bernoulli")
 FIT_METHODS: tuple[str, ...] = ("replay", "ips")
@@ -71,12 +73,12 @@ class BanditConfig:
             raise ValueError(f"thompson_update must be one of {', '.join(THOMPSON_UPDATES)}; "
                              f"got {self.thompson_update!r}")
         if self.epsilon is not None:
-            _check_real("epsilon", self.epsilon, 0.0, 1.0)
-        _check_real("alpha", self.alpha, 0.0, math.inf)
+            check_real("epsilon", self.epsilon, 0.0, 1.0)
+        check_real("alpha", self.alpha, 0.0, math.inf)
         for name in ("ridge", "prior_alpha", "prior_beta"):
-            _check_real(name, getattr(self, name), 0.0, math.inf, open_low=True)
-        _check_int("mc_samples", self.mc_samples, 1)
-        _check_int("seed", self.seed, 0)
+            check_real(name, getattr(self, name), 0.0, math.inf, open_low=True)
+        check_int("mc_samples", self.mc_samples, 1)
+        check_int("seed", self.seed, 0)
 
     @property
     def effective_epsilon(self) -> float:
@@ -90,16 +92,6 @@ class BanditConfig:
         cls = {"epsilon_greedy": EpsilonGreedy, "ucb1": UCB1, "thompson": ThompsonSampling, "linucb": LinUCB}
         return cls[self.kind](self, arms, dim)
 
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-
-
-def _check_real(name: str, value: object, low: float, high: float, open_low: bool = False) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and low <= value <= high
-    if not ok or (open_low and value == low):
-        raise ValueError(f"{name} must be a number in {'(' if open_low else '['}{low:g}, {high:g}]; got {value!r}")
 
 
 def event_rewards(event_types: Sequence[str], rewards: Mapping[str, float] = DEFAULT_REWARDS) -> np.ndarray:
@@ -118,7 +110,7 @@ class Bandit:
         if not arms or not all(isinstance(a, str) and a for a in arms) or len(set(arms)) < len(arms):
             raise ValueError(f"arms must be distinct non-empty ids, at least one; got {arms!r}")
         contextual = config.kind == "linucb"
-        _check_int("dim", dim, 1 if contextual else 0)
+        check_int("dim", dim, 1 if contextual else 0)
         self.config, self.arms = config, arms
         self.dim = int(dim) if contextual else 0   # context width; 0: context-free (contexts are ignored)
         self.rng = np.random.default_rng(config.seed)

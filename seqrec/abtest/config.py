@@ -15,12 +15,11 @@ An unknown key stops with a ConfigError naming it and the valid keys of its tabl
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from seqrec.core.config import ConfigError, from_dict, load_toml
+from seqrec.core.config import ConfigError, check_choice, check_int, check_real, from_dict, load_toml
 from seqrec.datasets.schema import EVENT_TYPES
 from seqrec.models.encoders import EncoderConfig
 from seqrec.retrieval.config import IndexConfig, RerankConfig, TwoTowerConfig
@@ -51,21 +50,6 @@ _MODEL_TABLES: dict[str, tuple[type, dict[str, Any]]] = {
 }
 
 
-def _check_int(where: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{where} must be an integer >= {low}; got {value!r}")
-
-
-def _check_real(where: str, value: object, low: float, high: float) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not low <= value <= high:
-        raise ValueError(f"{where} must be a number in [{low:g}, {high:g}]; got {value!r}")
-
-
-def _check_choice(where: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{where} must be one of {', '.join(choices)}; got {value!r}")
-
 
 @dataclass(frozen=True)
 class TrainingPhase:
@@ -77,16 +61,16 @@ class TrainingPhase:
     rewards: tuple[tuple[str, float], ...] = (("view", 0.0), ("like", 0.0), ("cart", 0.0), ("purchase", 1.0))
 
     def __post_init__(self) -> None:
-        _check_choice("training.policy", self.policy, POLICIES)
-        _check_real("training.epsilon", self.epsilon, 0.0, 1.0)
-        _check_int("training.waves", self.waves, 1)
+        check_choice("training.policy", self.policy, POLICIES)
+        check_real("training.epsilon", self.epsilon, 0.0, 1.0)
+        check_int("training.waves", self.waves, 1)
         names = [k for k, _ in self.rewards]
         unknown = sorted(set(names) - set(EVENT_TYPES))
         if unknown or set(names) != set(EVENT_TYPES):
             raise ValueError(f"training.rewards must give every event type ({', '.join(EVENT_TYPES)}) and no other; "
                              f"got {', '.join(names)}")
         for k, v in self.rewards:
-            _check_real(f"training.rewards.{k}", v, -1e6, 1e6)
+            check_real(f"training.rewards.{k}", v, -1e6, 1e6)
 
 
 @dataclass(frozen=True)
@@ -96,7 +80,7 @@ class ArmA:
     epsilon: float = 0.0        # share of random decisions; 0 = the rules as a campaign team wrote them
 
     def __post_init__(self) -> None:
-        _check_real("arm_a.epsilon", self.epsilon, 0.0, 1.0)
+        check_real("arm_a.epsilon", self.epsilon, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -126,14 +110,14 @@ class OpeCheck:
     resamples: int = 1000       # bootstrap resamples of the intervals
 
     def __post_init__(self) -> None:
-        _check_choice("ope.logging", self.logging, POLICIES)
-        _check_choice("ope.target", self.target, POLICIES)
-        _check_real("ope.logging_epsilon", self.logging_epsilon, 0.0, 1.0)
-        _check_real("ope.target_epsilon", self.target_epsilon, 0.0, 1.0)
-        _check_int("ope.contacts", self.contacts, 0)
-        _check_int("ope.resamples", self.resamples, 0)
-        _check_choice("ope.reward_model", self.reward_model, REWARD_MODELS)
-        _check_real("ope.ridge_l2", self.ridge_l2, 1e-12, 1e12)
+        check_choice("ope.logging", self.logging, POLICIES)
+        check_choice("ope.target", self.target, POLICIES)
+        check_real("ope.logging_epsilon", self.logging_epsilon, 0.0, 1.0)
+        check_real("ope.target_epsilon", self.target_epsilon, 0.0, 1.0)
+        check_int("ope.contacts", self.contacts, 0)
+        check_int("ope.resamples", self.resamples, 0)
+        check_choice("ope.reward_model", self.reward_model, REWARD_MODELS)
+        check_real("ope.ridge_l2", self.ridge_l2, 1e-12, 1e12)
         if not self.estimators or any(e not in ESTIMATORS for e in self.estimators):
             raise ValueError(f"ope.estimators must list some of {', '.join(ESTIMATORS)}; got {list(self.estimators)}")
 
@@ -160,12 +144,12 @@ class AbTestConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.simulator, str) or not self.simulator:
             raise ValueError(f"simulator must be the path of a simulator TOML; got {self.simulator!r}")
-        _check_int("seed", self.seed, 0)
-        _check_int("customers", self.customers, 0)
-        _check_int("contacts", self.contacts, 0)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("threads", self.threads, 1)
-        _check_real("level", self.level, 0.5, 0.999)
+        check_int("seed", self.seed, 0)
+        check_int("customers", self.customers, 0)
+        check_int("contacts", self.contacts, 0)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("threads", self.threads, 1)
+        check_real("level", self.level, 0.5, 0.999)
 
     @property
     def simulator_path(self) -> Path:

@@ -16,7 +16,6 @@ from seqrec.rl.d3rlpy_bridge.config import D3RLPY_ALGORITHMS, D3rlpyConfig
 from seqrec.rl.qlearning.losses import HeadConfig
 from seqrec.training.config import TrainConfig
 
-
 ALGORITHMS = ("seqrec", *D3RLPY_ALGORITHMS)  # seqrec: our own heads ([head] variant); else d3rlpy's algorithm
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from seqrec.core.config import ConfigError
-from seqrec.retrieval.two_tower import train_two_tower
 from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
 from seqrec.models.device import pick_device
 from seqrec.nudging.fit import fit_run_bandit
+from seqrec.retrieval.two_tower import train_two_tower
 from seqrec.runs.config import RunConfig, saved_config
 from seqrec.runs.learner import build_learner
 from seqrec.training import distributed
