@@ -158,9 +158,10 @@ def validate_events(table: pa.Table, spec: SourceSpec, event_types: EventTypes, 
     counts = {"rows_read": table.num_rows, "rows_kept": kept_rows, "rows_quarantined": len(bad),
               "rows_excluded": excluded, "quarantine_reasons": reasons}
     if not parts:  # no event kept: an empty table of the columns sessions need
-        empty = pa.table({"user_id": pa.array([], pa.int64()), "item_id": pa.array([], pa.int64()),
-                          "event": pa.array([], pa.int16()), "timestamp": pa.array([], pa.int64())})
-        return empty, counts, bad
+        ids = ("user_id", "session_id", "item_id") if "session_id" in table.column_names else ("user_id", "item_id")
+        empty = {**{c: pa.array([], pa.int64()) for c in ids}, "event": pa.array([], pa.int16()),
+                 "timestamp": pa.array([], pa.int64())}
+        return pa.table(empty), counts, bad
     # rows grouped by schema in the order first seen, as the local engine's bucket files are concatenated
     # (a user's events keep their relative order either way)
     schema = unify_schemas(schemas, [MEMORY] * len(schemas))
