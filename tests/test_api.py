@@ -110,7 +110,8 @@ def test_run_score_equals_seqrec_score_rows_and_counts(example, tmp_path):
     for key in ("rows_read", "rows_kept", "rows_quarantined", "rows_excluded", "quarantine_reasons"):
         assert ours.attrs[key] == manifest[key], key
     assert ours.attrs["quarantine_reasons"] == {"duplicate_event": 1, "missing_value": 1, "unknown_event_type": 1}
-    assert ours.attrs["sessions"] == manifest["sessions"]["scored"] and ours.attrs["fallback"] == 1
+    assert ours.attrs["sessions"] == manifest["sessions"]["scored"]
+    assert ours.attrs["fallback"] == manifest["sessions"]["fallback"] == 1
     assert run.config_hash == manifest["config_hash"] and run.model_version == manifest["model_version"]
 
 
