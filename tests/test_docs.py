@@ -11,9 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 200
+VENV = "python3 -m venv .venv && . .venv/bin/activate && "
 SETUP_COMMANDS = (
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -c constraints.txt -e . && seqrec demo --out runs/demo",
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -c constraints.txt -e '.[test,ann,ray]' && pytest",
+    VENV + "pip install -c constraints.txt -e . && seqrec demo --out runs/demo",
+    VENV + "pip install -c constraints.txt -e '.[test,ann,ray]' && pytest",
 )
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")  # [text](target); images and autolinks aside
 FENCE = re.compile(r"^(```|~~~)")
@@ -99,7 +100,8 @@ def test_readme_keeps_the_two_setup_commands() -> None:
 
 
 def test_slugs_follow_github() -> None:
-    assert slug("Scoring on a Ray cluster: `seqrec score --engine ray`") == "scoring-on-a-ray-cluster-seqrec-score---engine-ray"
+    ray = "Scoring on a Ray cluster: `seqrec score --engine ray`"
+    assert slug(ray) == "scoring-on-a-ray-cluster-seqrec-score---engine-ray"
     assert slug("The prepared-dataset folder") == "the-prepared-dataset-folder"
     assert slug("From Python (the A/B test and the OPE check)") == "from-python-the-ab-test-and-the-ope-check"
     assert anchors("# A\n## A\n```\n# not a heading\n```\n") == {"a", "a-1"}
