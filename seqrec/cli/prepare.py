@@ -11,6 +11,7 @@ from seqrec.core.config import ConfigError, from_dict, load_toml
 from seqrec.datasets.adapters import SOURCES, source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.readers import parse_map
+from seqrec.runs.file_config import check_run_file, prepare_table
 
 
 def add_parser(sub: Any) -> None:
@@ -58,10 +59,11 @@ def add_parser(sub: Any) -> None:
 
 
 def _prepare_settings(args: argparse.Namespace) -> tuple[PrepareConfig, dict[str, Any]]:
-    """PrepareConfig and reader options from --config's [prepare] table, overridden by flags."""
-    reader_keys = ("map", "sep", "header", "format", "time_unit", "event_type", "event_map")
-    table: dict[str, Any] = dict(load_toml(args.config).get("prepare", {})) if args.config else {}
-    reader = {k: table.pop(k) for k in reader_keys if k in table}
+    """PrepareConfig and reader options from --config's [prepare] table, overridden by flags; the rest of the
+    run file is checked too (a typo in any table stops here rather than at `seqrec train`)."""
+    raw = load_toml(args.config) if args.config else {}
+    check_run_file(raw)
+    table, reader = prepare_table(raw.get("prepare", {}))
     flags = {"min_session_length": args.min_session_length, "session_gap_minutes": args.session_gap_minutes,
              "window": args.window, "min_item_count": args.min_item_count, "split": args.split,
              "seed": args.seed, "id_type": args.id_type, "max_sessions": args.max_sessions}

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from seqrec.cli.show import score_summary
+from seqrec.core.config import load_toml
 from seqrec.datasets.adapters import SOURCES, source_spec
 from seqrec.datasets.readers import parse_map
+from seqrec.runs.file_config import check_run_file, score_config
+from seqrec.runs.score_config import ScoreConfig
 
 
 def add_parser(sub: Any) -> None:
@@ -22,9 +25,11 @@ def add_parser(sub: Any) -> None:
     sc.add_argument("--run", required=True, type=Path, help="run folder (seqrec train --out)")
     sc.add_argument("--input", required=True, nargs="+", type=Path, metavar="EVENTS", help="event file(s)")
     sc.add_argument("--out", required=True, type=Path, help="output folder")
-    sc.add_argument("--top", type=int, default=10, help="recommendations per session (default 10)")
-    sc.add_argument("--candidates", type=int, default=200, help="candidates retrieved before re-ranking (default 200)")
-    sc.add_argument("--batch-size", type=int, default=4096, help="sessions per scored batch (default 4096)")
+    sc.add_argument("--config", type=Path, help="run file (TOML) whose [score] table sets what the flags below do not "
+                                                "(default: the run's recorded [score], else the defaults shown)")
+    sc.add_argument("--top", type=int, help="recommendations per session (default 10)")
+    sc.add_argument("--candidates", type=int, help="candidates retrieved before re-ranking (default 200)")
+    sc.add_argument("--batch-size", type=int, help="sessions per scored batch (default 4096)")
     sc.add_argument("--workers", type=int, help="batches scored at once, one torch thread each (default: torch's "
                                                 "thread count, i.e. the cores)")
     sc.add_argument("--engine", choices=("local", "ray"), default="local",  # serve.engines.ENGINES (tested equal;
@@ -36,11 +41,11 @@ def add_parser(sub: Any) -> None:
                          "default: start a local Ray with this machine's cores")
     sc.add_argument("--index", choices=("exact", "faiss"), help="retrieval index (default: the run's [index])")
     sc.add_argument("--nprobe", type=int, help="faiss IVF clusters searched per query (default: the run's [index])")
-    sc.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    sc.add_argument("--seed", type=int, default=0, help="seed of the nudge draws (default 0)")
+    sc.add_argument("--checkpoint", choices=("best", "last"))
+    sc.add_argument("--seed", type=int, help="seed of the nudge draws (default 0)")
     sc.add_argument("--session-gap-minutes", type=float,
                     help="inactivity that ends a session without session ids (default: the run's prepared data's)")
-    sc.add_argument("--bucket-rows", type=int, default=2_000_000, help="rows per on-disk bucket (bounds memory)")
+    sc.add_argument("--bucket-rows", type=int, help="rows per on-disk bucket (bounds memory)")
     sc.add_argument("--catalogue", type=Path, help="nudge catalogue TOML (default: the shipped one)")
     sc.add_argument("--source", choices=SOURCES, help="log format (default: the run's prepared data's, else events)")
     sc.add_argument("--map", help="column map, as in seqrec prepare")
@@ -55,18 +60,29 @@ def add_parser(sub: Any) -> None:
     sc.set_defaults(func=run)
 
 
+def score_settings(args: argparse.Namespace) -> ScoreConfig:
+    """The ScoreConfig of a `seqrec score` call: flags > --config's [score] > the run's recorded [score] >
+    defaults (the whole run file is checked, as every command does)."""
+    from seqrec.runs.config import saved_config
+
+    raw = load_toml(args.config) if args.config else {}
+    check_run_file(raw)
+    flags = {"top": args.top, "candidates": args.candidates, "batch_size": args.batch_size,
+             "workers": args.workers, "index": args.index, "nprobe": args.nprobe, "checkpoint": args.checkpoint,
+             "seed": args.seed, "session_gap_minutes": args.session_gap_minutes, "bucket_rows": args.bucket_rows,
+             "catalogue": str(args.catalogue) if args.catalogue else None}
+    table = {**raw.get("score", {}), **{k: v for k, v in flags.items() if v is not None}}
+    return score_config(table, base=saved_config(args.run).score)
+
+
 def run(args: argparse.Namespace) -> int:
     """seqrec score: run with parsed arguments; the exit status."""
     from seqrec.models.device import retain_heap
     from seqrec.serve.engines import ScoreJob, reader_defaults
     from seqrec.serve.factory import make_engine
-    from seqrec.serve.scoring import ScoreConfig
 
     retain_heap()
-    cfg = ScoreConfig(top=args.top, candidates=args.candidates, batch_size=args.batch_size, workers=args.workers,
-                      index=args.index, nprobe=args.nprobe, checkpoint=args.checkpoint, seed=args.seed,
-                      session_gap_minutes=args.session_gap_minutes, bucket_rows=args.bucket_rows,
-                      catalogue=str(args.catalogue) if args.catalogue else None)
+    cfg = score_settings(args)
     source, event_map = reader_defaults(args.run)
     sep = "\t" if args.sep in ("\\t", "tab") else args.sep
     specs = tuple(source_spec(args.source or source, p, columns=parse_map(args.map) if args.map else (),
