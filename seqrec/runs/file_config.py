@@ -68,14 +68,14 @@ def check_algorithm(algorithm: Any) -> None:
 def check_model_tables(raw: dict[str, Any], where: str = "") -> None:
     """Check the model tables present in `raw` key by key against their dataclasses (the prepared data's keys
     filled by placeholders); `where` prefixes the table names in errors (the abtest's old "model.")."""
-    classes = model_classes()
-    for name in MODEL_SECTIONS:
-        if name in raw:
-            given = raw[name]
-            if not isinstance(given, dict):
-                raise ConfigError(f"[{where}{name}] must be a table, got {given!r}")
-            base = ENCODER_PLACEHOLDERS if name == "encoder" else {}
-            from_dict(classes[name], {**base, **given}, f"{where}{name}")
+    present = [name for name in MODEL_SECTIONS if name in raw]
+    classes = model_classes() if present else {}  # no model table: no torch
+    for name in present:
+        given = raw[name]
+        if not isinstance(given, dict):
+            raise ConfigError(f"[{where}{name}] must be a table, got {given!r}")
+        base = ENCODER_PLACEHOLDERS if name == "encoder" else {}
+        from_dict(classes[name], {**base, **given}, f"{where}{name}")
 
 
 def model_classes() -> dict[str, type]:
