@@ -103,6 +103,7 @@ def test_new_tables_round_trip_through_config_json(world, tmp_path):
     (lambda r: r["score"].update(index="annoy"), "index must be one of exact, faiss"),
     (lambda r: r["prepare"].update(windows=3), "unknown key prepare.windows; valid keys in [prepare]: bucket_rows"),
     (lambda r: r["prepare"].update(format="xml"), "prepare.format must be one of auto, csv, parquet, jsonl"),
+    (lambda r: r["prepare"].update(source="nope"), "prepare.source 'nope' is not one of events"),
     (lambda r: r["encoder"].update(width=3), "unknown key encoder.width; valid keys in [encoder]: blocks"),
     (lambda r: r["data"].update(folder="x"), "unknown key data.folder; valid keys in [data]: dir"),
     (lambda r: r.update(algorithm="magic"), "algorithm must be one of seqrec, d3rlpy.dqn"),

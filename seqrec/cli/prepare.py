@@ -93,7 +93,6 @@ def _prepare_settings(args: argparse.Namespace) -> tuple[PrepareConfig, dict[str
     return cfg, opts
 
 
-
 def run(args: argparse.Namespace) -> int:
     """seqrec prepare: run with parsed arguments; the exit status."""
     cfg, opts = _prepare_settings(args)

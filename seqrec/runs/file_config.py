@@ -13,6 +13,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from seqrec.core.config import ConfigError, from_dict
+from seqrec.datasets.adapters import SOURCES
 from seqrec.datasets.prepare import PrepareConfig
 from seqrec.rl.bandits.policies import BanditConfig
 from seqrec.rl.d3rlpy_bridge.config import D3RLPY_ALGORITHMS
@@ -111,6 +112,9 @@ def prepare_table(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     for key, choices in (("format", FORMATS), ("time_unit", TIME_UNITS)):
         if key in reader and reader[key] not in choices:
             raise ConfigError(f"prepare.{key} must be one of {', '.join(choices)}, got {reader[key]!r}")
+    sources = (*SOURCES, "synthetic")
+    if "source" in config and config["source"] not in sources:
+        raise ConfigError(f"prepare.source {config['source']!r} is not one of {', '.join(sources)}")
     from_dict(PrepareConfig, config, "prepare")
     return config, reader
 
