@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+
+from seqrec.core.config import check_int, check_real
 
 from .schema import EVENT_TYPES, TIMESTAMP_TYPE
 
@@ -111,27 +112,16 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         for name in ("users", "items", "latent_dim", "categories", "segments"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("seed", self.seed, 0)
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
         if self.categories > self.items:
             raise ValueError(f"categories must be <= items ({self.items}); got {self.categories}")
-        _check_range("mean_sessions_per_user", self.mean_sessions_per_user, 1.0, 1000.0)
-        _check_range("mean_session_length", self.mean_session_length, 1.0, MAX_SESSION_LENGTH / 4)
-        _check_range("nudge_rate", self.nudge_rate, 0.0, 1.0)
-        _check_range("epsilon", self.epsilon, 0.0, 1.0)
+        check_real("mean_sessions_per_user", self.mean_sessions_per_user, 1.0, 1000.0)
+        check_real("mean_session_length", self.mean_session_length, 1.0, MAX_SESSION_LENGTH / 4)
+        check_real("nudge_rate", self.nudge_rate, 0.0, 1.0)
+        check_real("epsilon", self.epsilon, 0.0, 1.0)
         _start_us(self)
 
-
-def _check_int(name: str, value: object, low: int) -> None:
-    """Raise a ValueError naming `name` unless value is an integer >= low."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-
-
-def _check_range(name: str, value: object, low: float, high: float) -> None:
-    """Raise a ValueError naming `name` unless value is a real number in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
-        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}]; got {value!r}")
 
 
 def _start_us(cfg: SyntheticConfig) -> int:
@@ -389,7 +379,7 @@ def iter_event_batches(cfg: SyntheticConfig, users_per_batch: int = 50_000) -> I
 
     Users are generated BLOCK_USERS at a time: memory is bounded by max(users_per_batch, BLOCK_USERS) users.
     """
-    _check_int("users_per_batch", users_per_batch, 1)
+    check_int("users_per_batch", users_per_batch, 1)
     world = make_world(cfg)
     pending: list[pa.RecordBatch] = []
     pending_users = 0
@@ -427,7 +417,7 @@ def generate_events(cfg: SyntheticConfig) -> pa.Table:
 
 def config_for_events(n_events: int, seed: int = 0, **overrides) -> SyntheticConfig:
     """A config whose log has about n_events rows: users scaled from a pilot block of the same config."""
-    _check_int("n_events", n_events, 1)
+    check_int("n_events", n_events, 1)
     if "users" in overrides:
         raise ValueError("config_for_events chooses users itself; do not pass users")
     pilot = SyntheticConfig(users=BLOCK_USERS, seed=seed, **overrides)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import tomllib
 import typing
 from pathlib import Path
@@ -51,3 +53,27 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
     return value
+
+
+# The validators every config dataclass's __post_init__ uses: one wording for every bad value.
+def check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    """Raise a ValueError naming `name` unless `value` is an integer (not a bool) in [low, high]."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):  # type: ignore[operator]
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+
+
+def check_real(name: str, value: object, low: float, high: float, open_low: bool = False) -> None:
+    """Raise a ValueError naming `name` unless `value` is a finite real number in [low, high] ((low, high] if
+    `open_low`)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value <= high
+    if not ok or (open_low and value == low):
+        raise ValueError(f"{name} must be a number in {'(' if open_low else '['}{low:g}, {high:g}], got {value!r}")
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise a ValueError naming `name` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

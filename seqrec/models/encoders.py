@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqrec.core.config import check_int
 from seqrec.datasets.schema import PAD
 from seqrec.models.catalogue import gathered_dot, scores
 
@@ -61,11 +62,11 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.kind not in ENCODER_KINDS:
             raise ValueError(f"kind must be one of {ENCODER_KINDS}, got {self.kind!r}")
-        _check_int("num_items", self.num_items, 3, MAX_NUM_ITEMS)
-        _check_int("max_len", self.max_len, 1)
-        _check_int("dim", self.dim, 1)
-        _check_int("blocks", self.blocks, 1)
-        _check_int("heads", self.heads, 1)
+        check_int("num_items", self.num_items, 3, MAX_NUM_ITEMS)
+        check_int("max_len", self.max_len, 1)
+        check_int("dim", self.dim, 1)
+        check_int("blocks", self.blocks, 1)
+        check_int("heads", self.heads, 1)
         if self.dim % self.heads:
             raise ValueError(f"heads must divide dim, got dim={self.dim}, heads={self.heads}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
@@ -83,13 +84,6 @@ class EncoderConfig:
                 or not 0.0 < self.item_init_norm < float("inf"):
             raise ValueError(f"item_init_norm must be a number > 0, got {self.item_init_norm!r}")
 
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
-    """Raise a ValueError naming `name` unless `value` is an int in [low, high]."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if not ok or (high is not None and value > high):  # type: ignore[operator]
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
 
 
 class Dropout(nn.Module):

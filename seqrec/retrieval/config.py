@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from seqrec.core.config import check_int
+
 INITS = ("learner", "random")
 FAISS_TYPES = ("flat", "hnsw", "ivf")
 INDEX_KINDS = ("exact", "faiss")
@@ -16,10 +18,6 @@ EXACT_BACKENDS = ("auto", "faiss", "torch")
 NORMALIZE = ("zscore", "raw")
 RECALL_KS: tuple[int, ...] = (50, 100, 200)  # candidate recall@K reported on the held-out split
 
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def _check_names(name: str, value: object) -> None:
@@ -60,11 +58,11 @@ class TwoTowerConfig:
             raise ValueError("enabled and logq_correction must be true or false")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        _check_int("dim", self.dim, 0)
-        _check_int("random_negatives", self.random_negatives, 0)
+        check_int("dim", self.dim, 0)
+        check_int("random_negatives", self.random_negatives, 0)
         for name in ("max_steps", "batch_size", "eval_every", "log_every"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("seed", self.seed, 0)
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not self.lr > 0:
@@ -99,8 +97,8 @@ class IndexConfig:
         if self.exact_backend not in EXACT_BACKENDS:
             raise ValueError(f"exact_backend must be one of {', '.join(EXACT_BACKENDS)}, got {self.exact_backend!r}")
         for name in ("hnsw_m", "ef_search", "nprobe", "chunk_mib"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("nlist", self.nlist, 0)
+            check_int(name, getattr(self, name), 1)
+        check_int("nlist", self.nlist, 0)
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ class RerankConfig:
     normalize: str = "zscore"       # zscore | raw
 
     def __post_init__(self) -> None:
-        _check_int("candidates", self.candidates, 1)
+        check_int("candidates", self.candidates, 1)
         if self.normalize not in NORMALIZE:
             raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}")
         for name in ("w_tt", "w_sup", "w_q"):
