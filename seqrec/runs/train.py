@@ -8,13 +8,13 @@ a run killed at any moment and resumed from its last checkpoint ends exactly as 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from seqrec.core.config import ConfigError
+from seqrec.core.io import atomic_write
 from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
 from seqrec.models.device import pick_device
 from seqrec.nudging.fit import fit_run_bandit
@@ -127,8 +127,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
                     save_checkpoint(ckpt_dir / "best.pt", {**payload, "best": best, "best_step": best_step},
                           {"step": done, "select_metric": t_cfg.select_metric, "value": value, "valid": last_metrics})
                     if cfg.algorithm != "seqrec":  # d3rlpy's own file too, for d3rlpy_bridge.load_learnable
-                        learner.save_d3rlpy(str(ckpt_dir / "best.d3.tmp"))
-                        os.replace(ckpt_dir / "best.d3.tmp", ckpt_dir / "best.d3")
+                        atomic_write(ckpt_dir / "best.d3", lambda tmp: learner.save_d3rlpy(str(tmp)))
             if main:
                 save_checkpoint(ckpt_dir / "last.pt", {**payload, "best": best, "best_step": best_step},
                       {"step": done, "best": best, "best_step": best_step, "valid": last_metrics})
