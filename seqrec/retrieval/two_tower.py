@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqrec.core.config import ConfigError, from_dict
-from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
+from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
 from seqrec.datasets.schema import FIRST_ITEM
 from seqrec.models.device import pick_device
 from seqrec.models.encoders import EncoderConfig, build_encoder

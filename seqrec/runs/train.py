@@ -15,7 +15,7 @@ import torch
 
 from seqrec.core.config import ConfigError
 from seqrec.core.io import atomic_write
-from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
+from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
 from seqrec.models.device import pick_device
 from seqrec.nudging.fit import fit_run_bandit
 from seqrec.retrieval.two_tower import train_two_tower
