@@ -158,7 +158,7 @@ def test_waves_beyond_the_contact_cap_are_refused(uci_file, tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["epsilon_greedy", "linucb"])
 def test_bandit_warm_start_learns_from_the_training_log(sim, kind):
     from seqrec.abtest.run import make_bandit
-    from seqrec.campaign.simulator import BanditNudgePolicy, RandomPolicy
+    from seqrec.campaign.policies import BanditNudgePolicy, RandomPolicy
 
     log = sim.run_policy(RandomPolicy(sim), 400, np.random.default_rng(0), batch_size=100)
     cfg = abtest_config_from_dict({**_shipped(), "arm_b": {"warm_start": True, "bandit": {"kind": kind}}})

@@ -1,4 +1,4 @@
-"""Tests for the nudge bandits (seqrec.rl.bandits.policies): propensities, hand-computed updates, convergence,
+"""Tests for the nudge bandits (seqrec.rl.bandits.policies and .fit): propensities, hand-computed updates, convergence,
 offline fitting from logs, save/load."""
 
 from __future__ import annotations
@@ -11,16 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from seqrec.datasets.schema import DEFAULT_REWARDS
-from seqrec.rl.bandits.policies import (
-    KINDS,
-    BanditConfig,
-    LinUCB,
-    ThompsonSampling,
-    event_rewards,
-    fit_offline,
-    load_bandit,
-    save_bandit,
-)
+from seqrec.rl.bandits.fit import fit_offline, load_bandit, save_bandit
+from seqrec.rl.bandits.policies import KINDS, BanditConfig, LinUCB, ThompsonSampling, event_rewards
 
 ARMS = ("a", "b", "c", "d", "e")
 

@@ -199,3 +199,12 @@ def test_real_graph_is_read_with_function_level_imports() -> None:
     g = graph()
     assert any(not top for es in g.values() for _, _, _, top in es)
     assert "seqrec.datasets.prepare" in g
+
+
+def test_pyproject_lists_every_package() -> None:
+    """A non-editable install copies only the packages pyproject.toml names: a new subpackage must be listed."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {module_name(p) for d in PACKAGE_DIRS for p in (ROOT / d).rglob("__init__.py")}
+    assert on_disk == listed

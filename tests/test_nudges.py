@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 from seqrec.datasets.schema import DEFAULT_REWARDS
 from seqrec.datasets.synthetic import NUDGE_ARMS, NUDGE_FAMILY, SyntheticConfig, generate_events
-from seqrec.rl.bandits.policies import BanditConfig, fit_offline
+from seqrec.rl.bandits.fit import fit_offline
+from seqrec.rl.bandits.policies import BanditConfig
 
 import seqrec
 from seqrec.nudging.catalogue import (

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from seqrec.rl.bandits.policies import BanditConfig, save_bandit
+from seqrec.rl.bandits.fit import save_bandit
+from seqrec.rl.bandits.policies import BanditConfig
 from seqrec.rl.ope.estimators import (
     DM,
     DR,

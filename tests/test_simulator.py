@@ -16,16 +16,10 @@ from seqrec.rl.bandits.policies import BanditConfig
 from uci_fake import fake_uci  # tests/uci_fake.py (pytest puts tests/ on sys.path)
 
 from seqrec.campaign.config import CUSTOMER_COLUMNS, SimConfigError, load_sim_config, sim_config_from_dict
+from seqrec.campaign.policies import BanditNudgePolicy, RandomPolicy, RulePolicy
 from seqrec.campaign.population import READ_COLUMNS, CalibrationError, read_uci
-from seqrec.campaign.simulator import (
-    BanditNudgePolicy,
-    Contacts,
-    Decisions,
-    PolicyError,
-    RandomPolicy,
-    RulePolicy,
-    Simulator,
-)
+from seqrec.campaign.records import Contacts, Decisions, PolicyError
+from seqrec.campaign.simulator import Simulator
 from seqrec.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,24 +83,25 @@ _DELETE = object()
 
 @pytest.mark.parametrize("path, value, message", [
     ("population.sizee", 3, "population.sizee: unknown key"),
-    ("population.size", 0, "population.size: must be an integer >= 1"),
+    ("population.size", 0, "population.size: must be an int >= 1, got 0"),
     ("population.response_features", ["age_band", "duration"], "population.response_features[1]: unknown feature"),
     ("population.age_bands", [30, 25], "population.age_bands: must increase"),
     ("population.reference_product", "gold_bars", "population.reference_product: 'gold_bars' is not a product id"),
     ("products.2.odds_ratio", {"student": 1.0}, "products[2] ('credit_card').odds_ratio: is missing segment"),
     ("products.2.odds_ratio", {"student": 1.0, "martian": 2.0}, "products[2] ('credit_card').odds_ratio.martian"),
-    ("products.1.odds_ratio.retiree", -1, "products[1] ('savings_account').odds_ratio.retiree: must be a finite"),
+    ("products.1.odds_ratio.retiree", -1,
+     "products[1] ('savings_account').odds_ratio.retiree: must be a number in (0, 1000], got -1"),
     ("products.0.odds_ratio", 1.5, "products[0] ('term_deposit').odds_ratio: the reference product"),
     ("products.3.held_if", "car", "products[3] ('personal_loan').held_if: must be one of"),
     ("products.1.colour", "red", "products[1].colour: unknown key"),
     ("nudges.odds_ratio.magic", 2.0, "nudges.odds_ratio.magic: unknown family"),
     ("nudges.odds_ratio.social_appeal", _DELETE, "nudges.odds_ratio: is missing family 'social_appeal'"),
-    ("nudges.repeat_decay", 1.5, "nudges.repeat_decay: must be a finite number in [0, 1]"),
+    ("nudges.repeat_decay", 1.5, "nudges.repeat_decay: must be a number in [0, 1], got"),
     ("nudges.forbid.boats", ["urgency"], "nudges.forbid.boats: unknown product category"),
-    ("funnel.like_if_purchase", 2.0, "funnel.like_if_purchase: must be a finite number in [0, 1]"),
+    ("funnel.like_if_purchase", 2.0, "funnel.like_if_purchase: must be a number in [0, 1], got"),
     ("funnel.gap_seconds", "soon", "funnel.gap_seconds: must be float"),
     ("campaign.policy", "psychic", "campaign.policy: must be one of random, rules"),
-    ("campaign.contact_odds_ratio", 0, "campaign.contact_odds_ratio: must be a finite number in (0, 10]"),
+    ("campaign.contact_odds_ratio", 0, "campaign.contact_odds_ratio: must be a number in (0, 10], got 0"),
     ("rules.student", _DELETE, "rules: is missing segment 'student'"),
     ("rules.student.products", ["gold_bars"], "rules.student.products[0]: unknown product 'gold_bars'"),
     ("segments.5.jobs", ["student"], "segments[5]: the last rule must match everyone"),
@@ -477,4 +472,4 @@ def test_population_size_is_validated(uci_file, tmp_path, capsys):
     cfg.write_text(SHIPPED.read_text().replace("size = 41188", "size = 300"))
     assert main(["simulate", "--config", str(cfg), "--out", str(tmp_path / "a.parquet"), "--calibration",
                  str(uci_file), "--customers", "0"]) == 2
-    assert "population.size: must be an integer >= 1" in capsys.readouterr().err
+    assert "population.size: must be an int >= 1, got 0" in capsys.readouterr().err

@@ -26,6 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from seqrec.core.config import check_real
+
 PROPENSITY_TOLERANCE = 1e-9   # propensities up to 1 + this are read as 1 (float rounding in logs)
 SUM_TOLERANCE = 1e-6          # target probabilities of a row must sum to 1 within this
 MIN_ESS = 100.0               # default: warn when the effective sample size is below this many rows ...
@@ -350,8 +352,7 @@ class EpsilonGreedyPolicy:
     epsilon: float = 0.1
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.epsilon, int | float) and 0.0 <= self.epsilon <= 1.0):
-            raise ValueError(f"epsilon must be a number in [0, 1]; got {self.epsilon!r}")
+        check_real("epsilon", self.epsilon, 0.0, 1.0)
 
     def action_probabilities(self, log: LoggedBandit) -> np.ndarray:
         s = np.asarray(self.scores, dtype=np.float64)

@@ -46,6 +46,8 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from seqrec.core.config import check_int
+
 from .data import (
     MIN_ESS,
     MIN_ESS_FRACTION,
@@ -91,9 +93,7 @@ class OpeConfig:
 
     def __post_init__(self) -> None:
         for name, low in (("resamples", 0), ("seed", 0), ("max_cells", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}; got {v!r}")
+            check_int(name, getattr(self, name), low)
         if not (isinstance(self.level, float | int) and 0 < self.level < 1):
             raise ValueError(f"level must be in (0, 1); got {self.level!r}")
         if not (self.min_ess >= 0 and 0 <= self.min_ess_fraction <= 1):

@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from seqrec.core.config import check_real
 
 from .data import LogError, LoggedBandit
 
@@ -37,8 +40,7 @@ class CellMeanModel:
     smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.smoothing, float | int) and self.smoothing >= 0):
-            raise ValueError(f"smoothing must be a number >= 0; got {self.smoothing!r}")
+        check_real("smoothing", self.smoothing, 0.0, math.inf)
 
     def cells(self, log: LoggedBandit) -> tuple[np.ndarray, int]:
         """(N,) cell of each row, position * A + action (action alone without positions), and the cell count."""
@@ -73,8 +75,7 @@ class RidgeModel:
     l2: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.l2, float | int) and self.l2 > 0):
-            raise ValueError(f"l2 must be a number > 0; got {self.l2!r}")
+        check_real("l2", self.l2, 0.0, math.inf, open_low=True)
 
     def features(self, log: LoggedBandit) -> np.ndarray:
         """(N, 1 + d + K - 1) design matrix."""

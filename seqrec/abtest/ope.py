@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seqrec.abtest.config import OpeCheck
-from seqrec.campaign.simulator import CampaignLog, Simulator, make_policy
+from seqrec.campaign.policies import make_policy
+from seqrec.campaign.records import CampaignLog
+from seqrec.campaign.simulator import Simulator
 from seqrec.rl.ope.data import MAX_UNSUPPORTED, unsupported_mass
 from seqrec.rl.ope.estimators import (
     CellMeanModel,

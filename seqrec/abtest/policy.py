@@ -20,7 +20,8 @@ from dataclasses import fields
 import numpy as np
 import torch
 
-from seqrec.campaign.simulator import FEATURE_COLUMNS, Contacts, Decisions, Policy, Simulator
+from seqrec.campaign.records import Contacts, Decisions, Policy
+from seqrec.campaign.simulator import FEATURE_COLUMNS, Simulator
 from seqrec.datasets.schema import FIRST_ITEM, OOV
 from seqrec.retrieval.features import Features
 from seqrec.retrieval.rerank import Pipeline, blend

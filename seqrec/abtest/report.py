@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from seqrec.abtest.stats import newcombe, paired_difference, two_proportion_z, wilson
-from seqrec.campaign.simulator import CampaignLog, Simulator
+from seqrec.campaign.records import CampaignLog
+from seqrec.campaign.simulator import Simulator
 from seqrec.datasets.synthetic import NUDGE_FAMILIES
 
 ARM_NAMES = {"A": "A: rules (segment products, fixed nudge)", "B": "B: pipeline (two-tower + Q re-rank, bandit nudge)"}

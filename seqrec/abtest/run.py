@@ -38,17 +38,11 @@ from seqrec.abtest.policy import Phased, PipelineProducts
 from seqrec.abtest.report import arm_summary, comparison, write_outputs
 from seqrec.abtest.stats import rank_agreement
 from seqrec.campaign.config import load_sim_config
-from seqrec.campaign.simulator import (
-    BanditNudgePolicy,
-    CampaignLog,
-    Contacts,
-    RandomPolicy,
-    RulePolicy,
-    Simulator,
-    make_policy,
-)
+from seqrec.campaign.policies import BanditNudgePolicy, RandomPolicy, RulePolicy, make_policy
+from seqrec.campaign.records import CampaignLog, Contacts
+from seqrec.campaign.simulator import Simulator
 from seqrec.core.config import ConfigError
-from seqrec.rl.bandits.policies import fit_offline
+from seqrec.rl.bandits.fit import fit_offline
 
 MARKER = "abtest_config.json"   # written first in OUT: a folder holding it may be overwritten by a new abtest
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from seqrec.core.config import ConfigError, load_toml
+from seqrec.core.config import ConfigError, check_int, check_real, load_toml
 from seqrec.datasets.synthetic import NUDGE_FAMILIES
 
 # UCI Bank Marketing columns a customer may carry. `duration` (call length, known only after the call, which
@@ -54,17 +54,22 @@ def _fail(where: str, msg: str) -> SimConfigError:
 
 
 def _int(where: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise _fail(where, f"must be an integer >= {low}; got {value!r}")
-    return int(value)
+    """`value` as an int >= low (seqrec.core.config.check_int), else a SimConfigError naming `where`."""
+    try:
+        check_int("", value, low)
+    except ValueError as e:
+        raise _fail(where, str(e).strip()) from None
+    return int(value)  # type: ignore[call-overload]
 
 
 def _real(where: str, value: object, low: float, high: float = math.inf, open_low: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or value > high or (open_low and value == low):
-        span = f"{'(' if open_low else '['}{low:g}, {high:g}]"
-        raise _fail(where, f"must be a finite number in {span}; got {value!r}")
-    return float(value)
+    """`value` as a float in [low, high] ((low, high] if `open_low`; seqrec.core.config.check_real), else a
+    SimConfigError naming `where`."""
+    try:
+        check_real("", value, low, high, open_low)
+    except ValueError as e:
+        raise _fail(where, str(e).strip()) from None
+    return float(value)  # type: ignore[arg-type]
 
 
 def _text(where: str, value: object) -> str:

@@ -18,21 +18,22 @@ the same for every policy given the seed), decisions drawn from a policy's joint
 nudge) in batches, responses from the model (the same random numbers for every policy: common random numbers),
 the policy's `update` after each batch, and the customers' state (held products, nudges seen, history). The log
 it returns passes `seqrec prepare` unchanged.
+
+The records it passes around (Contacts, Decisions, Response, CampaignLog, the Policy protocol) are in
+seqrec/campaign/records.py; the built-in policies (random, rules, bandit nudges) in seqrec/campaign/policies.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
 
 from seqrec.campaign.config import SimConfig, SimConfigError
 from seqrec.campaign.population import (
-    MONTHS,
     CalibrationRow,
     Population,
     ResponseModel,
@@ -46,6 +47,7 @@ from seqrec.campaign.population import (
     read_uci,
     sigmoid,
 )
+from seqrec.campaign.records import CampaignLog, Contacts, Decisions, Policy, PolicyError, Response
 from seqrec.datasets.schema import CART, EVENT_TYPES, LIKE, PURCHASE, TIMESTAMP_TYPE, VIEW
 from seqrec.datasets.synthetic import NUDGE_FAMILIES
 from seqrec.nudging.catalogue import NudgeCatalogue, load_catalogue
@@ -55,95 +57,6 @@ DAY_START_S, DAY_LENGTH_S = 8 * 3600, 12 * 3600   # contacts happen between 08:0
 FEATURE_COLUMNS: tuple[str, ...] = ("segment", "age_band", "job", "marital", "education", "housing", "loan",
                                     "poutcome", "month")   # customer features written on every event row
 PROBABILITY_TOLERANCE = 1e-6
-
-
-class PolicyError(ValueError):
-    """A policy returned probabilities that cannot be used: the message names the policy, the row and the fault."""
-
-
-# ------------------------------------------------------------------------------------------- data classes
-
-
-@dataclass(frozen=True)
-class Contacts:
-    """B contact opportunities: who is contacted, when, and the customer's state just before."""
-
-    customer: np.ndarray            # (B,) int64 index into the population (also the logged user_id)
-    previous_contacts: np.ndarray   # (B,) int64 contacts of this customer earlier in the campaign
-    time_us: np.ndarray             # (B,) int64 contact time, microseconds since the epoch (UTC)
-    held: np.ndarray                # (B, P) bool products held
-    shown: np.ndarray               # (B, F) int64 earlier showings of each nudge family (NUDGE_FAMILIES order)
-    history: np.ndarray             # (B, W) int64 product indices of the latest events, newest last, -1 padding
-
-    def __len__(self) -> int:
-        return len(self.customer)
-
-    def take(self, rows: np.ndarray) -> Contacts:
-        """The contacts at `rows`."""
-        return Contacts(*(getattr(self, f.name)[rows] for f in fields(self)))
-
-    @staticmethod
-    def concat(parts: Sequence[Contacts]) -> Contacts:
-        return Contacts(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Contacts)))
-
-
-@dataclass(frozen=True)
-class Decisions:
-    """What was offered to each of B contacts and with what probability."""
-
-    product: np.ndarray              # (B,) int64 product index
-    nudge: np.ndarray                # (B,) int64 arm index in the catalogue, -1 = no nudge
-    propensity: np.ndarray           # (B,) float64 P(nudge | context, product) of the policy; NaN = not known
-    product_propensity: np.ndarray   # (B,) float64 P(product | context) of the policy; NaN = not known
-
-    @staticmethod
-    def fixed(product: np.ndarray, nudge: np.ndarray) -> Decisions:
-        """Decisions made outside any policy (no propensities)."""
-        p, a = np.asarray(product, dtype=np.int64), np.asarray(nudge, dtype=np.int64)
-        return Decisions(p, a, np.full(len(p), np.nan), np.full(len(p), np.nan))
-
-
-@dataclass(frozen=True)
-class Response:
-    """What B contacted customers did, and the events they left (one session each)."""
-
-    probability: np.ndarray   # (B,) exact purchase probability of the offer
-    purchased: np.ndarray     # (B,) bool
-    liked: np.ndarray         # (B,) bool: liked the offered product
-    carted: np.ndarray        # (B,) bool: started an application for it (every buyer did)
-    browsed: np.ndarray       # (B, P-1) int64 other products viewed, in order, -1 padding
-    session_items: np.ndarray  # (B, L) int64 product of each event of the session in time order, -1 padding
-    events: pa.Table          # the sessions' events in the event schema
-
-
-@dataclass(frozen=True)
-class CampaignLog:
-    """A campaign run: its event log and, per contact (N), the state, decision and outcome."""
-
-    events: pa.Table
-    contacts: Contacts
-    decisions: Decisions
-    probability: np.ndarray   # (N,) exact purchase probability of the chosen (product, nudge)
-    purchased: np.ndarray     # (N,) bool
-
-    @property
-    def customers(self) -> int:
-        """Distinct customers contacted."""
-        return int(len(np.unique(self.contacts.customer)))
-
-    @property
-    def conversion_rate(self) -> float:
-        """Purchases through offers / customers contacted (Kristiana et al.'s CR, as a fraction)."""
-        return float(self.purchased.sum() / max(self.customers, 1))
-
-
-@runtime_checkable
-class Policy(Protocol):
-    """Chooses (product, nudge) for contacts. Optional: `update(contacts, decisions, purchased)` to learn."""
-
-    def probabilities(self, contacts: Contacts) -> np.ndarray:
-        """(B, P, A) joint probability of offering product p with arm a; each row sums to 1."""
-        ...
 
 
 # ------------------------------------------------------------------------------------------ the simulator
@@ -521,92 +434,6 @@ class Simulator:
         return Decisions(product, nudge, pi[rows, product, nudge] / product_p, product_p)
 
 
-# ------------------------------------------------------------------------------------------------ policies
-
-
-class RandomPolicy:
-    """Uniform over the products a customer does not hold (all, if they hold every one), then uniform over the
-    nudges allowed with the product: the exploring logger whose log every other policy can be evaluated on."""
-
-    def __init__(self, sim: Simulator) -> None:
-        self.nudge = sim.nudge_mask / sim.nudge_mask.sum(axis=1, keepdims=True)   # (P, A)
-
-    def probabilities(self, contacts: Contacts) -> np.ndarray:
-        open_ = ~contacts.held
-        open_ = np.where(open_.any(axis=1, keepdims=True), open_, True)
-        product = open_ / open_.sum(axis=1, keepdims=True)                       # (B, P)
-        return product[:, :, None] * self.nudge[None]
-
-
-class RulePolicy:
-    """The rule-based campaign of [rules]: per segment, the first listed product not held (else the first listed)
-    with the segment's fixed nudge. Deterministic (propensity 1) unless `epsilon` > 0 mixes in RandomPolicy."""
-
-    def __init__(self, sim: Simulator, epsilon: float | None = None) -> None:
-        if not sim.config.rules:
-            raise SimConfigError(f"{sim.config.source}: the rules policy needs a [rules] table")
-        self.epsilon = sim.config.campaign.epsilon if epsilon is None else float(epsilon)
-        if not 0.0 <= self.epsilon <= 1.0:
-            raise ValueError(f"epsilon must lie in [0, 1]; got {epsilon!r}")
-        self.segment = sim.population.segment
-        by_segment = {r.segment: r for r in sim.config.rules}
-        rules = [by_segment[s] for s in sim.segment_names]
-        width = max(len(r.products) for r in rules)
-        self.products = np.array([[*sim.product_index(r.products)] + [-1] * (width - len(r.products))
-                                  for r in rules])                               # (S, K) preference lists
-        self.nudge = np.array([sim.arms.index(r.nudge) for r in rules])         # (S,)
-        self.random = RandomPolicy(sim)
-        self.shape = (sim.n_products, sim.n_arms)
-
-    def probabilities(self, contacts: Contacts) -> np.ndarray:
-        b = len(contacts)
-        seg = self.segment[contacts.customer]
-        prefs = self.products[seg]                                               # (B, K)
-        rows = np.arange(b)
-        wanted = (prefs >= 0) & ~contacts.held[rows[:, None], np.maximum(prefs, 0)]
-        first = np.where(wanted.any(axis=1), np.argmax(wanted, axis=1), 0)
-        pi = np.zeros((b, *self.shape))
-        pi[rows, prefs[rows, first], self.nudge[seg]] = 1.0
-        if self.epsilon > 0:
-            pi = (1 - self.epsilon) * pi + self.epsilon * self.random.probabilities(contacts)
-        return pi
-
-
-class BanditNudgePolicy:
-    """Products from another policy (its marginal over products), the nudge from a bandit of seqrec.rl.bandits.policies
-    among the arms allowed with the product; the bandit learns from purchases after each batch. A contextual
-    bandit (LinUCB) sees `Simulator.context_features`; its dim must equal their width."""
-
-    def __init__(self, sim: Simulator, products: Policy, bandit: object) -> None:
-        if tuple(getattr(bandit, "arms", ())) != sim.arms:
-            raise ValueError(f"the bandit's arms must be the catalogue's, in order: {', '.join(sim.arms)}")
-        self.sim, self.products, self.bandit = sim, products, bandit
-
-    def _contexts(self, contacts: Contacts) -> np.ndarray | None:
-        return self.sim.context_features(contacts) if getattr(self.bandit, "dim", 0) else None
-
-    def probabilities(self, contacts: Contacts) -> np.ndarray:
-        product = self.sim.check_probabilities(self.products, contacts).sum(axis=2)     # (B, P)
-        x = self._contexts(contacts)
-        nudge = np.stack([self.bandit.probabilities_batch(x, self.sim.nudge_mask[j], rows=len(contacts))
-                          for j in range(self.sim.n_products)], axis=1)                 # (B, P, A)
-        return product[:, :, None] * nudge
-
-    def update(self, contacts: Contacts, decisions: Decisions, purchased: np.ndarray) -> None:
-        self.bandit.update_batch(self._contexts(contacts), decisions.nudge, purchased.astype(np.float64))
-        if hasattr(self.products, "update"):
-            self.products.update(contacts, decisions, purchased)
-
-
-def make_policy(sim: Simulator, name: str, epsilon: float | None = None) -> Policy:
-    """The named built-in policy: 'random' or 'rules'."""
-    if name == "random":
-        return RandomPolicy(sim)
-    if name == "rules":
-        return RulePolicy(sim, epsilon)
-    raise ValueError(f"unknown policy {name!r}; built in: random, rules")
-
-
 # ----------------------------------------------------------------------------------------------- helpers
 
 
@@ -624,7 +451,3 @@ def _left_align(x: np.ndarray) -> np.ndarray:
     """Each row's non-negative entries in order, moved to the right end, -1 padding on the left."""
     order = np.argsort(x >= 0, axis=1, kind="stable")
     return np.take_along_axis(x, order, axis=1)
-
-
-__all__ = ["MONTHS", "BanditNudgePolicy", "CampaignLog", "Contacts", "Decisions", "Policy", "PolicyError",
-           "RandomPolicy", "Response", "RulePolicy", "Simulator", "make_policy"]

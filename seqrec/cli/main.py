@@ -413,7 +413,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from seqrec.campaign.config import load_sim_config
-    from seqrec.campaign.simulator import Simulator, make_policy
+    from seqrec.campaign.policies import make_policy
+    from seqrec.campaign.simulator import Simulator
 
     if args.out.suffix.lower() not in (".parquet", ".pq"):
         raise ValueError(f"--out must be a .parquet file; got {args.out}")

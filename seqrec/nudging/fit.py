@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from seqrec.datasets.manifest import read_manifest
 from seqrec.nudging.catalogue import load_catalogue, nudge_decisions
-from seqrec.rl.bandits.policies import BanditConfig, fit_offline, save_bandit
+from seqrec.rl.bandits.fit import fit_offline, save_bandit
+from seqrec.rl.bandits.policies import BanditConfig
 
 COLUMNS = ("session", "item_id", "event_type", "timestamp", "nudge_id", "propensity", "split")
 

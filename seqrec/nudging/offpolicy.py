@@ -31,7 +31,8 @@ from seqrec.datasets.readers import BadRows, InputError, SourceSpec, read_file
 from seqrec.datasets.schema import DEFAULT_REWARDS
 from seqrec.datasets.validate import EventTypes, Validator
 from seqrec.nudging.catalogue import NudgeCatalogue, nudge_decisions
-from seqrec.rl.bandits.policies import Bandit, load_bandit
+from seqrec.rl.bandits.fit import load_bandit
+from seqrec.rl.bandits.policies import Bandit
 from seqrec.rl.ope.data import EpsilonGreedyPolicy, FixedArmPolicy, UniformPolicy
 from seqrec.rl.ope.estimators import CellMeanModel, Estimate, LoggedBandit
 

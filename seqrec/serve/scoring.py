@@ -42,7 +42,8 @@ from seqrec.retrieval.features import FeatureSpec, item_rows
 from seqrec.retrieval.rerank import Candidates, Pipeline, blend, build_pipeline, top_order
 from seqrec.retrieval.rerank import rerank_batch as pipeline_batch
 from seqrec.retrieval.two_tower import load_two_tower
-from seqrec.rl.bandits.policies import Bandit, BanditConfig, load_bandit
+from seqrec.rl.bandits.fit import load_bandit
+from seqrec.rl.bandits.policies import Bandit, BanditConfig
 from seqrec.rl.qlearning.learner import Learner
 from seqrec.runs.config import saved_config
 from seqrec.runs.learner import build_learner
