@@ -43,6 +43,14 @@ def check_inputs(paths: list[Path]) -> None:
             raise InputError(f"{p}: is a directory, not an event file")
 
 
+def merged_event_map(specs: list[SourceSpec]) -> tuple[tuple[str, str], ...]:
+    """The event maps of all inputs' readers as one (a later reader's entry wins)."""
+    merged: dict[str, str] = {}
+    for s in specs:
+        merged.update(dict(s.event_map))
+    return tuple(merged.items())
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes (the inputs' identity in the manifest and the re-use check)."""
     h = hashlib.sha256()

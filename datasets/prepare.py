@@ -30,7 +30,7 @@ from seqrec.core.io import atomic_write_text
 
 from .duplicates import duplicate_rows, earliest_duplicate
 from .emit import emit
-from .inputs import FileStats, bucket_count, check_inputs
+from .inputs import FileStats, bucket_count, check_inputs, merged_event_map
 from .manifest import FORMAT_VERSION, load_manifest, outputs_exist
 from .quarantine import Quarantine
 from .readers import BadRows, InputError, SourceSpec
@@ -119,7 +119,7 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
     work = out / "_work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    event_types = EventTypes.build(_event_map(specs), dict(cfg.rewards))
+    event_types = EventTypes.build(merged_event_map(specs), dict(cfg.rewards))
     names = event_types.names
     id_types: dict[str, str] = {}
     id_type = cfg.id_type if cfg.id_type != "auto" else next((s.id_type for s in specs if s.id_type != "auto"), "auto")
@@ -223,6 +223,8 @@ def _strict_duplicate(scatter: Scatter, files: list[FileStats], before: tuple[in
 
 
 def _config_dict(cfg: PrepareConfig, specs: list[SourceSpec]) -> dict:
+    """The config as manifest.json records it (and the re-use key hashes it): plain JSON, with each distinct
+    reader; bucket_rows left out."""
     d = asdict(cfg)
     d["rewards"] = dict(cfg.rewards)
     d["split_fractions"] = list(cfg.split_fractions)
@@ -240,14 +242,8 @@ def _config_dict(cfg: PrepareConfig, specs: list[SourceSpec]) -> dict:
     return d
 
 
-def _event_map(specs: list[SourceSpec]) -> tuple[tuple[str, str], ...]:
-    merged: dict[str, str] = {}
-    for s in specs:
-        merged.update(dict(s.event_map))
-    return tuple(merged.items())
-
-
 def _progress_bar(total_bytes: int, progress: bool | None):
+    """Bytes read, shown when asked for, or by default for inputs of 64 MiB and more."""
     from tqdm import tqdm
 
     disable = (not progress) if progress is not None else (total_bytes < (64 << 20) or None)

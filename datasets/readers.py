@@ -374,6 +374,7 @@ def _csv_columns(path: Path, sep: str) -> list[str]:
 
 
 def _parquet_columns(path: Path, sep: str) -> list[str]:
+    """The Parquet schema's names."""
     try:
         return pq.ParquetFile(str(path)).schema_arrow.names
     except Exception as e:  # noqa: BLE001 - any failure here is an unreadable file

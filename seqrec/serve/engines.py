@@ -37,7 +37,7 @@ import torch
 
 from seqrec.core.io import atomic_write, atomic_write_json, atomic_write_text
 from seqrec.datasets.duplicates import duplicate_rows, find_duplicates
-from seqrec.datasets.inputs import FileStats, bucket_count, check_inputs
+from seqrec.datasets.inputs import FileStats, bucket_count, check_inputs, merged_event_map
 from seqrec.datasets.manifest import read_manifest
 from seqrec.datasets.quarantine import Quarantine, quarantine_table
 from seqrec.datasets.readers import SourceSpec
@@ -168,10 +168,7 @@ def scatter_inputs(job: ScoreJob, bundle: ScoringBundle, inputs: list[FileStats]
     """Read and validate every input; quarantine bad rows; scatter kept rows to user-hash buckets; note the
     counts in work/scatter.json."""
     prepared = read_manifest(_data_dir(job.run))
-    event_map: dict[str, str] = {}
-    for s in job.specs:
-        event_map.update(dict(s.event_map))
-    event_types = EventTypes.build(tuple(event_map.items()), prepared["config"]["rewards"])
+    event_types = EventTypes.build(merged_event_map(list(job.specs)), prepared["config"]["rewards"])
     id_types = {"item_id": prepared["id_types"]["item_id"]} if "item_id" in prepared.get("id_types", {}) else {}
     paths = list(job.inputs)
     scatter = Scatter(work, bucket_count(paths, inputs, job.config.bucket_rows), event_types, id_types,
