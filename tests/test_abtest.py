@@ -3,6 +3,7 @@ and a tiny end-to-end `seqrec abtest` that writes its report, metrics and plots 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -95,6 +96,46 @@ def _shipped() -> dict:
     return tomllib.loads(SHIPPED.read_text())
 
 
+def _old_form(d: dict) -> dict:
+    """An abtest file in the older form: arm B's run tables under [model.*], the bandit under [arm_b.bandit]."""
+    d = copy.deepcopy(d)
+    d["model"] = {t: d.pop(t) for t in ("encoder", "head", "train", "retrieval", "rerank", "index") if t in d}
+    d.setdefault("arm_b", {})["bandit"] = d.pop("bandit")
+    return d
+
+
+def test_old_model_form_gives_the_same_config_as_the_run_tables():
+    new = abtest_config_from_dict(_shipped(), "abtest.toml")
+    old = abtest_config_from_dict(_old_form(_shipped()), "abtest.toml")
+    assert "model" not in _shipped() and "encoder" in _shipped() and "bandit" in _shipped()
+    assert old == new and old.to_dict() == new.to_dict()
+    assert new.model["train"]["max_steps"] == 1000 and new.model["rerank"]["candidates"] == 5
+    assert new.model["train"]["lr"] == 0.005 and new.arm_b.bandit.epsilon == 0.1   # MODEL_DEFAULTS kept under
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["encoder"].update(width=8), "unknown key encoder.width; valid keys in [encoder]: blocks, dim"),
+    (lambda d: d["encoder"].update(num_items=5), "encoder.num_items comes from the prepared data"),
+    (lambda d: d["train"].update(seed=3), "train.seed comes from the top-level seed"),
+    (lambda d: d["train"].update(max_step=3), "unknown key train.max_step; valid keys in [train]"),
+    (lambda d: d["retrieval"].update(enabled=False), "retrieval.enabled must be true"),
+    (lambda d: d["head"].update(variant="ce"), "rerank.w_q needs a Q head: head.variant must not be 'ce'"),
+    (lambda d: d["bandit"].update(kind="oracle"), "kind must be one of epsilon_greedy"),
+    (lambda d: d["bandit"].update(epsilon_decay=0.5), "unknown key bandit.epsilon_decay; valid keys in [bandit]: "
+                                                      "alpha, epsilon, kind"),
+    (lambda d: d["bandit"].update(seed=1), "bandit.seed comes from the top-level seed"),
+    (lambda d: d.update(model={"head": {"gamma": 0.9}}), "at the top level ([encoder]) or under [model]"),
+    (lambda d: d.update(arm_b={"bandit": {"kind": "ucb1"}}), "give the bandit once"),
+    (lambda d: d.update(prepare={}), "unknown key prepare; valid top-level keys: simulator, seed"),
+])
+def test_run_table_errors_name_the_key(edit, message):
+    d = _shipped()
+    edit(d)
+    with pytest.raises(ConfigError, match="abtest.toml: ") as e:
+        abtest_config_from_dict(d, "abtest.toml")
+    assert message in str(e.value)
+
+
 def test_shipped_config_loads_and_explains_its_numbers():
     cfg = load_abtest_config(SHIPPED)
     assert cfg.simulator_path.resolve() == SIM.resolve()
@@ -132,7 +173,7 @@ def test_shipped_config_loads_and_explains_its_numbers():
     (lambda d: d["ope"].update(reward_model="forest"), "ope.reward_model must be one of ridge, cell_mean"),
 ])
 def test_config_errors_name_the_key(edit, message):
-    d = _shipped()
+    d = _old_form(_shipped())
     edit(d)
     with pytest.raises(ConfigError, match="abtest.toml: ") as e:
         abtest_config_from_dict(d, "abtest.toml")
@@ -161,7 +202,7 @@ def test_bandit_warm_start_learns_from_the_training_log(sim, kind):
     from seqrec.campaign.policies import BanditNudgePolicy, RandomPolicy
 
     log = sim.run_policy(RandomPolicy(sim), 400, np.random.default_rng(0), batch_size=100)
-    cfg = abtest_config_from_dict({**_shipped(), "arm_b": {"warm_start": True, "bandit": {"kind": kind}}})
+    cfg = abtest_config_from_dict({**_shipped(), "arm_b": {"warm_start": True}, "bandit": {"kind": kind}})
     bandit = make_bandit(cfg, sim, log)
     assert bandit.updates == 400 and bandit.dim == (len(sim.context_feature_names()) if kind == "linucb" else 0)
     cold = make_bandit(dataclasses.replace(cfg, arm_b=dataclasses.replace(cfg.arm_b, warm_start=False)), sim, log)
@@ -239,8 +280,8 @@ def _tiny_config(tmp_path: Path, uci_file: Path, contacts: int = 250) -> Path:
     d = _shipped()
     d.update(simulator=str(sim_cfg), contacts=contacts, batch_size=50)
     d["training"]["waves"] = 1
-    d["model"]["train"].update(max_steps=12, eval_every=6, batch_size=64)
-    d["model"]["retrieval"].update(max_steps=6, eval_every=3)
+    d["train"].update(max_steps=12, eval_every=6, batch_size=64)
+    d["retrieval"].update(max_steps=6, eval_every=3)
     d["ope"].update(resamples=30)
     lines = [f"{k} = {json.dumps(v)}" for k, v in d.items() if not isinstance(v, dict)]
     for table, body in d.items():

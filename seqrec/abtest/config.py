@@ -3,10 +3,14 @@
 Tables (the shipped file, experiments/configs/abtest.toml, says what each number means and why):
   (top level)   simulator config, seed, customers, contacts per arm, batch size, interval level, torch threads
   [training]    the exploring campaign whose log trains arm B: policy, epsilon, waves, the Q head's rewards
-  [model.*]     arm B's run: [model.encoder], [model.head], [model.train], [model.retrieval], [model.rerank],
-                [model.index] as in a `seqrec train` config (merged over MODEL_DEFAULTS, keys checked here)
+  [encoder], [head], [train], [retrieval], [index], [rerank]
+                arm B's run: the run file's tables (docs/config.md), merged over MODEL_DEFAULTS and checked by
+                the run-config code (seqrec.runs.file_config); the older form [model.encoder] ... [model.index]
+                means the same and is still read (one form per file)
+  [bandit]      arm B's nudge bandit (seqrec.rl.bandits.policies.BanditConfig; LinUCB on the customer context
+                too); the older [arm_b.bandit] means the same
   [arm_a]       the rule-based campaign: epsilon (0 = the rules as written)
-  [arm_b]       warm_start; [arm_b.bandit] the nudge bandit (seqrec.rl.bandits.policies.BanditConfig)
+  [arm_b]       warm_start
   [ope]         the off-policy check: logging and target policies, contacts, estimators, reward model, resamples
 
 An unknown key stops with a ConfigError naming it and the valid keys of its table.
@@ -21,11 +25,9 @@ from typing import Any
 
 from seqrec.core.config import ConfigError, check_choice, check_int, check_real, from_dict, load_toml
 from seqrec.datasets.schema import EVENT_TYPES
-from seqrec.models.encoders import EncoderConfig
-from seqrec.retrieval.config import IndexConfig, RerankConfig, TwoTowerConfig
 from seqrec.rl.bandits.policies import BanditConfig
 from seqrec.rl.ope.estimators import ESTIMATORS
-from seqrec.rl.qlearning.losses import HeadConfig
+from seqrec.runs.file_config import ENCODER_PLACEHOLDERS, bandit_table, check_model_tables
 
 POLICIES = ("random", "rules")
 REWARD_MODELS = ("ridge", "cell_mean")
@@ -43,11 +45,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "rerank": {"candidates": 5, "w_tt": 0.0, "w_sup": 0.0, "w_q": 1.0},
     "index": {"kind": "exact"},
 }
-# what each [model.*] table is checked against (placeholders where the prepared data decides)
-_MODEL_TABLES: dict[str, tuple[type, dict[str, Any]]] = {
-    "encoder": (EncoderConfig, {"num_items": 11, "max_len": 10}), "head": (HeadConfig, {}),
-    "retrieval": (TwoTowerConfig, {}), "rerank": (RerankConfig, {}), "index": (IndexConfig, {}),
-}
+RUN_TABLES = tuple(MODEL_DEFAULTS)  # the run file's tables arm B's run takes (besides [bandit])
 
 
 
@@ -179,7 +177,7 @@ def _plain(obj: Any) -> Any:
     return list(obj) if isinstance(obj, tuple) else obj
 
 
-TOP_KEYS = tuple(f.name for f in fields(AbTestConfig) if f.name not in ("source", "base_dir"))
+TOP_KEYS = (*(f.name for f in fields(AbTestConfig) if f.name not in ("source", "base_dir")), *RUN_TABLES, "bandit")
 
 
 def load_abtest_config(path: str | Path) -> AbTestConfig:
@@ -208,7 +206,8 @@ def _build(data: dict[str, Any], source: str, base_dir: str) -> AbTestConfig:
         raise ConfigError(f"unknown key {unknown[0]}; valid top-level keys: {', '.join(TOP_KEYS)}")
     if "simulator" not in data:
         raise ConfigError("missing key simulator (the simulator TOML, e.g. \"campaign_sim.toml\")")
-    top = {k: v for k, v in data.items() if k not in ("training", "model", "arm_a", "arm_b", "ope")}
+    tables = ("training", "model", "arm_a", "arm_b", "ope", *RUN_TABLES, "bandit")
+    top = {k: v for k, v in data.items() if k not in tables}
     for k, v in top.items():
         want, kinds = {"simulator": ("text", str), "level": ("a number", (int, float))}.get(k, ("an integer", int))
         if isinstance(v, bool) or not isinstance(v, kinds):
@@ -217,39 +216,54 @@ def _build(data: dict[str, Any], source: str, base_dir: str) -> AbTestConfig:
     arm_a = from_dict(ArmA, _table("arm_a", data.get("arm_a", {})), "arm_a")
     b = _table("arm_b", data.get("arm_b", {}))
     bandit = ArmB().bandit
-    if "bandit" in b:
-        raw = _table("arm_b.bandit", b.pop("bandit"))
+    if "bandit" in b and "bandit" in data:
+        raise ConfigError("give the bandit once: [bandit] (or the older [arm_b.bandit]), not both")
+    if "bandit" in b or "bandit" in data:
+        where = "arm_b.bandit" if "bandit" in b else "bandit"
+        raw = _table(where, b.pop("bandit") if "bandit" in b else data["bandit"])
         if "seed" in raw:
-            raise ConfigError("arm_b.bandit.seed comes from the top-level seed; leave it out")
-        bandit = from_dict(BanditConfig, raw, "arm_b.bandit")
+            raise ConfigError(f"{where}.seed comes from the top-level seed; leave it out")
+        bandit = bandit_table(raw, where)
     arm_b = from_dict(ArmB, b, "arm_b")
     arm_b = replace(arm_b, bandit=bandit)
     ope = from_dict(OpeCheck, _table("ope", data.get("ope", {})), "ope")
-    model = _model(_table("model", data.get("model", {})))
+    model = _model(_run_tables(data))
     return AbTestConfig(**top, training=training, model=model, arm_a=arm_a, arm_b=arm_b, ope=ope,
                         source=source, base_dir=base_dir)
 
 
-def _model(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """MODEL_DEFAULTS with [model.*] merged in key by key, each table checked against its dataclass."""
-    from seqrec.training.config import TrainConfig
+def _run_tables(data: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Arm B's run tables as given, and the prefix of their names in errors: the top-level tables ("") or the
+    older [model.*] form ("model."); a file uses one form."""
+    top = [t for t in RUN_TABLES if t in data]
+    if "model" in data and top:
+        raise ConfigError(f"give arm B's run tables at the top level ([{top[0]}]) or under [model] (the older "
+                          "form), not both")
+    if "model" in data:
+        raw = _table("model", data["model"])
+        unknown = sorted(set(raw) - set(RUN_TABLES))
+        if unknown:
+            raise ConfigError(f"unknown table [model.{unknown[0]}]; valid: "
+                              f"{', '.join(f'[model.{t}]' for t in RUN_TABLES)}")
+        return raw, "model."
+    return {t: data[t] for t in top}, ""
 
-    tables = {**_MODEL_TABLES, "train": (TrainConfig, {})}
-    unknown = sorted(set(raw) - set(tables))
-    if unknown:
-        raise ConfigError(f"unknown table [model.{unknown[0]}]; valid: {', '.join(f'[model.{t}]' for t in tables)}")
+
+def _model(given_tables: tuple[dict[str, Any], str]) -> dict[str, dict[str, Any]]:
+    """MODEL_DEFAULTS with the given run tables merged in key by key, each checked by the run-config code."""
+    raw, where = given_tables
     model = copy.deepcopy(MODEL_DEFAULTS)
-    for name, (cls, placeholders) in tables.items():
-        given = _table(f"model.{name}", raw.get(name, {}))
-        fixed = sorted(set(given) & set(placeholders))
+    for name in RUN_TABLES:
+        given = _table(f"{where}{name}", raw.get(name, {}))
+        fixed = sorted(set(given) & set(ENCODER_PLACEHOLDERS)) if name == "encoder" else []
         if fixed:
-            raise ConfigError(f"model.{name}.{fixed[0]} comes from the prepared data; leave it out")
+            raise ConfigError(f"{where}{name}.{fixed[0]} comes from the prepared data; leave it out")
         if "seed" in given and name in ("train", "retrieval"):
-            raise ConfigError(f"model.{name}.seed comes from the top-level seed; leave it out")
-        model.setdefault(name, {}).update(given)
-        from_dict(cls, {**placeholders, **model[name]}, f"model.{name}")
+            raise ConfigError(f"{where}{name}.seed comes from the top-level seed; leave it out")
+        model[name].update(given)
+    check_model_tables(model, where)
     if not model["retrieval"].get("enabled", False):
-        raise ConfigError("model.retrieval.enabled must be true: arm B takes its candidates from the two-tower")
+        raise ConfigError(f"{where}retrieval.enabled must be true: arm B takes its candidates from the two-tower")
     if model["head"].get("variant", "ce") == "ce" and model["rerank"].get("w_q", 0.0):
-        raise ConfigError("model.rerank.w_q needs a Q head: model.head.variant must not be 'ce'")
+        raise ConfigError(f"{where}rerank.w_q needs a Q head: {where}head.variant must not be 'ce'")
     return model

@@ -6,12 +6,14 @@ actors, never race to write it), and the bandit is fitted on the same sessions a
 split). How: one decision per nudged event (seqrec.nudging.catalogue.nudge_decisions, rewarded by the best event that
 followed on that item, with the prepared data's event rewards), fitted with `fit_offline` by importance
 weighting when every decision logged its propensity (vectorised: millions of rows in a second), else by
-replay. The bandit is the paper's epsilon-greedy (epsilon 0.1) seeded by the run's train.seed.
+replay. The bandit is the run's [bandit] (by default the paper's epsilon-greedy, epsilon 0.1) seeded by the
+run's train.seed.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +28,11 @@ from seqrec.rl.bandits.policies import BanditConfig
 COLUMNS = ("session", "item_id", "event_type", "timestamp", "nudge_id", "propensity", "split")
 
 
-def fit_run_bandit(data: str | Path, run: Path, seed: int = 0, catalogue: str | Path | None = None) -> dict | None:
-    """Fit and save RUN/bandit.{json,npz} from the prepared data's training split; writes RUN/bandit_fit.json
-    and returns it, or None (nothing written) when the data logged no nudge of the catalogue's arms."""
+def fit_run_bandit(data: str | Path, run: Path, seed: int = 0, catalogue: str | Path | None = None,
+                   config: BanditConfig | None = None) -> dict | None:
+    """Fit and save RUN/bandit.{json,npz} from the prepared data's training split with the bandit `config` (the
+    run's [bandit]; None: epsilon-greedy's defaults) seeded by `seed`; writes RUN/bandit_fit.json and returns
+    it, or None (nothing written) when the data logged no nudge of the catalogue's arms."""
     events_path = Path(data) / "events.parquet"
     names = pq.read_schema(events_path).names
     if "nudge_id" not in names:
@@ -41,7 +45,7 @@ def fit_run_bandit(data: str | Path, run: Path, seed: int = 0, catalogue: str | 
     decisions = nudge_decisions(table, cat.ids, rewards)
     if not len(decisions.arm):
         return None
-    bandit = BanditConfig(kind="epsilon_greedy", seed=seed).create(cat.ids)
+    bandit = replace(config or BanditConfig(), seed=seed).create(cat.ids)
     prop = decisions.propensity
     ips = bool(np.isfinite(prop).all() and ((prop > 0) & (prop <= 1)).all())
     fit = fit_offline(bandit, decisions.arm, decisions.reward, prop if ips else None, method="ips" if ips else "replay")

@@ -1,4 +1,8 @@
-"""A run's config: one TOML file -> frozen dataclasses -> config.json in the run folder, and back."""
+"""A run's config: one TOML file -> frozen dataclasses -> config.json in the run folder, and back.
+
+The run file may carry every table of a run (seqrec/runs/file_config.py checks the whole file); RunConfig keeps
+the training tables as dataclasses and records [prepare], [bandit] and [score] too, each only when the file set
+it, so the config.json of a run without them is what it always was."""
 
 from __future__ import annotations
 
@@ -12,11 +16,25 @@ from seqrec.core.config import ConfigError, from_dict, load_toml
 from seqrec.datasets.manifest import read_manifest
 from seqrec.models.encoders import EncoderConfig
 from seqrec.retrieval.config import IndexConfig, RerankConfig, TwoTowerConfig, check_retrieval
-from seqrec.rl.d3rlpy_bridge.config import D3RLPY_ALGORITHMS, D3rlpyConfig
+from seqrec.rl.bandits.policies import BanditConfig
+from seqrec.rl.d3rlpy_bridge.config import D3rlpyConfig
 from seqrec.rl.qlearning.losses import HeadConfig
+from seqrec.runs.file_config import (
+    ALGORITHMS,
+    SECTIONS,
+    TOP_LEVEL_KEYS,
+    bandit_dict,
+    check_run_file,
+    check_sections,
+    prepare_table,
+    run_bandit_config,
+    score_config,
+)
+from seqrec.runs.score_config import ScoreConfig
 from seqrec.training.config import TrainConfig
 
-ALGORITHMS = ("seqrec", *D3RLPY_ALGORITHMS)  # seqrec: our own heads ([head] variant); else d3rlpy's algorithm
+__all__ = ["ALGORITHMS", "SECTIONS", "TOP_LEVEL_KEYS", "RunConfig", "load_run_config", "parse_override",
+           "run_config", "saved_config"]
 
 
 @dataclass(frozen=True)
@@ -33,11 +51,18 @@ class RunConfig:
     retrieval: TwoTowerConfig = field(default_factory=TwoTowerConfig)  # two-tower candidates (seqrec/two_tower.py)
     index: IndexConfig = field(default_factory=IndexConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    bandit: BanditConfig = field(default_factory=BanditConfig)  # the nudge bandit (fit_run_bandit; scoring)
+    score: ScoreConfig = field(default_factory=ScoreConfig)     # `seqrec score`'s defaults for this run
+    prepare: dict[str, Any] = field(default_factory=dict)       # the file's [prepare] table as given (a record)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         check_retrieval(self.algorithm, self.head.variant, self.encoder.dim, self.retrieval, self.rerank)
+        run_bandit_config(bandit_dict(self.bandit))  # a kind fittable offline, seed 0 (the run's seeds apply)
+        if self.bandit.seed:
+            raise ConfigError("bandit.seed comes from the run's seed; leave it out")
+        prepare_table(self.prepare)
 
     def to_dict(self) -> dict[str, Any]:
         d = {"data": self.data, "encoder": asdict(self.encoder), "head": asdict(self.head),
@@ -47,13 +72,14 @@ class RunConfig:
         if self.retrieval.enabled:  # likewise runs without a retrieval model; lists as config.json holds them
             d.update(json.loads(json.dumps({"retrieval": asdict(self.retrieval), "index": asdict(self.index),
                                             "rerank": asdict(self.rerank)})))
+        # the new tables, each only when set (so a run without them writes the config.json it always did)
+        if self.prepare:
+            d["prepare"] = json.loads(json.dumps(self.prepare))
+        if self.bandit != BanditConfig():
+            d["bandit"] = bandit_dict(self.bandit)
+        if self.score != ScoreConfig():
+            d["score"] = asdict(self.score)
         return d
-
-
-SECTIONS = ("data", "encoder", "head", "train", "d3rlpy", "retrieval", "index", "rerank")
-
-
-TOP_LEVEL_KEYS = ("algorithm",)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -76,10 +102,7 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
     """Compose the RunConfig from a TOML dict, --set overrides and --data; num_items and max_len default
     to the prepared dataset's catalogue size and window."""
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    unknown = sorted(set(raw) - set(SECTIONS) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown section [{unknown[0]}]; valid sections: {', '.join(SECTIONS)}; "
-                          f"valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
+    check_sections(raw)
     for text in overrides:
         section, key, value = parse_override(text)
         if section == "":
@@ -91,11 +114,8 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
             raw["data"] = {**raw.get("data", {}), key: value}
         else:
             raw.setdefault(section, {})[key] = value
-    data_section = raw.get("data", {})
-    bad = sorted(set(data_section) - {"dir"})
-    if bad:
-        raise ConfigError(f"unknown key data.{bad[0]}; valid keys in [data]: dir")
-    data_dir = data or data_section.get("dir")
+    check_run_file(raw, models=False)  # the model tables are checked below, against the prepared data
+    data_dir = data or raw.get("data", {}).get("dir")
     if not data_dir:
         raise ConfigError("no prepared dataset: give --data DIR or data.dir in the config")
     manifest = read_manifest(data_dir)
@@ -105,20 +125,21 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
     return RunConfig(data=str(data_dir), encoder=from_dict(EncoderConfig, enc, "encoder"),
                      head=from_dict(HeadConfig, raw.get("head", {}), "head"),
                      train=from_dict(TrainConfig, raw.get("train", {}), "train"), algorithm=algorithm,
-                     d3rlpy=from_dict(D3rlpyConfig, raw.get("d3rlpy", {}), "d3rlpy"), **_retrieval_sections(raw))
+                     d3rlpy=from_dict(D3rlpyConfig, raw.get("d3rlpy", {}), "d3rlpy"), **_later_sections(raw))
 
 
-def _retrieval_sections(d: dict[str, Any]) -> dict[str, Any]:
-    """The [retrieval], [index] and [rerank] tables of a TOML dict or config.json as RunConfig fields."""
+def _later_sections(d: dict[str, Any]) -> dict[str, Any]:
+    """The [retrieval], [index], [rerank], [bandit], [score] and [prepare] tables of a TOML dict or config.json
+    as RunConfig fields (absent: the defaults)."""
     return {"retrieval": from_dict(TwoTowerConfig, d.get("retrieval", {}), "retrieval"),
             "index": from_dict(IndexConfig, d.get("index", {}), "index"),
-            "rerank": from_dict(RerankConfig, d.get("rerank", {}), "rerank")}
+            "rerank": from_dict(RerankConfig, d.get("rerank", {}), "rerank"),
+            "bandit": run_bandit_config(d.get("bandit", {})), "score": score_config(d.get("score", {})),
+            "prepare": dict(d.get("prepare", {}))}
 
 
 def _check_algorithm_sections(algorithm: Any, raw: dict[str, Any]) -> None:
     """The algorithm is a known name, and no table holds keys the algorithm would silently ignore."""
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
     if algorithm == "seqrec" and raw.get("d3rlpy"):
         raise ConfigError('[d3rlpy] applies only with algorithm = "d3rlpy.*"; this run trains our own heads '
                           "(algorithm = \"seqrec\")")
@@ -129,6 +150,7 @@ def _check_algorithm_sections(algorithm: Any, raw: dict[str, Any]) -> None:
 
 
 def load_run_config(path: str | Path, overrides: list[str] = (), data: str | None = None) -> RunConfig:
+    """The RunConfig of a run file, with --set overrides and --data (see run_config)."""
     return run_config(load_toml(path), overrides, data)
 
 
@@ -141,4 +163,4 @@ def saved_config(run: Path) -> RunConfig:
     return RunConfig(data=d["data"], encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
                      head=from_dict(HeadConfig, d["head"], "head"), train=from_dict(TrainConfig, d["train"], "train"),
                      algorithm=d.get("algorithm", "seqrec"),
-                     d3rlpy=from_dict(D3rlpyConfig, d.get("d3rlpy", {}), "d3rlpy"), **_retrieval_sections(d))
+                     d3rlpy=from_dict(D3rlpyConfig, d.get("d3rlpy", {}), "d3rlpy"), **_later_sections(d))

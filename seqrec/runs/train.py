@@ -138,7 +138,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
     if cfg.retrieval.enabled and main:  # the two-tower candidate generator, into out/retrieval (rank 0 alone)
         result["retrieval"] = train_retrieval(cfg, out, resume, progress)
     if main:  # the nudge bandit, fitted offline on the training split's logged nudges (seqrec/nudging/fit.py)
-        result["bandit"] = fit_run_bandit(cfg.data, out, t_cfg.seed)
+        result["bandit"] = fit_run_bandit(cfg.data, out, t_cfg.seed, config=cfg.bandit)
     return result
 
 

@@ -43,59 +43,17 @@ from seqrec.retrieval.rerank import Candidates, Pipeline, blend, build_pipeline,
 from seqrec.retrieval.rerank import rerank_batch as pipeline_batch
 from seqrec.retrieval.two_tower import load_two_tower
 from seqrec.rl.bandits.fit import load_bandit
-from seqrec.rl.bandits.policies import Bandit, BanditConfig
+from seqrec.rl.bandits.policies import Bandit
 from seqrec.rl.qlearning.learner import Learner
 from seqrec.runs.config import saved_config
 from seqrec.runs.learner import build_learner
+from seqrec.runs.score_config import ScoreConfig
 
 SCORE_FORMAT = 1
 MODEL_CHUNK = 1024  # sessions per pass of the learner alone: bounds its (chunk, I) catalogue scores
 RETRIEVAL_CHUNK = 4096  # sessions per pass with a retrieval model: faiss's flat search costs half as much per
 # query on 2,048 queries or more as on 1,024 (measured: 92 against 192 us at 26,702 items, k = 200)
 ROW_MULTIPLE = 64  # model passes are padded to a multiple of this many rows (the same kernels for every batch)
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """What `seqrec score` produces from a run (everything here but batch_size, workers, bucket_rows and device
-    enters the config hash written on every row)."""
-
-    top: int = 10                   # recommendations (rows) per session
-    candidates: int = 200           # K retrieved before re-ranking (the whole catalogue is ranked without retrieval)
-    batch_size: int = 4096          # sessions per score_batch call
-    workers: int | None = None      # batches scored at once, one torch thread each; None: torch's thread count
-    index: str | None = None        # exact | faiss; None: the run's [index]
-    nprobe: int | None = None       # faiss IVF: clusters searched per query; None: the run's [index] nprobe
-    checkpoint: str = "best"        # best | last (falls back to last when a run has no best)
-    seed: int = 0                   # seed of the nudge draws
-    session_gap_minutes: float | None = None  # None: the gap the run's data was prepared with
-    bucket_rows: int = 2_000_000    # rows per on-disk session bucket: bounds memory
-    catalogue: str | None = None    # nudge catalogue TOML; None: the one shipped with seqrec
-    category_column: str = "item_category"  # event column holding an item's category for [categories] rules
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        for name in ("top", "candidates", "batch_size", "bucket_rows"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if self.candidates < self.top:
-            raise ValueError(f"candidates ({self.candidates}) must be >= top ({self.top})")
-        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
-                                         or self.workers < 1):
-            raise ValueError(f"workers must be an int >= 1, got {self.workers!r}")
-        if self.nprobe is not None and (isinstance(self.nprobe, bool) or not isinstance(self.nprobe, int)
-                                        or self.nprobe < 1):
-            raise ValueError(f"nprobe must be an int >= 1, got {self.nprobe!r}")
-        if self.index not in (None, "exact", "faiss"):
-            raise ValueError(f"index must be exact or faiss, got {self.index!r}")
-        if self.checkpoint not in ("best", "last"):
-            raise ValueError(f"checkpoint must be best or last, got {self.checkpoint!r}")
-        if self.session_gap_minutes is not None and not self.session_gap_minutes > 0:
-            raise ValueError(f"session_gap_minutes must be > 0 (inf: one session per user), "
-                             f"got {self.session_gap_minutes}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
 
 
 @dataclass(frozen=True)
@@ -149,8 +107,8 @@ def _step(path: Path) -> int | None:
 
 def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
     """Load what scoring needs from a run folder: learner (and retrieval model, index, blend), the prepared
-    vocabulary and popularity, and the nudge policy (RUN/bandit.json, else a fresh seeded epsilon-greedy
-    bandit, i.e. uniform over the arms allowed with each item)."""
+    vocabulary and popularity, and the nudge policy (RUN/bandit.json, else a fresh bandit of the run's [bandit]
+    config seeded by cfg.seed; by default epsilon-greedy, i.e. uniform over the arms allowed with each item)."""
     run = Path(run)
     run_cfg = saved_config(run)
     manifest = read_manifest(run_cfg.data)
@@ -204,8 +162,10 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
         policy = f"{bandit.config.kind} from {bandit_json} ({bandit.updates} updates)"
         version += f",bandit@{bandit.updates}"
     else:
-        bandit = BanditConfig(kind="epsilon_greedy", seed=cfg.seed).create(catalogue.ids)
-        policy = "uniform over the allowed arms (no RUN/bandit.json: a fresh epsilon-greedy bandit)"
+        bandit = replace(run_cfg.bandit, seed=cfg.seed).create(catalogue.ids)  # the run's [bandit], untrained
+        kind = bandit.config.kind
+        policy = ("uniform over the allowed arms (no RUN/bandit.json: a fresh epsilon-greedy bandit)"
+                  if kind == "epsilon_greedy" else f"a fresh {kind} bandit of the run's [bandit] (no RUN/bandit.json)")
     arm_probs, contextual = None, None
     if bandit.dim:
         dim = run_cfg.encoder.dim
