@@ -44,7 +44,8 @@ from seqrec.datasets.readers import SourceSpec
 from seqrec.datasets.scatter import Scatter, bucket_paths, read_bucket
 from seqrec.datasets.schema import QUARANTINE_SCHEMA
 from seqrec.datasets.validate import EventTypes
-from seqrec.serve.scoring import ScoreConfig, ScoringBundle, load_bundle
+from seqrec.runs.score_config import ScoreConfig
+from seqrec.serve.scoring import ScoringBundle, load_bundle
 
 ENGINES: tuple[str, ...] = ("local", "ray")
 MANIFEST_FORMAT = 1

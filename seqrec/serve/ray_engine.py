@@ -59,6 +59,7 @@ import torch
 from seqrec.core.io import atomic_write, atomic_write_json
 from seqrec.datasets.scatter import bucket_paths
 from seqrec.datasets.sessions import gap_us
+from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.engines import (
     PARQUET,
     SCORES,
@@ -72,7 +73,7 @@ from seqrec.serve.engines import (
     read_json,
     single_threaded,
 )
-from seqrec.serve.scoring import ScoreConfig, load_bundle, score_batch
+from seqrec.serve.scoring import load_bundle, score_batch
 from seqrec.serve.sessions_state import session_states
 
 
