@@ -14,14 +14,11 @@ Session-only logs (rc15, sessionrec) have no user: the session id stands in for 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from .readers import InputError, SourceSpec
+from .readers import InputError, SourceSpec, column_names
 from .schema import COLUMN_OF_FIELD
-
-SOURCES = ("events", "taobao", "rc15", "sessionrec", "retailrocket", "movielens")
 
 _HALF_STARS = [f"{x / 2:g}" for x in range(1, 11)] + [f"{x / 2:.1f}" for x in range(1, 11)]
 MOVIELENS_EVENTS = tuple((r, "like" if float(r) >= 4 else "view") for r in dict.fromkeys(_HALF_STARS))
@@ -47,28 +44,8 @@ def source_spec(source: str, path: Path, *, columns: tuple[tuple[str, str], ...]
 
 
 def _adapter(source: str, path: Path, columns, fmt: str, sep: str | None, header: bool | None) -> SourceSpec:
-    if source == "taobao":
-        return SourceSpec(id_type="int", fmt="csv", sep=",", header=False, time_unit="s",
-                          columns=(("user", "0"), ("item", "1"), ("item_category", "2"), ("event", "3"),
-                                   ("time", "4")))
-    if source == "rc15":
-        if "buy" in path.name.lower():
-            return SourceSpec(id_type="int", fmt="csv", sep=",", header=False, time_unit="iso", event_type="purchase",
-                              columns=(("user", "0"), ("session", "0"), ("time", "1"), ("item", "2"),
-                                       ("value", "3"), ("quantity", "4")))
-        return SourceSpec(id_type="int", fmt="csv", sep=",", header=False, time_unit="iso", event_type="view",
-                          columns=(("user", "0"), ("session", "0"), ("time", "1"), ("item", "2"),
-                                   ("item_category", "3")))
-    if source == "sessionrec":
-        return SourceSpec(id_type="int", fmt="csv", sep="\t", header=True, time_unit="s", event_type="view",
-                          columns=(("user", "SessionId"), ("session", "SessionId"), ("item", "ItemId"),
-                                   ("time", "Time")))
-    if source == "retailrocket":
-        return SourceSpec(id_type="int", fmt="csv", sep=",", header=True, time_unit="ms",
-                          columns=(("user", "visitorid"), ("item", "itemid"), ("event", "event"),
-                                   ("time", "timestamp")))
-    if source == "movielens":
-        return _movielens(path)
+    if source in _NAMED:
+        return _NAMED[source](path)
     # generic: an explicit map, or the schema's own column names found in the file (others become features)
     if columns:
         return SourceSpec(fmt=fmt, sep=sep or _sep_for(path), header=True if header is None else header,
@@ -78,6 +55,33 @@ def _adapter(source: str, path: Path, columns, fmt: str, sep: str | None, header
     mapped = tuple((by_column.get(n, n), n) for n in names)
     return SourceSpec(fmt=fmt, sep=sep or _sep_for(path), header=True, columns=mapped,
                       event_type=None if "event_type" in names else "view")
+
+
+def _taobao(path: Path) -> SourceSpec:
+    return SourceSpec(id_type="int", fmt="csv", sep=",", header=False, time_unit="s",
+                      columns=(("user", "0"), ("item", "1"), ("item_category", "2"), ("event", "3"), ("time", "4")))
+
+
+def _rc15(path: Path) -> SourceSpec:
+    if "buy" in path.name.lower():
+        return SourceSpec(id_type="int", fmt="csv", sep=",", header=False, time_unit="iso", event_type="purchase",
+                          columns=(("user", "0"), ("session", "0"), ("time", "1"), ("item", "2"),
+                                   ("value", "3"), ("quantity", "4")))
+    return SourceSpec(id_type="int", fmt="csv", sep=",", header=False, time_unit="iso", event_type="view",
+                      columns=(("user", "0"), ("session", "0"), ("time", "1"), ("item", "2"),
+                               ("item_category", "3")))
+
+
+def _sessionrec(path: Path) -> SourceSpec:
+    return SourceSpec(id_type="int", fmt="csv", sep="\t", header=True, time_unit="s", event_type="view",
+                      columns=(("user", "SessionId"), ("session", "SessionId"), ("item", "ItemId"),
+                               ("time", "Time")))
+
+
+def _retailrocket(path: Path) -> SourceSpec:
+    return SourceSpec(id_type="int", fmt="csv", sep=",", header=True, time_unit="ms",
+                      columns=(("user", "visitorid"), ("item", "itemid"), ("event", "event"),
+                               ("time", "timestamp")))
 
 
 def _sep_for(path: Path) -> str:
@@ -92,34 +96,10 @@ def _first_line(path: Path) -> str:
 
 
 def _column_names(path: Path, fmt: str, sep: str) -> list[str]:
-    """Column names of a file for the default map: Parquet schema, CSV header, or first JSON object's keys."""
-    import json
-
+    """Column names of a file for the default map, as its format (given, or by suffix) lists them."""
     spec_fmt = SourceSpec(fmt=fmt, columns=(("user", "u"), ("item", "i"), ("time", "t"), ("event", "e"))).format_of(
         path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if spec_fmt == "parquet":
-        try:
-            return pq.ParquetFile(str(path)).schema_arrow.names
-        except Exception as e:  # noqa: BLE001 - any failure here is an unreadable file
-            raise InputError(f"{path}: not a readable Parquet file ({e})") from None
-    if spec_fmt == "jsonl":  # keys of the first JSON object among the first lines (bad lines are quarantined)
-        with open(path, "rb") as f:
-            for _, raw in zip(range(1000), f):
-                try:
-                    obj = json.loads(raw)
-                except (ValueError, UnicodeDecodeError):
-                    continue
-                if isinstance(obj, dict):
-                    return list(obj)
-        raise InputError(f"{path}: no JSON object in the first 1000 lines; cannot find column names")
-    line = _first_line(path)
-    names = [n.strip().strip('"') for n in line.split(sep)]
-    if not any(n in COLUMN_OF_FIELD.values() for n in names):
-        raise InputError(f"{path}: no usable column: the header has none of user_id, item_id, timestamp "
-                         f"(it has: {', '.join(names[:20])}); give --map user=...,item=...,time=...")
-    return names
+    return column_names(path, spec_fmt, sep)
 
 
 def _movielens(path: Path) -> SourceSpec:
@@ -135,3 +115,12 @@ def _movielens(path: Path) -> SourceSpec:
     # ml-100k u.data: user item rating timestamp, tab separated, no header
     return SourceSpec(id_type="int", fmt="csv", sep="\t", header=False, time_unit="s", event_map=MOVIELENS_EVENTS,
                       columns=(("user", "0"), ("item", "1"), ("event", "2"), ("time", "3")))
+
+
+# Every named source but the generic "events", the one place to add one (and a row of the table above):
+# its SourceSpec for a file.
+_NAMED: dict[str, Callable[[Path], SourceSpec]] = {
+    "taobao": _taobao, "rc15": _rc15, "sessionrec": _sessionrec, "retailrocket": _retailrocket,
+    "movielens": _movielens,
+}
+SOURCES: tuple[str, ...] = ("events", *_NAMED)  # the --source choices

@@ -1,5 +1,8 @@
 """Streaming readers: CSV/TSV, Parquet and JSONL files into Arrow batches named by the event schema.
 
+Formats are listed once, in `_FORMATS` at the end (name, file suffixes, reader, column names): adding one
+there adds it to --format, to the detection by suffix and to the generic adapter's default map.
+
 A reader yields `RawBatch`es: the mapped columns as read (bytes for CSV, typed for Parquet/JSON), the
 1-based row number of every row, and the rows the reader itself could not split (wrong column count,
 malformed JSON, undecodable bytes) as `BadRows`. Parsing and checking values is `validate`'s job.
@@ -21,7 +24,6 @@ import pyarrow.parquet as pq
 
 from .schema import COLUMN_OF_FIELD, FIELDS, REQUIRED_FIELDS
 
-FORMATS = ("csv", "parquet", "jsonl")
 _PARSED_FIELDS = ("user", "item", "session", "time", "propensity", "value")  # read plain, parsed value by value
 TIME_UNITS = ("auto", "s", "ms", "us", "iso")
 
@@ -69,15 +71,10 @@ class SourceSpec:
         """The file format, from the spec or the file suffix (compressed suffixes like .csv.gz work)."""
         if self.fmt != "auto":
             return self.fmt
-        suffixes = [s.lower() for s in path.suffixes]
-        for s in reversed(suffixes):
-            if s in (".parquet", ".pq"):
-                return "parquet"
-            if s in (".jsonl", ".ndjson", ".json"):
-                return "jsonl"
-            if s in (".csv", ".tsv", ".txt", ".dat", ".inter", ".data"):
-                return "csv"
-        return "csv"
+        for suffix in reversed([s.lower() for s in path.suffixes]):
+            if suffix in _FORMAT_OF_SUFFIX:
+                return _FORMAT_OF_SUFFIX[suffix]
+        return FORMATS[0]  # unknown suffixes are read as CSV
 
 
 @dataclass
@@ -148,11 +145,15 @@ def read_file(path: Path, spec: SourceSpec, batch_rows: int = 1 << 20) -> Iterat
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an event file")
-    fmt = spec.format_of(path)
-    reader: Callable[[Path, SourceSpec, int], Iterator[RawBatch]] = {
-        "csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl,
-    }[fmt]
-    return reader(path, spec, batch_rows)
+    return _FORMAT_OF_NAME[spec.format_of(path)].read(path, spec, batch_rows)
+
+
+def column_names(path: Path, fmt: str, sep: str = ",") -> list[str]:
+    """Column names of a file of format `fmt` (CSV with separator `sep`), for a default column map: the
+    Parquet schema, the CSV header, the keys of the first JSON object."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    return _FORMAT_OF_NAME[fmt].columns(path, sep)
 
 
 def _missing_columns_error(path: Path, spec: SourceSpec, available: list[str]) -> InputError | None:
@@ -359,3 +360,56 @@ def _parse_json_lines(block: bytes, lines: list[bytes], first_line: int, source_
             records[dst].append(None if v is None else (v if isinstance(v, str) else json.dumps(v)))
     table = pa.table({k: pa.array(v, pa.string()) for k, v in records.items()})
     return table, np.asarray(rows, dtype=np.int64), bad
+
+
+def _csv_columns(path: Path, sep: str) -> list[str]:
+    """The header's names; an error when none of them is a schema column (the file has no header, or another)."""
+    with open(path, "rb") as f:
+        line = f.readline().decode("utf-8", "replace").rstrip("\r\n")
+    names = [n.strip().strip('"') for n in line.split(sep)]
+    if not any(n in COLUMN_OF_FIELD.values() for n in names):
+        raise InputError(f"{path}: no usable column: the header has none of user_id, item_id, timestamp "
+                         f"(it has: {', '.join(names[:20])}); give --map user=...,item=...,time=...")
+    return names
+
+
+def _parquet_columns(path: Path, sep: str) -> list[str]:
+    """The Parquet schema's names."""
+    try:
+        return pq.ParquetFile(str(path)).schema_arrow.names
+    except Exception as e:  # noqa: BLE001 - any failure here is an unreadable file
+        raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def _jsonl_columns(path: Path, sep: str) -> list[str]:
+    """Keys of the first JSON object among the first lines (bad lines are quarantined later)."""
+    with open(path, "rb") as f:
+        for _, raw in zip(range(1000), f):
+            try:
+                obj = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(obj, dict):
+                return list(obj)
+    raise InputError(f"{path}: no JSON object in the first 1000 lines; cannot find column names")
+
+
+@dataclass(frozen=True)
+class Format:
+    """One input format: its --format name, the file suffixes that mean it, its reader and its column names."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[[Path, SourceSpec, int], Iterator[RawBatch]]
+    columns: Callable[[Path, str], list[str]]  # (path, CSV separator) -> column names
+
+
+# Every input format, the one place to add one; the first also reads files of unknown suffix.
+_FORMATS: tuple[Format, ...] = (
+    Format("csv", (".csv", ".tsv", ".txt", ".dat", ".inter", ".data"), _read_csv, _csv_columns),
+    Format("parquet", (".parquet", ".pq"), _read_parquet, _parquet_columns),
+    Format("jsonl", (".jsonl", ".ndjson", ".json"), _read_jsonl, _jsonl_columns),
+)
+FORMATS: tuple[str, ...] = tuple(f.name for f in _FORMATS)  # the --format choices, with "auto"
+_FORMAT_OF_NAME = {f.name: f for f in _FORMATS}
+_FORMAT_OF_SUFFIX = {suffix: f.name for f in _FORMATS for suffix in f.suffixes}

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def gap_us(minutes: float) -> int:
+    """Inactivity gap in microseconds; inf (or any gap beyond int64) never cuts: one session per user."""
+    us = minutes * 60e6
+    return _INT64_MAX if us >= _INT64_MAX else int(us)
+
 
 def event_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Stable permutation sorting rows by (user, time): rows with equal keys keep their input order."""

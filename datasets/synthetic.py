@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from seqrec.core.config import check_int, check_real
 
-from .schema import EVENT_TYPES, TIMESTAMP_TYPE
+from .schema import CART, EVENT_TYPES, LIKE, PURCHASE, TIMESTAMP_TYPE, VIEW
 
 # The arms of the default nudge catalogue (seqrec/nudging/nudges.toml), in its order and families; the generator keeps
 # its own copy so that datasets/ reads no file at import, and tests/test_nudges.py checks that the two agree.
@@ -322,7 +322,7 @@ def _block(cfg: SyntheticConfig, world: World, block: int, n_users: int,
     purchase_delay = cart_delay + _delay(rng, 30.0, 180.0, 900.0, n_v)
     # all rows: views, then follow-ups of the same item later in the same session
     src = np.concatenate([np.arange(n_v), *(np.flatnonzero(m) for m in (like, cart, purchase))])
-    etype = np.repeat(np.arange(4, dtype=np.int8), [n_v, like.sum(), cart.sum(), purchase.sum()])
+    etype = np.repeat(np.array([VIEW, LIKE, CART, PURCHASE], np.int8), [n_v, like.sum(), cart.sum(), purchase.sum()])
     offset = view_offset[src] + np.concatenate(
         [np.zeros(n_v, np.int64), like_delay[like], cart_delay[cart], purchase_delay[purchase]])
     session = view_session[src]
@@ -338,7 +338,7 @@ def _block(cfg: SyntheticConfig, world: World, block: int, n_users: int,
         step, user_first_session, session_user)
     # columns
     user = session_user[session]
-    is_view = etype == 0
+    is_view = etype == VIEW
     nudge_mask = ~(is_view & shown[src])
     arrays = [
         pa.array(block * BLOCK_USERS + user.astype(np.int64)),

@@ -141,7 +141,7 @@ def recall_sweep(run: Path, log: Path, args: argparse.Namespace) -> list[dict]:
     nprobe of --sweep and of HNSW at each ef_search of --sweep-hnsw, over --recall-sessions session states
     of the scoring log; the exact index's own rate first. The user vectors come from the run's two-tower."""
     import torch
-    from seqrec.datasets.prepare import gap_us
+    from seqrec.datasets.sessions import gap_us
 
     from seqrec.retrieval.config import IndexConfig
     from seqrec.retrieval.index import ExactIndex, FaissIndex, import_faiss

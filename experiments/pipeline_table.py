@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
+from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
 from seqrec.datasets.schema import FIRST_ITEM
 
 from seqrec.core.config import ConfigError

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.prepare import PrepareConfig, load_transitions, prepare, read_manifest
+from seqrec.datasets.manifest import load_transitions, read_manifest
+from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
 from seqrec.rl.d3rlpy_bridge.bridge import (
     D3rlpyLearner,

@@ -8,7 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.prepare import MANIFEST_KEYS, PrepareConfig, assign_splits, prepare
+from seqrec.datasets.manifest import MANIFEST_KEYS
+from seqrec.datasets.prepare import PrepareConfig, prepare
+from seqrec.datasets.splits import assign_splits
 
 from seqrec.cli.main import main
 

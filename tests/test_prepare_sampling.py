@@ -18,9 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.prepare import MANIFEST_KEYS, PrepareConfig, prepare, sample_sessions
+from seqrec.datasets.manifest import MANIFEST_KEYS
+from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.readers import BadRows, InputError, RawBatch
 from seqrec.datasets.schema import DEFAULT_REWARDS
+from seqrec.datasets.splits import sample_sessions
 from seqrec.datasets.validate import EventTypes, Validator
 
 from seqrec.cli.main import main

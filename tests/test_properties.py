@@ -20,14 +20,15 @@ from hypothesis import strategies as st
 from seqrec.datasets import sessions as S
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
+from seqrec.datasets.schema import DEFAULT_REWARDS, EVENT_TYPES
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BASE_TIME = 1_700_000_000
 FIELD_ORDER = ("user_id", "session_id", "item_id", "event_type", "timestamp")  # schema order
 SPLITS = ("train", "valid", "test")
 EVENT_CODE = {"view": 0, "pv": 0, "click": 0, "like": 1, "fav": 1, "cart": 2, "purchase": 3, "buy": 3}
-TYPE_NAMES = ("view", "like", "cart", "purchase")
-REWARD = {"view": 0.2, "like": 0.4, "cart": 0.6, "purchase": 1.0}
+TYPE_NAMES = EVENT_TYPES
+REWARD = DEFAULT_REWARDS  # what prepare gives each type unless configured otherwise
 INT64_MAX = 2**63 - 1
 
 # ---------------------------------------------------------------- random logs

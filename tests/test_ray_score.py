@@ -18,8 +18,9 @@ ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip
 
 from seqrec.cli.main import _parser, main  # noqa: E402
 from seqrec.core.config import ConfigError  # noqa: E402
-from seqrec.serve.engines import ENGINES, LocalEngine  # noqa: E402
+from seqrec.serve.engines import ENGINES  # noqa: E402
 from seqrec.serve.factory import make_engine  # noqa: E402
+from seqrec.serve.local import LocalEngine  # noqa: E402
 from seqrec.serve.ray_engine import RayEngine, actor_cpus, nest_rows, unnest_rows  # noqa: E402
 
 DEADLINE_S = 240  # a hung job (actors starving the read tasks) fails here instead of hanging the suite

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.prepare import PrepareConfig, load_transitions, prepare
+from seqrec.datasets.manifest import load_transitions
+from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
 from seqrec.rl.qlearning.learner import Learner
 from seqrec.rl.qlearning.losses import HeadConfig

@@ -19,13 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.prepare import gap_us
+from seqrec.datasets.duplicates import find_duplicates
+from seqrec.datasets.sessions import gap_us
 
 from seqrec.cli.main import main
 from seqrec.retrieval.rerank import rerank_batch as pipeline_batch
-from seqrec.serve.engines import LocalEngine, ScoreJob
+from seqrec.serve.engines import ScoreJob
+from seqrec.serve.local import LocalEngine
 from seqrec.serve.scoring import ScoreConfig, draw_arms, load_bundle, score_batch, session_keys, uniforms, window_matrix
-from seqrec.serve.sessions_state import find_duplicates, session_states
+from seqrec.serve.sessions_state import session_states
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP = 10

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from seqrec.rl.bandits.policies import Bandit, BanditConfig
+
+from seqrec.core.io import atomic_write, atomic_write_text
 
 FIT_METHODS: tuple[str, ...] = ("replay", "ips")
 STATE_FORMAT = 1
@@ -104,16 +105,16 @@ def save_bandit(bandit: Bandit, folder: str | Path, name: str = "bandit") -> Pat
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = bandit.state_arrays()
-    tmp = folder / f"{name}.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, folder / f"{name}.npz")
+
+    def savez(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
+            np.savez(f, **arrays)
+
+    atomic_write(folder / f"{name}.npz", savez)
     meta = {"format": STATE_FORMAT, "config": asdict(bandit.config), "arms": list(bandit.arms),
             "dim": bandit.dim, "updates": bandit.updates, "rng_state": bandit.rng.bit_generator.state,
             "arrays": sorted(arrays), "propensity_samples": bandit.propensity_samples}
-    tmp = folder / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, folder / f"{name}.json")
+    atomic_write_text(folder / f"{name}.json", json.dumps(meta, indent=1) + "\n")
     return folder / f"{name}.json"
 
 

@@ -56,7 +56,8 @@ class TrainingPhase:
     policy: str = "random"      # random | rules (rules needs epsilon > 0 to explore)
     epsilon: float = 0.0        # rules: share of uniformly random decisions
     waves: int = 2              # every customer is contacted once a year for `waves` years, then the test wave
-    rewards: tuple[tuple[str, float], ...] = (("view", 0.0), ("like", 0.0), ("cart", 0.0), ("purchase", 1.0))
+    # the campaign counts purchases only: every event type of the schema at 0 but the purchase
+    rewards: tuple[tuple[str, float], ...] = tuple((t, float(t == "purchase")) for t in EVENT_TYPES)
 
     def __post_init__(self) -> None:
         check_choice("training.policy", self.policy, POLICIES)

@@ -21,14 +21,17 @@ import pyarrow as pa
 import torch
 
 from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.prepare import conform_table, gap_us, read_manifest, unify_schemas
+from seqrec.datasets.duplicates import find_duplicates
+from seqrec.datasets.manifest import read_manifest
 from seqrec.datasets.readers import BadRows, InputError, RawBatch, SourceSpec
+from seqrec.datasets.scatter import conform_table, unify_schemas
 from seqrec.datasets.schema import COLUMN_OF_FIELD
+from seqrec.datasets.sessions import gap_us
 from seqrec.datasets.validate import EventTypes, Validator
 from seqrec.runs.config import saved_config
 from seqrec.serve.engines import KEEP_COLUMNS, READ_ROWS, reader_defaults, single_threaded
 from seqrec.serve.scoring import ScoreConfig, ScoringBundle, load_bundle, score_batch
-from seqrec.serve.sessions_state import find_duplicates, session_states
+from seqrec.serve.sessions_state import session_states
 
 ERRORS = ("quarantine", "raise")
 PLAIN_FIELDS = ("user", "item", "session", "time", "propensity", "value")  # read as stored, not as dictionaries

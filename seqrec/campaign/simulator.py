@@ -48,7 +48,7 @@ from seqrec.campaign.population import (
     sigmoid,
 )
 from seqrec.campaign.records import CampaignLog, Contacts, Decisions, Policy, PolicyError, Response
-from seqrec.datasets.schema import TIMESTAMP_TYPE
+from seqrec.datasets.schema import CART, EVENT_TYPES, LIKE, PURCHASE, TIMESTAMP_TYPE, VIEW
 from seqrec.datasets.synthetic import NUDGE_FAMILIES
 from seqrec.nudging.catalogue import NudgeCatalogue, load_catalogue
 
@@ -288,17 +288,17 @@ class Simulator:
         # event slots: 0 offer view, 1 offer like, 2+2k browse k view, 3+2k its like, 2P cart, 2P+1 purchase
         slots = 2 * n_p + 2
         item = np.full((b, slots), -1, np.int64)
-        etype = np.zeros((b, slots), np.int8)
+        etype = np.full((b, slots), VIEW, np.int8)
         item[:, 0] = p
         item[:, 1] = np.where(liked, p, -1)
-        etype[:, 1] = 1
+        etype[:, 1] = LIKE
         item[:, 2:2 * n_p:2] = browsed
         item[:, 3:2 * n_p:2] = np.where((browsed >= 0) & (u_like[:, : n_p - 1] < f.like_browsed), browsed, -1)
-        etype[:, 3:2 * n_p:2] = 1
+        etype[:, 3:2 * n_p:2] = LIKE
         item[:, 2 * n_p] = np.where(carted, p, -1)
-        etype[:, 2 * n_p] = 2
+        etype[:, 2 * n_p] = CART
         item[:, 2 * n_p + 1] = np.where(purchased, p, -1)
-        etype[:, 2 * n_p + 1] = 3
+        etype[:, 2 * n_p + 1] = PURCHASE
         offset = np.cumsum(gaps, axis=1) - gaps[:, :1]
         events = self._events(contacts, decisions, item, etype, contacts.time_us[:, None] + offset, first_session)
         return Response(q, purchased, liked, carted, browsed, _left_align(item), events)
@@ -318,7 +318,7 @@ class Simulator:
             "user_id": pa.array(c, pa.int64()),
             "session_id": pa.array(first_session + row.astype(np.int64), pa.int64()),
             "item_id": _names(self.product_ids, prod),
-            "event_type": _names(("view", "like", "cart", "purchase"), etype[row, slot]),
+            "event_type": _names(EVENT_TYPES, etype[row, slot]),
             "timestamp": pa.array(time_us[row, slot], TIMESTAMP_TYPE),
             "nudge_id": _names(self.arms, pa.array(np.maximum(nudge, 0), mask=~nudged)),
             "propensity": pa.array(prop, mask=~nudged | np.isnan(prop)),

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.readers import parse_map
+from seqrec.datasets.readers import FORMATS, TIME_UNITS, parse_map
 
 
 def add_parser(sub: Any) -> None:
@@ -33,8 +33,8 @@ def add_parser(sub: Any) -> None:
                                       "rewards, or a prepared folder's)")
     op.add_argument("--map", help="column map for the event file, as in seqrec prepare")
     op.add_argument("--sep", help="CSV field separator (default ',' or tab for .tsv)")
-    op.add_argument("--format", choices=("auto", "csv", "parquet", "jsonl"), default="auto", help="input format")
-    op.add_argument("--time-unit", choices=("auto", "s", "ms", "us", "iso"), help="unit of numeric times")
+    op.add_argument("--format", choices=("auto", *FORMATS), default="auto", help="input format")
+    op.add_argument("--time-unit", choices=TIME_UNITS, help="unit of numeric times")
     op.add_argument("--json", type=Path, help="also write the estimates to this JSON file")
     op.set_defaults(func=run)
 

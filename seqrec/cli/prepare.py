@@ -10,7 +10,7 @@ from seqrec.cli.show import summary
 from seqrec.core.config import ConfigError, from_dict, load_toml
 from seqrec.datasets.adapters import SOURCES, source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
-from seqrec.datasets.readers import parse_map
+from seqrec.datasets.readers import FORMATS, TIME_UNITS, parse_map
 from seqrec.runs.file_config import check_run_file, prepare_table
 
 
@@ -30,9 +30,9 @@ def add_parser(sub: Any) -> None:
                                   "other keys keep a column as a feature; without a header use 0-based positions")
     pr.add_argument("--sep", help="CSV field separator (default ',' or tab for .tsv); '\\t' means tab")
     pr.add_argument("--no-header", action="store_true", help="the CSV file has no header line")
-    pr.add_argument("--format", choices=("auto", "csv", "parquet", "jsonl"), default=None,
+    pr.add_argument("--format", choices=("auto", *FORMATS), default=None,
                     help="input format (default: from the file suffix)")
-    pr.add_argument("--time-unit", choices=("auto", "s", "ms", "us", "iso"),
+    pr.add_argument("--time-unit", choices=TIME_UNITS,
                     help="unit of numeric times, or iso (default auto: numbers are seconds, text is ISO-8601)")
     pr.add_argument("--event-type", help="constant event type for files without an event column")
     pr.add_argument("--event-map", help="raw=type pairs mapping extra event names to view/like/cart/purchase, "

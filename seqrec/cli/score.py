@@ -9,7 +9,7 @@ from typing import Any
 from seqrec.cli.show import score_summary
 from seqrec.core.config import load_toml
 from seqrec.datasets.adapters import SOURCES, source_spec
-from seqrec.datasets.readers import parse_map
+from seqrec.datasets.readers import FORMATS, TIME_UNITS, parse_map
 from seqrec.runs.file_config import check_run_file, score_config
 from seqrec.runs.score_config import ScoreConfig
 
@@ -51,8 +51,8 @@ def add_parser(sub: Any) -> None:
     sc.add_argument("--map", help="column map, as in seqrec prepare")
     sc.add_argument("--sep", help="CSV field separator (default ',' or tab for .tsv)")
     sc.add_argument("--no-header", action="store_true", help="the CSV file has no header line")
-    sc.add_argument("--format", choices=("auto", "csv", "parquet", "jsonl"), default="auto", help="input format")
-    sc.add_argument("--time-unit", choices=("auto", "s", "ms", "us", "iso"), help="unit of numeric times")
+    sc.add_argument("--format", choices=("auto", *FORMATS), default="auto", help="input format")
+    sc.add_argument("--time-unit", choices=TIME_UNITS, help="unit of numeric times")
     sc.add_argument("--event-type", help="constant event type for files without an event column")
     sc.add_argument("--event-map", help="raw=type pairs, as in seqrec prepare (default: the run's prepared data's)")
     sc.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seqrec.datasets.prepare import read_manifest
+from seqrec.datasets.manifest import read_manifest
 from seqrec.nudging.catalogue import load_catalogue, nudge_decisions
 from seqrec.rl.bandits.fit import fit_offline, save_bandit
 from seqrec.rl.bandits.policies import BanditConfig

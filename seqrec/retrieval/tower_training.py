@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from seqrec.core.config import ConfigError
-from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
+from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
 from seqrec.datasets.schema import FIRST_ITEM
 from seqrec.models.device import pick_device
 from seqrec.models.encoders import EncoderConfig

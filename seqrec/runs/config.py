@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from seqrec.core.config import ConfigError, from_dict, load_toml
-from seqrec.datasets.prepare import read_manifest
+from seqrec.datasets.manifest import read_manifest
 from seqrec.models.encoders import EncoderConfig
 from seqrec.retrieval.config import IndexConfig, RerankConfig, TwoTowerConfig, check_retrieval
 from seqrec.rl.bandits.policies import BanditConfig

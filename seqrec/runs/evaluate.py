@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from seqrec.core.config import ConfigError
-from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
+from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
 from seqrec.models.device import pick_device
 from seqrec.retrieval.config import IndexConfig
 from seqrec.runs.config import saved_config

@@ -13,6 +13,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from seqrec.core.config import ConfigError, from_dict
+from seqrec.datasets import readers
 from seqrec.datasets.adapters import SOURCES
 from seqrec.datasets.prepare import PrepareConfig
 from seqrec.rl.bandits.policies import BanditConfig
@@ -25,8 +26,8 @@ SECTIONS = ("data", "prepare", "encoder", "head", "train", "d3rlpy", "retrieval"
 MODEL_SECTIONS = ("encoder", "head", "train", "d3rlpy", "retrieval", "index", "rerank")
 TOP_LEVEL_KEYS = ("algorithm",)
 READER_KEYS = ("map", "sep", "header", "format", "time_unit", "event_type", "event_map")  # [prepare]'s reader options
-FORMATS = ("auto", "csv", "parquet", "jsonl")
-TIME_UNITS = ("auto", "s", "ms", "us", "iso")
+FORMATS = ("auto", *readers.FORMATS)  # the input formats, listed once in datasets/readers.py
+TIME_UNITS = readers.TIME_UNITS
 BANDIT_KINDS_OFFLINE = ("epsilon_greedy", "ucb1", "thompson")  # a run's bandit is fitted without contexts
 # placeholders for the keys the prepared data decides, so [encoder] can be checked before any data exists
 ENCODER_PLACEHOLDERS = {"num_items": 11, "max_len": 10}

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from seqrec.core.config import ConfigError
-from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
+from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
 from seqrec.models.device import pick_device
 from seqrec.retrieval.config import IndexConfig, RerankConfig
 from seqrec.retrieval.rerank import Pipeline, build_pipeline, evaluate_pipeline, rerank_batch, split_users, states_per_s

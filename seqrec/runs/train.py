@@ -8,13 +8,13 @@ a run killed at any moment and resumed from its last checkpoint ends exactly as 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from seqrec.core.config import ConfigError
-from seqrec.datasets.prepare import event_names, load_transitions, read_manifest
+from seqrec.core.io import atomic_write
+from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
 from seqrec.models.device import pick_device
 from seqrec.nudging.fit import fit_run_bandit
 from seqrec.retrieval.tower_training import train_two_tower
@@ -102,8 +102,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
         return Evaluation(metrics, selected_metric(metrics, event, metric), scalars)
 
     def save_d3rlpy(step: int) -> None:  # d3rlpy's own file too, for d3rlpy_bridge.load_learnable
-        learner.save_d3rlpy(str(ckpt_dir / "best.d3.tmp"))
-        os.replace(ckpt_dir / "best.d3.tmp", ckpt_dir / "best.d3")
+        atomic_write(ckpt_dir / "best.d3", lambda tmp: learner.save_d3rlpy(str(tmp)))
 
     hooks = Hooks(on_best=save_d3rlpy if cfg.algorithm != "seqrec" else None,
                   reduce_stats=(lambda s: distributed.mean_stats(s, device)) if rank is not None else None)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from seqrec.core.config import ConfigError
-from seqrec.serve.engines import ENGINES, Engine, LocalEngine
+from seqrec.serve.engines import ENGINES, Engine
+from seqrec.serve.local import LocalEngine
 
 
 def make_engine(name: str, ray_address: str | None = None) -> Engine:

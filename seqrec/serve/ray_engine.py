@@ -1,9 +1,9 @@
 """The Ray Data scoring engine (`seqrec score --engine ray [--ray-address ADDRESS]`, extra `seqrec[ray]`).
 
-Same job, same rows as the local engine (seqrec/engines.py), with the scoring spread over a Ray cluster:
+Same job, same rows as the local engine (seqrec/serve/local.py), with the scoring spread over a Ray cluster:
 
-1. pass 1 is the local engine's own (`engines.begin`): the driver reads and validates every input with
-   prepare's readers, quarantines bad rows and scatters kept rows into user-hash buckets;
+1. pass 1 is the local engine's (`engines.begin`, a job step both share): the driver reads and validates
+   every input with prepare's readers, quarantines bad rows and scatters kept rows into user-hash buckets;
 2. per bucket, the driver quarantines duplicates (`engines.bucket_events`) and cuts sessions
    (`session_states`) exactly as the local engine does, then slices the states into the local engine's
    batches of `batch_size` sessions and writes each batch as **one row** of a Parquet file (`nest_rows`);
@@ -45,6 +45,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,10 @@ import ray
 import ray.data
 import torch
 
-from seqrec.datasets.prepare import gap_us
+from seqrec.core.io import atomic_write, atomic_write_json
+from seqrec.datasets.scatter import bucket_paths
+from seqrec.datasets.sessions import gap_us
+from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.engines import (
     PARQUET,
     SCORES,
@@ -68,9 +72,8 @@ from seqrec.serve.engines import (
     new_totals,
     read_json,
     single_threaded,
-    write_json,
 )
-from seqrec.serve.scoring import ScoreConfig, load_bundle, score_batch
+from seqrec.serve.scoring import load_bundle, score_batch
 from seqrec.serve.sessions_state import session_states
 
 
@@ -132,7 +135,7 @@ class SessionScorer:
             raise RuntimeError(f"{socket.gethostname()}: {run} differs from the driver's (config hash "
                                f"{self.bundle.config_hash}, driver {config_hash}): every node needs the same run")
         note = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "ready": time.time()}
-        write_json(Path(ready_dir) / f"{uuid.uuid4().hex}.json", note)
+        atomic_write_json(Path(ready_dir) / f"{uuid.uuid4().hex}.json", note)
 
     def __call__(self, batches: pa.Table) -> pa.Table:
         """(R batch rows) -> one row per (session, rank) of their sessions; each batch one score_batch call."""
@@ -191,13 +194,12 @@ class RayEngine:
                 events, duplicates = bucket_events(b, started.scatter, work)
                 states = session_states(events, bundle.window, gap, bundle.user_spec.columns)
                 del events
-                tmp = work / f"batches-{b:05d}.parquet.tmp"
                 # a row group per batch: units Ray Data can hand to different actors
-                pq.write_table(nest_rows(states, size), tmp, row_group_size=1, compression="zstd")
-                os.replace(tmp, path)
+                atomic_write(path, partial(pq.write_table, nest_rows(states, size), row_group_size=1,
+                                           compression="zstd"))
                 result = {"sessions_in": states.num_rows, "duplicates": duplicates}
-                write_json(note, result)
-                for p in work.glob(f"bucket-{b:05d}-*.arrow"):
+                atomic_write_json(note, result)
+                for p in bucket_paths(work, b):
                     p.unlink()
             add_totals(totals, {"sessions_in": result["sessions_in"], "duplicates": result["duplicates"]})
         return totals, folder if totals["sessions_in"] else None

@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 import torch
 
 from seqrec.core.config import ConfigError
-from seqrec.datasets.prepare import file_sha256, read_manifest
+from seqrec.datasets.inputs import file_sha256
+from seqrec.datasets.manifest import read_manifest
 from seqrec.datasets.schema import FIRST_ITEM, OOV
 from seqrec.nudging.catalogue import NudgeCatalogue, default_catalogue_path, load_catalogue
 from seqrec.retrieval.config import RerankConfig

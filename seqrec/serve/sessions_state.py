@@ -1,7 +1,7 @@
 """Validated events -> one state row per session: the pure step between reading events and scoring them.
 
-Both scoring engines call these on groups of whole users (the local engine on a user-hash bucket, a Ray engine
-on a group of users): `find_duplicates` marks the rows `seqrec prepare` quarantines as duplicate_event, and
+Both scoring engines call this on groups of whole users (the local engine on a user-hash bucket, a Ray engine
+on a group of users), after taking out the duplicates as prepare does (seqrec/datasets/duplicates.py):
 `session_states` cuts sessions as prepare does (the SDK's session id, else an inactivity gap; the same
 functions of datasets/sessions.py) and keeps each session's last W item ids, the state a recommendation starts
 from. Every session of the input becomes exactly one row, however short.
@@ -16,31 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from seqrec.datasets import sessions as S
+from seqrec.datasets.duplicates import event_times, id_codes
 from seqrec.datasets.schema import TIMESTAMP_TYPE
-
-
-def id_codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """(N,) int64 stand-ins for ids: the ints themselves, or dictionary codes of strings (equal ids, equal codes)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.cast(arr.type.value_type)
-    if pa.types.is_integer(arr.type):
-        return arr.fill_null(-1).to_numpy().astype(np.int64)
-    return pc.dictionary_encode(arr).indices.to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _times(events: pa.Table) -> np.ndarray:
-    """(N,) int64 microseconds of the timestamp column (int64 from the validator, or a timestamp type)."""
-    return events.column("timestamp").combine_chunks().cast(pa.int64()).to_numpy()
-
-
-def find_duplicates(events: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """Rows in (user, time) order (a stable permutation, (N,)) and which of them (N,) bool repeat an earlier
-    row's user, item, event code and time: what prepare quarantines as duplicate_event (the first is kept)."""
-    user, item = id_codes(events.column("user_id")), id_codes(events.column("item_id"))
-    ts, event = _times(events), events.column("event").combine_chunks().to_numpy()
-    order = S.event_order(user, ts)
-    return order, S.duplicate_mask(user[order], ts[order], item[order], event[order])
 
 
 def session_states(events: pa.Table, window: int, gap_us: int, columns: Sequence[str] = ()) -> pa.Table:
@@ -53,7 +30,7 @@ def session_states(events: pa.Table, window: int, gap_us: int, columns: Sequence
     """
     n = events.num_rows
     user = id_codes(events.column("user_id"))
-    ts = _times(events)
+    ts = event_times(events)
     has_session = "session_id" in events.column_names
     order = S.event_order(user, ts)  # (N,) stable: ties keep input order
     user, ts = user[order], ts[order]

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
 
+from seqrec.core.io import atomic_write, atomic_write_json
+
 
 def save_checkpoint(path: Path, payload: dict, info: dict) -> None:
     """Atomic checkpoint: state dicts (loadable with weights_only=True) and a JSON sidecar."""
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    side = path.with_suffix(".json.tmp")
-    side.write_text(json.dumps(info, indent=2))
-    os.replace(side, path.with_suffix(".json"))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write_json(path.with_suffix(".json"), info, indent=2)
 
 
 def last_checkpoint(ckpt_dir: Path, device: torch.device | str) -> dict | None:

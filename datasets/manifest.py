@@ -1,0 +1,57 @@
+"""A prepared-dataset folder as its readers see it: manifest.json, the transition arrays of each split and the
+names of the event types (what training, evaluation and scoring read)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .readers import InputError
+
+FORMAT_VERSION = 2  # 2: rows_excluded / excluded_by_event, session sampling keys
+SPLITS = ("train", "valid", "test")
+MANIFEST_KEYS = ("rows_read", "rows_kept", "rows_quarantined", "quarantine_reasons", "events_by_type",
+                 "sessions", "items", "splits", "config", "inputs")
+TRANSITION_FILES = ("state", "action", "event", "reward", "next_state", "done", "session")
+OUTPUT_FILES = ("events.parquet", "sessions.parquet", "vocab.parquet", "quarantine.parquet")
+
+
+def load_manifest(folder: Path) -> dict | None:
+    """The folder's manifest.json, or None when it is missing or unreadable."""
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a prepared-dataset folder; a clear error when the folder is not one."""
+    m = load_manifest(Path(folder))
+    if m is None:
+        raise InputError(f"{folder}: not a prepared dataset (no manifest.json); run `seqrec prepare` first")
+    return m
+
+
+def outputs_exist(folder: Path) -> bool:
+    """Whether every data file of a prepared folder is there (the manifest alone is not enough to re-use it)."""
+    needed = [folder / name for name in OUTPUT_FILES]
+    needed += [folder / "transitions" / s / f"{n}.npy" for s in SPLITS for n in TRANSITION_FILES]
+    return all(p.exists() for p in needed)
+
+
+def load_transitions(folder: str | Path, split: str) -> dict[str, np.ndarray]:
+    """One split's transition arrays, memory-mapped (state, action, event, reward, next_state, done, session)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    d = Path(folder) / "transitions" / split
+    try:
+        return {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in TRANSITION_FILES}
+    except FileNotFoundError as e:
+        raise InputError(f"{folder}: missing transitions for split {split!r} ({e.filename})") from None
+
+
+def event_names(manifest: dict) -> tuple[str, ...]:
+    """The event type names of a prepared dataset, in code order."""
+    return tuple(e["name"] for e in sorted(manifest["event_types"], key=lambda e: e["code"]))
