@@ -8,14 +8,14 @@ import sys
 import pytest
 
 from seqrec.cli import generate
-from seqrec.cli.main import COMMANDS, _parser, main
+from seqrec.cli.main import COMMANDS, build_parser, main
 
 NAMES = ("generate", "prepare", "train", "evaluate", "ope", "simulate", "score", "demo", "abtest")
 
 
 def test_one_module_per_command_in_help_order():
     assert tuple(m.__name__.rsplit(".", 1)[1] for m in COMMANDS) == NAMES
-    choices = _parser()._subparsers._group_actions[0].choices
+    choices = build_parser()._subparsers._group_actions[0].choices
     assert tuple(choices) == NAMES
     for module in COMMANDS:
         assert choices[module.__name__.rsplit(".", 1)[1]].get_default("func") is module.run
@@ -35,7 +35,7 @@ def test_errors_are_one_line_and_a_status(monkeypatch, tmp_path, capsys, error, 
         raise error
 
     monkeypatch.setattr(generate, "run", boom)
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(["generate", "--out", str(tmp_path / "e.parquet")])
     assert args.func is boom
     assert main(["generate", "--out", str(tmp_path / "e.parquet")]) == status

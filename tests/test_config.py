@@ -18,7 +18,7 @@ import pytest
 from seqrec.rl.bandits.fit import load_bandit
 from seqrec.rl.bandits.policies import BanditConfig
 
-from seqrec.cli.main import _parser, main
+from seqrec.cli.main import build_parser, main
 from seqrec.core.config import ConfigError
 from seqrec.runs.config import run_config, saved_config
 from seqrec.runs.file_config import check_run_file, prepare_table
@@ -139,7 +139,7 @@ def test_prepare_table_splits_reader_options():
 
 
 def _score_args(world, *extra: str):
-    return _parser().parse_args(["score", "--run", str(world["run"]), "--input", str(world["log"]), "--out", "x",
+    return build_parser().parse_args(["score", "--run", str(world["run"]), "--input", str(world["log"]), "--out", "x",
                                  *extra])
 
 
@@ -154,7 +154,7 @@ def test_score_settings_precedence(world, tmp_path):
     (run / "config.json").write_text(json.dumps(recorded))
     file = tmp_path / "f.toml"
     file.write_text("[score]\ntop = 6\nbatch_size = 99\n")
-    args = _parser().parse_args(["score", "--run", str(run), "--input", "e", "--out", "x"])
+    args = build_parser().parse_args(["score", "--run", str(run), "--input", "e", "--out", "x"])
     assert score_settings(args) == ScoreConfig(top=5, candidates=40, seed=7)          # the run's record
     args.config = file
     assert score_settings(args) == ScoreConfig(top=6, candidates=40, seed=7, batch_size=99)   # file over record

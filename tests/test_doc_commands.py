@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from seqrec.cli.main import _parser
+from seqrec.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -52,7 +52,7 @@ def test_the_docs_document_commands() -> None:
 @pytest.mark.parametrize("page, argv", DOCUMENTED, ids=[f"{p}:{' '.join(a)[:60]}" for p, a in DOCUMENTED])
 def test_documented_command_parses(page: str, argv: list[str]) -> None:
     try:
-        _parser().parse_args(argv)
+        build_parser().parse_args(argv)
     except SystemExit as e:  # argparse's way of saying a flag or value is unknown
         pytest.fail(f"{page}: `seqrec {' '.join(argv)}` does not parse (exit {e.code})")
 
@@ -60,6 +60,6 @@ def test_documented_command_parses(page: str, argv: list[str]) -> None:
 def test_parsing_check_catches_an_unknown_flag() -> None:
     (argv,) = seqrec_commands("seqrec train --config x.toml --data d --out r --no-such-flag")
     with pytest.raises(SystemExit):
-        _parser().parse_args(argv)
+        build_parser().parse_args(argv)
     assert seqrec_commands("OMP_NUM_THREADS=1 torchrun --nproc_per_node=2 -m seqrec train --out r && ls")[0][0] == \
         "train"

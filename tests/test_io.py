@@ -52,3 +52,21 @@ def test_text_and_json_helpers(tmp_path):
     assert (tmp_path / "b.json").read_text() == '{\n  "x": [\n    1,\n    2\n  ]\n}'
     assert json.loads((tmp_path / "b.json").read_text()) == {"x": [1, 2]}
     assert temporary_path(tmp_path / "b.json") == tmp_path / ".b.json.tmp"
+
+
+def test_checkpoint_archive_keeps_its_name_whatever_the_temporary_file(tmp_path) -> None:
+    """torch.save names the zip archive inside a checkpoint after the file it writes, and scoring's config hash
+    covers the checkpoint's bytes: the atomic write must keep the name checkpoints always had ("best.pt/...",
+    from best.pt.tmp), and leave no temporary file."""
+    import zipfile
+
+    import torch
+
+    from seqrec.training.checkpoints import save_checkpoint
+
+    payload = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "step": 3}
+    save_checkpoint(tmp_path / "best.pt", payload, {"step": 3})
+    names = zipfile.ZipFile(tmp_path / "best.pt").namelist()
+    assert names and all(n.startswith("best.pt/") for n in names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.pt"]
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["model"]["w"].equal(payload["model"]["w"])

@@ -16,10 +16,9 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[ray]'")
 
-from seqrec.cli.main import _parser, main  # noqa: E402
+from seqrec.cli.main import build_parser, main  # noqa: E402
 from seqrec.core.config import ConfigError  # noqa: E402
-from seqrec.serve.engines import ENGINES  # noqa: E402
-from seqrec.serve.factory import make_engine  # noqa: E402
+from seqrec.serve.factory import ENGINES, make_engine  # noqa: E402
 from seqrec.serve.local import LocalEngine  # noqa: E402
 from seqrec.serve.ray_engine import RayEngine, actor_cpus, nest_rows, unnest_rows  # noqa: E402
 
@@ -180,7 +179,7 @@ def test_actor_cpus_leave_a_cpu_for_reading():
 
 
 def test_engine_names_and_clear_errors(monkeypatch, tmp_path, capsys):
-    engines = next(a for a in _parser()._subparsers._group_actions[0].choices["score"]._actions
+    engines = next(a for a in build_parser()._subparsers._group_actions[0].choices["score"]._actions
                    if a.dest == "engine")
     assert tuple(engines.choices) == ENGINES == ("local", "ray")
     assert isinstance(make_engine("local"), LocalEngine) and isinstance(make_engine("ray"), RayEngine)

@@ -44,6 +44,7 @@ from seqrec.datasets.schema import DEFAULT_REWARDS
 from seqrec.core.config import check_int, check_real
 
 KINDS: tuple[str, ...] = ("epsilon_greedy", "ucb1", "thompson", "linucb")
+CONTEXTUAL_KINDS: tuple[str, ...] = ("linucb",)  # need a context per decision (dim > 0)
 THOMPSON_UPDATES: tuple[str, ...] = ("fractional", "bernoulli")
 
 
@@ -104,7 +105,7 @@ class Bandit:
         arms = tuple(arms)
         if not arms or not all(isinstance(a, str) and a for a in arms) or len(set(arms)) < len(arms):
             raise ValueError(f"arms must be distinct non-empty ids, at least one; got {arms!r}")
-        contextual = config.kind == "linucb"
+        contextual = config.kind in CONTEXTUAL_KINDS
         check_int("dim", dim, 1 if contextual else 0)
         self.config, self.arms = config, arms
         self.dim = int(dim) if contextual else 0   # context width; 0: context-free (contexts are ignored)

@@ -43,6 +43,7 @@ from seqrec.campaign.records import CampaignLog, Contacts
 from seqrec.campaign.simulator import Simulator
 from seqrec.core.config import ConfigError
 from seqrec.rl.bandits.fit import fit_offline
+from seqrec.rl.bandits.policies import CONTEXTUAL_KINDS
 
 MARKER = "abtest_config.json"   # written first in OUT: a folder holding it may be overwritten by a new abtest
 
@@ -131,7 +132,7 @@ def train_pipeline(cfg: AbTestConfig, sim: Simulator, log: CampaignLog, folder: 
 def make_bandit(cfg: AbTestConfig, sim: Simulator, log: CampaignLog):
     """Arm B's nudge bandit, seeded by the test's seed; with warm_start fitted on the training log (IPS)."""
     bandit_cfg = dataclasses.replace(cfg.arm_b.bandit, seed=cfg.seed)
-    dim = len(sim.context_feature_names()) if bandit_cfg.kind == "linucb" else 0
+    dim = len(sim.context_feature_names()) if bandit_cfg.kind in CONTEXTUAL_KINDS else 0
     bandit = bandit_cfg.create(sim.arms, dim=dim)
     if cfg.arm_b.warm_start:
         d = log.decisions

@@ -15,7 +15,7 @@ COMMANDS = (generate, prepare, train, evaluate, ope, simulate, score, demo, abte
 
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` (default sys.argv) and run the command; the exit status."""
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """The whole parser: every command module adds its subcommand."""
     p = argparse.ArgumentParser(prog="seqrec", description="Offline-RL sequential recommender for campaigns.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

@@ -12,6 +12,7 @@ from seqrec.datasets.adapters import SOURCES, source_spec
 from seqrec.datasets.readers import FORMATS, TIME_UNITS, parse_map
 from seqrec.runs.file_config import check_run_file, score_config
 from seqrec.runs.score_config import ScoreConfig
+from seqrec.serve.factory import ENGINES
 
 
 def add_parser(sub: Any) -> None:
@@ -32,8 +33,7 @@ def add_parser(sub: Any) -> None:
     sc.add_argument("--batch-size", type=int, help="sessions per scored batch (default 4096)")
     sc.add_argument("--workers", type=int, help="batches scored at once, one torch thread each (default: torch's "
                                                 "thread count, i.e. the cores)")
-    sc.add_argument("--engine", choices=("local", "ray"), default="local",  # serve.engines.ENGINES (tested equal;
-                    # importing seqrec.serve.engines here would import torch for every command)
+    sc.add_argument("--engine", choices=ENGINES, default="local",
                     help="local: this machine (default); ray: Ray Data, --workers actors (default: the cluster's CPUs; "
                          "extra seqrec[ray]), the same rows")
     sc.add_argument("--ray-address", metavar="ADDRESS",

@@ -20,11 +20,12 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], T]) -> T:
+def atomic_write(path: str | Path, write: Callable[[Path], T], tmp: Path | None = None) -> T:
     """Call `write(tmp)` to write a temporary sibling of `path`, then rename it over `path`; returns what
-    `write` returns. If `write` raises, `path` is left as it was and the temporary file is removed."""
+    `write` returns. If `write` raises, `path` is left as it was and the temporary file is removed. `tmp`
+    overrides the hidden sibling's name, for writers whose output depends on the name they write to."""
     path = Path(path)
-    tmp = temporary_path(path)
+    tmp = temporary_path(path) if tmp is None else tmp
     try:
         result = write(tmp)
         os.replace(tmp, path)

@@ -16,7 +16,7 @@ from seqrec.core.config import ConfigError, from_dict
 from seqrec.datasets import readers
 from seqrec.datasets.adapters import SOURCES
 from seqrec.datasets.prepare import PrepareConfig
-from seqrec.rl.bandits.policies import BanditConfig
+from seqrec.rl.bandits.policies import CONTEXTUAL_KINDS, KINDS, BanditConfig
 from seqrec.rl.d3rlpy_bridge.config import D3RLPY_ALGORITHMS
 from seqrec.runs.score_config import ScoreConfig
 
@@ -28,7 +28,7 @@ TOP_LEVEL_KEYS = ("algorithm",)
 READER_KEYS = ("map", "sep", "header", "format", "time_unit", "event_type", "event_map")  # [prepare]'s reader options
 FORMATS = ("auto", *readers.FORMATS)  # the input formats, listed once in datasets/readers.py
 TIME_UNITS = readers.TIME_UNITS
-BANDIT_KINDS_OFFLINE = ("epsilon_greedy", "ucb1", "thompson")  # a run's bandit is fitted without contexts
+BANDIT_KINDS_OFFLINE = tuple(k for k in KINDS if k not in CONTEXTUAL_KINDS)  # a run's bandit has no contexts
 # placeholders for the keys the prepared data decides, so [encoder] can be checked before any data exists
 ENCODER_PLACEHOLDERS = {"num_items": 11, "max_len": 10}
 

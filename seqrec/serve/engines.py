@@ -47,7 +47,6 @@ from seqrec.datasets.validate import EventTypes
 from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.scoring import ScoringBundle, load_bundle
 
-ENGINES: tuple[str, ...] = ("local", "ray")
 MANIFEST_FORMAT = 1
 READ_ROWS = 1 << 18  # rows per record batch read in pass 1: reading and validating a batch bounds its memory
 KEEP_COLUMNS = ("user_id", "session_id", "item_id", "event", "timestamp", "_file", "_row")

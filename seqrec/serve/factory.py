@@ -1,10 +1,19 @@
-"""The engine a `seqrec score --engine` name stands for; Ray is imported only when asked for."""
+"""The engines `seqrec score --engine` can name, and the one a name stands for: the one place to add an engine.
+
+Importing this module is cheap (no torch, no Ray), so the CLI takes its choices from ENGINES; each engine's
+module is imported only when that engine is asked for.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from seqrec.core.config import ConfigError
-from seqrec.serve.engines import ENGINES, Engine
-from seqrec.serve.local import LocalEngine
+
+if TYPE_CHECKING:
+    from seqrec.serve.engines import Engine
+
+ENGINES: tuple[str, ...] = ("local", "ray")
 
 
 def make_engine(name: str, ray_address: str | None = None) -> Engine:
@@ -13,6 +22,8 @@ def make_engine(name: str, ray_address: str | None = None) -> Engine:
     if name == "local":
         if ray_address:
             raise ConfigError("--ray-address needs --engine ray")
+        from seqrec.serve.local import LocalEngine
+
         return LocalEngine()
     if name == "ray":
         try:
