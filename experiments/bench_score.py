@@ -145,7 +145,8 @@ def recall_sweep(run: Path, log: Path, args: argparse.Namespace) -> list[dict]:
 
     from seqrec.retrieval.config import IndexConfig
     from seqrec.retrieval.index import ExactIndex, FaissIndex, import_faiss
-    from seqrec.serve.scoring import ScoreConfig, load_bundle, window_matrix
+    from seqrec.runs.score_config import ScoreConfig
+    from seqrec.serve.scoring import load_bundle, window_matrix
     from seqrec.serve.sessions_state import session_states
 
     threads = torch.get_num_threads()

@@ -63,3 +63,30 @@ def test_parsing_check_catches_an_unknown_flag() -> None:
         build_parser().parse_args(argv)
     assert seqrec_commands("OMP_NUM_THREADS=1 torchrun --nproc_per_node=2 -m seqrec train --out r && ls")[0][0] == \
         "train"
+
+
+def python_imports(text: str) -> list[str]:
+    """The `from seqrec... import ...` / `import seqrec...` lines of the ```python blocks of a Markdown text."""
+    out = []
+    for block in re.findall(r"```python\n(.*?)```", text, re.S):
+        out += [ln.strip() for ln in block.splitlines()
+                if re.match(r"\s*(from seqrec[\w.]* import |import seqrec)", ln) and not ln.rstrip().endswith("(")]
+    return out
+
+
+IMPORTS = [(page.relative_to(ROOT).as_posix(), line) for page in PAGES for line in python_imports(page.read_text())]
+
+
+@pytest.mark.parametrize("page, line", IMPORTS, ids=[f"{p}:{line[:70]}" for p, line in IMPORTS])
+def test_documented_import_works(page: str, line: str) -> None:
+    """A Python example in the docs names modules and functions that exist (a moved module fails here)."""
+    try:
+        exec(compile(line, page, "exec"), {})
+    except ImportError as e:
+        pytest.fail(f"{page}: `{line}` fails: {e}")
+
+
+def test_import_check_catches_a_moved_module() -> None:
+    (line,) = python_imports("```python\nfrom seqrec.train import run_config\n```\n")
+    with pytest.raises(ImportError):
+        exec(line, {})

@@ -24,9 +24,10 @@ from seqrec.datasets.sessions import gap_us
 
 from seqrec.cli.main import main
 from seqrec.retrieval.rerank import rerank_batch as pipeline_batch
+from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.engines import ScoreJob
 from seqrec.serve.local import LocalEngine
-from seqrec.serve.scoring import ScoreConfig, draw_arms, load_bundle, score_batch, session_keys, uniforms, window_matrix
+from seqrec.serve.scoring import draw_arms, load_bundle, score_batch, session_keys, uniforms, window_matrix
 from seqrec.serve.sessions_state import session_states
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ from pathlib import Path
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.synthetic import config_for_events, write_events
+from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.engines import ScoreJob
 from seqrec.serve.local import LocalEngine
-from seqrec.serve.scoring import ScoreConfig
 
 # SASRec-SQN with the papers' width and discount, two-tower candidates with the log's user and item features,
 # short enough for a first run on two cores.

@@ -29,8 +29,9 @@ from seqrec.datasets.schema import COLUMN_OF_FIELD
 from seqrec.datasets.sessions import gap_us
 from seqrec.datasets.validate import EventTypes, Validator
 from seqrec.runs.config import saved_config
+from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.engines import KEEP_COLUMNS, READ_ROWS, reader_defaults, single_threaded
-from seqrec.serve.scoring import ScoreConfig, ScoringBundle, load_bundle, score_batch
+from seqrec.serve.scoring import ScoringBundle, load_bundle, score_batch
 from seqrec.serve.sessions_state import session_states
 
 ERRORS = ("quarantine", "raise")
