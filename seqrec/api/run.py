@@ -8,10 +8,7 @@ running torch on one thread, as the local engine does. Nothing is written to dis
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from seqrec.datasets.sessions import gap_us
 from seqrec.datasets.validate import EventTypes, Validator
 from seqrec.runs.config import saved_config
 from seqrec.runs.score_config import ScoreConfig
-from seqrec.serve.engines import KEEP_COLUMNS, READ_ROWS, reader_defaults, single_threaded
+from seqrec.serve.engines import KEEP_COLUMNS, READ_ROWS, one_thread_each, reader_defaults
 from seqrec.serve.scoring import ScoringBundle, load_bundle, score_batch
 from seqrec.serve.sessions_state import session_states
 
@@ -177,22 +174,10 @@ def score_states(bundle: ScoringBundle, states: pa.Table, batch_size: int, worke
     """score_batch over the session states, batch_size sessions at a time, each batch in a thread running torch
     on one thread (as the local engine scores), rows in session order."""
     batches = [states.slice(lo, batch_size) for lo in range(0, states.num_rows, batch_size)] or [states]
-    with _one_thread_each(workers or torch.get_num_threads()) as pool:
+    with one_thread_each(workers or torch.get_num_threads()) as pool:
         return pa.concat_tables(pool.map(lambda batch: score_batch(bundle, batch), batches))
 
 
-@contextmanager
-def _one_thread_each(workers: int) -> Iterator[ThreadPoolExecutor]:
-    """A pool of threads each running torch (and faiss) on one thread; this thread's counts are restored after."""
-    threads = torch.get_num_threads()
-    faiss = sys.modules.get("faiss")
-    try:
-        with ThreadPoolExecutor(max_workers=workers, initializer=single_threaded) as pool:
-            yield pool
-    finally:
-        torch.set_num_threads(threads)
-        if faiss is not None:
-            faiss.omp_set_num_threads(threads)
 
 
 def score_config(settings: Mapping[str, object]) -> ScoreConfig:

@@ -27,6 +27,9 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -303,3 +306,18 @@ def _clear(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / SCORES, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def one_thread_each(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of `workers` threads, each running torch (and faiss) on one thread; this thread's own thread
+    counts are restored after."""
+    threads = torch.get_num_threads()
+    faiss = sys.modules.get("faiss")
+    try:
+        with ThreadPoolExecutor(max_workers=workers, initializer=single_threaded) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+        if faiss is not None:
+            faiss.omp_set_num_threads(threads)

@@ -10,12 +10,10 @@ jobs avoids OpenMP threads spin-waiting for each other (and makes the rows indep
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,9 +33,9 @@ from seqrec.serve.engines import (
     bucket_events,
     finish,
     new_totals,
+    one_thread_each,
     progress_bar,
     read_json,
-    single_threaded,
 )
 from seqrec.serve.scoring import ScoringBundle, score_batch
 from seqrec.serve.sessions_state import session_states
@@ -69,7 +67,7 @@ class LocalEngine:
         t0 = time.perf_counter()
         workers = cfg.workers or torch.get_num_threads()
         buckets = started.scatter["buckets"]
-        with _one_thread_each(workers) as pool:
+        with one_thread_each(workers) as pool:
             for b in buckets:
                 note = work / f"done-{b:05d}.json"
                 result = read_json(note)
@@ -115,21 +113,6 @@ class LocalEngine:
             raise RuntimeError(f"bucket {b}: {states.num_rows} sessions in but {scored} scored")
         return {"part": name, "sessions_in": states.num_rows, "sessions_scored": scored, "fallback": fallback,
                 "rows": rows, "duplicates": duplicates}
-
-
-@contextmanager
-def _one_thread_each(workers: int) -> Iterator[ThreadPoolExecutor]:
-    """A pool of `workers` threads, each running torch (and faiss) on one thread; this thread's own thread
-    counts are restored after."""
-    threads = torch.get_num_threads()
-    faiss = sys.modules.get("faiss")
-    try:
-        with ThreadPoolExecutor(max_workers=workers, initializer=single_threaded) as pool:
-            yield pool
-    finally:
-        torch.set_num_threads(threads)
-        if faiss is not None:
-            faiss.omp_set_num_threads(threads)
 
 
 def _ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
