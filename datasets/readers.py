@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from .schema import COLUMN_OF_FIELD, FIELDS, REQUIRED_FIELDS
 
-_PARSED_FIELDS = ("user", "item", "session", "time", "propensity", "value")  # read plain, parsed value by value
+PARSED_FIELDS = ("user", "item", "session", "time", "propensity", "value")  # read plain, parsed value by value
 TIME_UNITS = ("auto", "s", "ms", "us", "iso")
 
 
@@ -195,7 +195,7 @@ def _read_csv(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBatc
     source_cols = list(dict.fromkeys(col for _, col in spec.columns))  # a column may feed two fields
     arrow_cols = source_cols if spec.header else [f"f{c}" for c in source_cols]
     # bytes, validated as UTF-8 later; low-cardinality text (event, nudge, features) as dictionaries
-    plain = {col for f, col in spec.columns if f in _PARSED_FIELDS}
+    plain = {col for f, col in spec.columns if f in PARSED_FIELDS}
     types = [pa.binary() if c in plain else pa.dictionary(pa.int32(), pa.binary()) for c in source_cols]
     bad_lines: list[tuple[int, str]] = []
 
@@ -273,7 +273,7 @@ def _read_parquet(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[Raw
     source_cols = list(dict.fromkeys(col for _, col in spec.columns))
     # low-cardinality text (event type, nudge, features) decodes far faster as dictionaries; ids and times
     # stay plain because they are parsed value by value
-    plain = {col for f, col in spec.columns if f in _PARSED_FIELDS}
+    plain = {col for f, col in spec.columns if f in PARSED_FIELDS}
     schema = pf.schema_arrow
     as_dict = [c for c in source_cols if c not in plain and pa.types.is_string(schema.field(c).type)]
     if as_dict:

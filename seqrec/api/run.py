@@ -20,7 +20,7 @@ import torch
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.duplicates import find_duplicates
 from seqrec.datasets.manifest import read_manifest
-from seqrec.datasets.readers import BadRows, InputError, RawBatch, SourceSpec
+from seqrec.datasets.readers import PARSED_FIELDS, BadRows, InputError, RawBatch, SourceSpec
 from seqrec.datasets.scatter import conform_table, unify_schemas
 from seqrec.datasets.schema import COLUMN_OF_FIELD
 from seqrec.datasets.sessions import gap_us
@@ -32,7 +32,6 @@ from seqrec.serve.scoring import ScoringBundle, load_bundle, score_batch
 from seqrec.serve.sessions_state import session_states
 
 ERRORS = ("quarantine", "raise")
-PLAIN_FIELDS = ("user", "item", "session", "time", "propensity", "value")  # read as stored, not as dictionaries
 MEMORY = "<events>"  # the "file" name of an in-memory table in error messages
 
 
@@ -125,7 +124,7 @@ def events_spec(names: list[str], event_map: tuple[tuple[str, str], ...], time_u
 def raw_batches(table: pa.Table, spec: SourceSpec, batch_rows: int = READ_ROWS) -> Iterator[RawBatch]:
     """The table as the Parquet reader yields a file of it: the mapped columns under their event-table names,
     text columns other than ids, times and numbers as dictionaries, 1-based row numbers, batch_rows at a time."""
-    plain = {column for name, column in spec.columns if name in PLAIN_FIELDS}
+    plain = {column for name, column in spec.columns if name in PARSED_FIELDS}  # read as stored, not as dictionaries
     columns = {}
     for name, column in spec.columns:
         col = table.column(column)
