@@ -49,3 +49,18 @@ def test_train_table_smoke(tmp_path):
     assert "last checkpoint" in (tmp_path / "runs" / "table_last.md").read_text()
     metrics = json.loads((tmp_path / "runs" / "sasrec-seed0" / "metrics.json").read_text())
     assert metrics["checkpoint"]["test"]["path"] == "checkpoints/last.pt"
+
+
+def test_behaviour_hashes_repeat_exactly(tmp_path):
+    """experiments/behaviour_hashes.py at tiny size, twice into the same path: the whole demo (generate, prepare,
+    train, evaluate, score) is deterministic, so its fingerprints repeat to the digit."""
+    import shutil
+
+    cmd = [sys.executable, str(ROOT / "experiments" / "behaviour_hashes.py"), "--out", str(tmp_path / "h"),
+           "--demo-events", "4000", "--steps", "4", "--skip-taobao"]
+    first = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300).stdout
+    shutil.rmtree(tmp_path / "h")
+    second = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300).stdout
+    lines = first.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("demo   metrics.json ") and "rows), quarantine" in lines[1], first
+    assert first == second
