@@ -22,14 +22,23 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def missing_data(message: str) -> None:
+    """A real-data test without its data: skipped, saying why; a failure under SEQREC_REQUIRE_DATA=1 (.ci/run
+    sets it), so that CI cannot go green while the data it should test moved away."""
+    if os.environ.get("SEQREC_REQUIRE_DATA") == "1":
+        pytest.fail(f"{message} (SEQREC_REQUIRE_DATA=1: real-data tests must run)", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real-data folder: $SEQREC_SHARED_DATA, else <repo>/../shared/data; skips when absent."""
+    """The real-data folder: $SEQREC_SHARED_DATA, else <repo>/../shared/data; skips when absent (fails under
+    SEQREC_REQUIRE_DATA=1)."""
     env = os.environ.get("SEQREC_SHARED_DATA")
     path = Path(env) if env else DEFAULT_SHARED_DATA
     if not path.is_dir():
         how = "from SEQREC_SHARED_DATA" if env else "the default; set SEQREC_SHARED_DATA to point elsewhere"
-        pytest.skip(f"real data folder {path} is absent ({how}); real-data tests need it")
+        missing_data(f"real data folder {path} is absent ({how}); real-data tests need it")
     return path
 
 
@@ -40,7 +49,7 @@ def shared_file(shared_data):
     def find(folder: str, pattern: str) -> Path:
         matches = sorted((shared_data / folder).glob(pattern))
         if not matches:
-            pytest.skip(f"{shared_data / folder}/{pattern} is absent from the real data folder")
+            missing_data(f"{shared_data / folder}/{pattern} is absent from the real data folder")
         assert len(matches) == 1, f"expected one file for {folder}/{pattern}, found {matches}"
         return matches[0]
 
