@@ -270,17 +270,16 @@ def test_policies_by_position_and_bandits():
     assert from_bandit == from_array
 
 
-def test_bootstrap_is_fast_enough_for_ten_thousand_rows():
-    import time
-
+def test_bootstrap_on_ten_thousand_rows():
+    """1000 resamples of 10k rows give every estimator a finite value and interval (its speed is
+    benchmarked, not tested)."""
     rng = np.random.default_rng(0)
     n = 10_000
     log = LoggedBandit(rng.integers(0, 10, n), rng.random(n), np.full(n, 0.1), 10, position=rng.integers(0, 3, n))
     pi = rng.dirichlet(np.ones(10), n)
-    start = time.perf_counter()
-    estimate_policy(log, pi, OpeConfig(resamples=1000))
-    # about 0.3 s for all four estimators on an idle core; a generous bound for a busy shared machine
-    assert time.perf_counter() - start < 5.0
+    ests = estimate_policy(log, pi, OpeConfig(resamples=1000))
+    assert [e.estimator for e in ests] == ["ips", "snips", "dm", "dr"]
+    assert all(np.isfinite([e.value, e.low, e.high]).all() and e.low < e.high and e.resamples == 1000 for e in ests)
 
 
 # ---------------------------------------------------------------------------------------- seqrec ope
