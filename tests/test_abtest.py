@@ -256,18 +256,42 @@ def test_ope_check_with_a_deterministic_logger_reports_no_overlap(sim):
 
 
 def test_ope_check_with_an_exploring_logger_estimates_against_the_truth(sim):
+    """Rules with epsilon 0.5 log 500 contacts; the target is the rules themselves. The logger makes the rules'
+    offer with probability 0.5 + 0.5 / k (k <= 99 = 9 products x 11 nudges open to the contact), so the matching
+    rows weigh at most 1 / 0.50505 = 1.98 and about half the log counts (ESS ~ 250): every estimate should land
+    near the simulator's truth."""
+    from seqrec.abtest.config import OpeCheck
+
+    result = run_ope_check(sim, OpeCheck(logging="rules", logging_epsilon=0.5, target="rules", resamples=200,
+                                         reward_model="cell_mean"), contacts=500, seed=2, batch_size=100, level=0.95)
+    assert result.overlap and [e["estimator"] for e in result.estimates] == ["ips", "snips", "dm", "dr"]
+    assert result.unsupported == 0.0 and result.deterministic_share == 0.0 and not result.warnings
+    # a first wave: the target run meets exactly the logged contacts, so its expectation is the exact truth,
+    # and its sampled conversion is a binomial draw around it (3 standard errors of 500 draws: 0.059)
+    assert result.run_expected == pytest.approx(result.truth, rel=1e-12)
+    assert abs(result.run_sampled - result.truth) < 3 * np.sqrt(result.truth * (1 - result.truth) / 500)
+    for e in result.estimates:
+        assert e["max_weight"] == pytest.approx(1 / (0.5 + 0.5 / 99))
+        assert 200 < e["ess"] < 300
+        # near the truth: inside its own 95% interval, and within 0.06 (about 2 standard errors of a conversion
+        # near 0.26 estimated from ~250 effective rows: sqrt(0.26 * 0.74 / 250) = 0.028)
+        assert e["low"] <= result.truth <= e["high"] and e["covers_truth"]
+        assert abs(e["value"] - result.truth) < 0.06 and abs(e["relative_error"]) < 0.06 / result.truth
+    text = "\n".join(ope_markdown(result.as_dict(), "95%"))
+    assert "| IPS |" in text and "No estimate" not in text
+
+
+def test_ope_check_with_a_uniform_logger_warns_of_a_tiny_effective_sample(sim):
+    """A uniform logger over up to 99 offers matches a deterministic target in ~1 row of k: an ESS of a few rows
+    of 500, which the check reports as a warning rather than trusting its estimates."""
     from seqrec.abtest.config import OpeCheck
 
     result = run_ope_check(sim, OpeCheck(logging="random", target="rules", resamples=50, reward_model="cell_mean"),
                            contacts=500, seed=2, batch_size=100, level=0.95)
-    assert result.overlap and [e["estimator"] for e in result.estimates] == ["ips", "snips", "dm", "dr"]
-    # a first wave: the target run meets exactly the logged contacts, so its expectation is the exact truth
-    assert result.run_expected == pytest.approx(result.truth, rel=1e-12)
-    for e in result.estimates:
-        assert e["relative_error"] == pytest.approx((e["value"] - result.truth) / result.truth)
-        assert e["covers_truth"] == (e["low"] <= result.truth <= e["high"])
-    text = "\n".join(ope_markdown(result.as_dict(), "95%"))
-    assert "| IPS |" in text and "No estimate" not in text
+    assert result.overlap and all(e["ess"] < 20 for e in result.estimates)
+    # a weight is 1 / (1 / k) = k for a contact with k offers open (at most 99) where the target agrees
+    assert all(e["max_weight"] <= 99 and e["max_weight"] == round(e["max_weight"]) for e in result.estimates)
+    assert any("effective sample size" in w for w in result.warnings)
 
 
 # ------------------------------------------------------------------------------------------------ end to end
