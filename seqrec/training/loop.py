@@ -132,22 +132,23 @@ def flat_hparams(tables: Mapping[str, Any], prefix: str = "") -> dict[str, bool 
 
 
 def write_hparams(writer: Any, hparams: Mapping[str, bool | int | float | str], result: FitResult) -> None:
-    """The run's hyper-parameters and final metrics for TensorBoard's HParams dashboard, in the writer's own
-    folder (SummaryWriter.add_hparams would open a subfolder: one run would be two rows). The metrics are the
-    last evaluation's scalar tags plus best/value and best/step (logged here at the last step); the dashboard
-    shows each tag's last value. Nothing where this process evaluated nothing (a finished run resumed: its
-    first entry stays) or writes nothing (a NullWriter)."""
+    """The run's hyper-parameters for TensorBoard's HParams dashboard, in the writer's own folder
+    (SummaryWriter.add_hparams would open a subfolder: one run would be two rows), and the best value and step
+    as scalars best/value, best/step at the last step. The dashboard's metric columns are the runs' scalar tags
+    at their last values (metrics/... of the last evaluation, best/...). Only the session start and end
+    summaries: no experiment summary, which TensorBoard would take from one run for all (hiding the keys and
+    tags of runs with other tables), so it computes the columns from every run. Nothing where this process
+    evaluated nothing (a finished run resumed: its first entry stays) or writes nothing (a NullWriter)."""
     file_writer = getattr(writer, "file_writer", None)
     if file_writer is None or not result.scalars:
         return
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-    metrics = dict(result.scalars)
     if result.best is not None:
-        metrics.update({"best/value": float(result.best), "best/step": float(result.best_step or 0)})
-        _log(writer, {"best/value": metrics["best/value"], "best/step": metrics["best/step"]}, result.step)
-    for summary in hparams_summaries(dict(hparams), metrics):  # experiment, session start, session end
-        file_writer.add_summary(summary)
+        _log(writer, {"best/value": result.best, "best/step": result.best_step or 0}, result.step)
+    _, session_start, session_end = hparams_summaries(dict(hparams), dict(result.scalars))
+    file_writer.add_summary(session_start)
+    file_writer.add_summary(session_end)
     writer.flush()
 
 
