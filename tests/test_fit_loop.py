@@ -2,6 +2,8 @@
 sidecars, resume, early stopping, logging and hooks, only the writing process writes; and loading a run for
 scoring does not import the training loop."""
 
+import io
+import itertools
 import json
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 from seqrec.training.checkpoints import last_checkpoint
-from seqrec.training.loop import Checkpoints, Evaluation, Hooks, Schedule, Start, fit, resume_point
+from seqrec.training.loop import Bar, Checkpoints, Evaluation, Hooks, Schedule, Start, fit, resume_point
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,6 +121,61 @@ def test_only_the_writing_process_writes_but_every_process_tracks_the_best(tmp_p
                  Checkpoints(tmp_path, fake.states, "all/m"), Hooks(on_best=calls.append), writes=False)
     assert (result.best, result.best_step) == (0.6, 2)
     assert calls == [] and list(tmp_path.iterdir()) == []
+
+
+class Terminal(io.StringIO):
+    """A stderr stand-in that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_lines_when_the_stream_is_not_a_terminal():
+    fake, stream = Fake([0.25, 0.5]), io.StringIO()
+    clock = itertools.count(0.0, 2.0).__next__  # 2 s per call: one at the start, then one after each step
+    bar = Bar("train", "purchase/ndcg@10", None, every_s=4.0, clock=clock, stream=stream)
+    fit(fake.step, fake.evaluate, Schedule(max_steps=6, eval_every=3, samples_per_step=10), bar=bar)
+    # a line every other step (4 s), the speed over those 2 steps (20 samples in 4 s), the last evaluation's value
+    assert stream.getvalue().splitlines() == [
+        "train: step 2/6 (33%), 5 samples/s",
+        "train: step 4/6 (66%), 5 samples/s, purchase/ndcg@10 0.2500",
+        "train: step 6/6 (100%), 5 samples/s, purchase/ndcg@10 0.5000",
+    ]
+
+
+def test_progress_lines_every_step_with_interval_0_from_a_resumed_step_and_the_first_evaluation():
+    fake, stream = Fake([0.125, 0.75]), io.StringIO()
+    bar = Bar("retrieval", "recall@100", None, every_s=0.0, clock=lambda: 0.0, stream=stream)
+    fit(fake.step, fake.evaluate, Schedule(max_steps=2, eval_every=5, evaluate_first=True), bar=bar)
+    assert stream.getvalue().splitlines() == ["retrieval: step 1/2 (50%), recall@100 0.1250",  # no speed: no samples
+                                              "retrieval: step 2/2 (100%), recall@100 0.7500"]
+    stream = io.StringIO()
+    fit(Fake([]).step, Fake([0.5]).evaluate, Schedule(max_steps=4, eval_every=10), Start(3, 0.1, 1),
+        bar=Bar("train", "m", None, every_s=0.0, clock=lambda: 0.0, stream=stream))
+    assert stream.getvalue() == "train: step 4/4 (100%), m 0.5000\n"
+
+
+@pytest.mark.parametrize("show, stream, writes", [(False, io.StringIO(), True),  # --no-progress
+                                                  (None, Terminal(), True),  # a terminal: tqdm's bar instead
+                                                  (None, io.StringIO(), False)])  # not the writing process
+def test_no_progress_lines_with_no_progress_on_a_terminal_or_off_the_writing_process(show, stream, writes):
+    fake = Fake([0.5])
+    fit(fake.step, fake.evaluate, Schedule(max_steps=2, eval_every=2),
+        bar=Bar("train", "m", show, every_s=0.0, clock=lambda: 0.0, stream=stream), writes=writes)
+    assert "train: step" not in stream.getvalue()
+
+
+def test_progress_true_shows_the_bar_not_the_lines():
+    fake, stream = Fake([0.5]), io.StringIO()
+    fit(fake.step, fake.evaluate, Schedule(max_steps=2, eval_every=2),
+        bar=Bar("train", "m", True, every_s=0.0, clock=lambda: 0.0, stream=stream))
+    assert "train: step" not in stream.getvalue() and "/2 [" in stream.getvalue()  # tqdm's bar
+
+
+def test_the_fit_result_keeps_the_last_evaluation_scalars():
+    fake = Fake([0.25, 0.5])
+    result = fit(fake.step, fake.evaluate, Schedule(max_steps=4, eval_every=2))
+    assert dict(result.scalars) == {"metrics/m": 0.5} and "scalars" not in result.as_dict()
 
 
 def test_loading_a_run_for_scoring_does_not_import_the_training_loop():

@@ -24,6 +24,9 @@ def add_parser(sub: Any) -> None:
                          "algorithm=d3rlpy.discrete_cql (repeatable)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--device", choices=("auto", "cpu", "cuda"), help="shorthand for --set train.device=...")
+    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="tqdm's progress bar (default: on a terminal; elsewhere, e.g. a log file, a plain "
+                         "progress line on stderr every 10 s); --no-progress: neither")
     tr.set_defaults(func=run)
 
 
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.set) + ([f"train.device={args.device!r}".replace("'", '"')] if args.device else [])
     cfg = load_run_config(args.config, overrides, args.data)
     out = args.out or Path("runs") / args.config.stem
-    result = train(cfg, out, resume=args.resume)
+    result = train(cfg, out, resume=args.resume, progress=args.progress)
     rank = from_env()
     if rank is not None and not rank.main:  # under torchrun only rank 0 reports
         return 0

@@ -31,7 +31,17 @@ from seqrec.retrieval.two_tower import (
 )
 from seqrec.rl.qlearning.learner import step_generator
 from seqrec.training.checkpoints import last_checkpoint
-from seqrec.training.loop import Bar, Checkpoints, Evaluation, Schedule, fit, open_writer, resume_point
+from seqrec.training.loop import (
+    Bar,
+    Checkpoints,
+    Evaluation,
+    Schedule,
+    fit,
+    flat_hparams,
+    open_writer,
+    resume_point,
+    write_hparams,
+)
 from seqrec.training.sampler import EpochSampler
 
 
@@ -148,6 +158,7 @@ def train_two_tower(cfg: TwoTowerConfig, enc: EncoderConfig, data: str | Path, o
                         "perf/retrieval_samples_per_s", evaluate_first=True)
     result = fit(step_fn, evaluate_fn, schedule, start, writer, checkpoints,
                  bar=Bar("retrieval", "recall@100", progress))
+    write_hparams(writer, flat_hparams(saved), result)  # the HParams dashboard: data, encoder.*, retrieval.*
     writer.close()
     return result.as_dict()
 

@@ -23,7 +23,18 @@ from seqrec.runs.learner import build_learner
 from seqrec.training import distributed
 from seqrec.training.checkpoints import last_checkpoint
 from seqrec.training.evaluation import evaluate_arrays, selected_metric
-from seqrec.training.loop import Bar, Checkpoints, Evaluation, Hooks, Schedule, fit, open_writer, resume_point
+from seqrec.training.loop import (
+    Bar,
+    Checkpoints,
+    Evaluation,
+    Hooks,
+    Schedule,
+    fit,
+    flat_hparams,
+    open_writer,
+    resume_point,
+    write_hparams,
+)
 from seqrec.training.sampler import EpochSampler, to_batch
 
 
@@ -109,9 +120,12 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
     checkpoints = Checkpoints(ckpt_dir, lambda: {"model": learner.state_dict(), "optim": learner.optim_state()},
                               t_cfg.select_metric)
     schedule = Schedule(t_cfg.max_steps, t_cfg.eval_every, t_cfg.log_every, t_cfg.batch_size)
-    result = fit(step_fn, evaluate_fn, schedule, start, writer, checkpoints, hooks,
-                 Bar("train", t_cfg.select_metric, progress), writes=main).as_dict()
+    fitted = fit(step_fn, evaluate_fn, schedule, start, writer, checkpoints, hooks,
+                 Bar("train", t_cfg.select_metric, progress), writes=main)
+    tables = {sec: d for sec, d in cfg.to_dict().items() if isinstance(d, dict)}
+    write_hparams(writer, {"algorithm": cfg.algorithm, **flat_hparams(tables)}, fitted)  # the HParams dashboard
     writer.close()
+    result = fitted.as_dict()
     if cfg.retrieval.enabled and main:  # the two-tower candidate generator, into out/retrieval (rank 0 alone)
         result["retrieval"] = train_retrieval(cfg, out, resume, progress)
     if main:  # the nudge bandit, fitted offline on the training split's logged nudges (seqrec/nudging/fit.py)

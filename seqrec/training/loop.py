@@ -8,9 +8,10 @@ The loop itself draws no randomness, so a trainer's results do not depend on it.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,15 @@ class Hooks:
 @dataclass(frozen=True)
 class Bar:
     """The tqdm progress bar: its label, the selected metric's name on it, and whether to show it (None:
-    tqdm's default, i.e. on a terminal)."""
+    tqdm's default, i.e. on a terminal). With None and `stream` not a terminal (CI logs, `> log 2>&1`) the loop
+    prints a plain progress line every `every_s` seconds of `clock` instead; False prints nothing."""
 
     desc: str
     label: str
     show: bool | None = None
+    every_s: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    stream: Any = None  # None: sys.stderr at the time fit runs
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class FitResult:
     valid: dict
     best: float | None
     best_step: int | None
+    scalars: Mapping[str, float] = field(default_factory=dict)  # the last evaluation's TensorBoard scalars
 
     def as_dict(self) -> dict:
         """{"step", "valid", "best", "best_step"}: what the trainers return (and metrics.json holds)."""
@@ -112,6 +118,40 @@ def open_writer(tb_dir: Path, start: Start, hparams: str | None = None, enabled:
     return writer
 
 
+def flat_hparams(tables: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A config's tables -> {"section.key": value} for TensorBoard's HParams dashboard: numbers, booleans and
+    strings as they are, nested tables flattened with dots, anything else (lists, tuples, None) as its str."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in tables.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flat_hparams(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def write_hparams(writer: Any, hparams: Mapping[str, bool | int | float | str], result: FitResult) -> None:
+    """The run's hyper-parameters for TensorBoard's HParams dashboard, in the writer's own folder
+    (SummaryWriter.add_hparams would open a subfolder: one run would be two rows), and the best value and step
+    as scalars best/value, best/step at the last step. The dashboard's metric columns are the runs' scalar tags
+    at their last values (metrics/... of the last evaluation, best/...). Only the session start and end
+    summaries: no experiment summary, which TensorBoard would take from one run for all (hiding the keys and
+    tags of runs with other tables), so it computes the columns from every run. Nothing where this process
+    evaluated nothing (a finished run resumed: its first entry stays) or writes nothing (a NullWriter)."""
+    file_writer = getattr(writer, "file_writer", None)
+    if file_writer is None or not result.scalars:
+        return
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    if result.best is not None:
+        _log(writer, {"best/value": result.best, "best/step": result.best_step or 0}, result.step)
+    _, session_start, session_end = hparams_summaries(dict(hparams), dict(result.scalars))
+    file_writer.add_summary(session_start)
+    file_writer.add_summary(session_end)
+    writer.flush()
+
+
 def fit(step_fn: Callable[[int], Mapping[str, Any] | None], evaluate_fn: Callable[[], Evaluation],
         schedule: Schedule, start: Start = Start(), writer: Any = None, checkpoints: Checkpoints | None = None,
         hooks: Hooks = Hooks(), bar: Bar = Bar("train", "value", False), writes: bool = True) -> FitResult:
@@ -123,12 +163,18 @@ def fit(step_fn: Callable[[int], Mapping[str, Any] | None], evaluate_fn: Callabl
     writer = writer if writer is not None else NullWriter()
     best, best_step = start.best, start.best_step
     last: dict = {}
+    scalars: Mapping[str, float] = {}
+    value = None  # the last evaluation's selected metric, for the progress lines
     if schedule.evaluate_first and start.step == 0:  # where training starts from
-        _log(writer, evaluate_fn().scalars, 0)
+        first = evaluate_fn()
+        _log(writer, first.scalars, 0)
+        value = first.value
     t_log, n_log = time.perf_counter(), 0
+    stream = bar.stream if bar.stream is not None else sys.stderr
+    lines = _Lines(bar, stream, schedule) if writes and bar.show is None and not _is_terminal(stream) else None
     progress = tqdm(range(start.step, schedule.max_steps), initial=start.step, total=schedule.max_steps,
                     desc=bar.desc, disable=(None if bar.show is None else not bar.show) if writes else True,
-                    leave=False)
+                    leave=False, file=stream)
     for step in progress:
         stats = step_fn(step)
         n_log += schedule.samples_per_step
@@ -141,7 +187,7 @@ def fit(step_fn: Callable[[int], Mapping[str, Any] | None], evaluate_fn: Callabl
             t_log, n_log = time.perf_counter(), 0
         if done % schedule.eval_every == 0 or done == schedule.max_steps:
             ev = evaluate_fn()
-            last = ev.metrics
+            last, scalars, value = ev.metrics, ev.scalars, ev.value
             _log(writer, ev.scalars, done)
             improved = ev.value is not None and (best is None or ev.value > best)
             if improved:
@@ -151,8 +197,40 @@ def fit(step_fn: Callable[[int], Mapping[str, Any] | None], evaluate_fn: Callabl
             progress.set_postfix({bar.label: ev.value})
             t_log, n_log = time.perf_counter(), 0  # evaluation time is not training speed
             if schedule.patience and not improved and done - (best_step or 0) >= schedule.patience:
-                return FitResult(done, last, best, best_step)  # early stop
-    return FitResult(schedule.max_steps, last, best, best_step)
+                return FitResult(done, last, best, best_step, scalars)  # early stop
+        if lines is not None:
+            lines.after(done, value)
+    return FitResult(schedule.max_steps, last, best, best_step, scalars)
+
+
+def _is_terminal(stream: Any) -> bool:
+    """Whether `stream` is a terminal (tqdm's own test for showing its bar)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+class _Lines:
+    """Plain progress lines for logs: `desc: step N/M (P%), S samples/s, label V` once `bar.every_s` seconds of
+    `bar.clock` passed since the last line (the speed is over that interval, evaluations included)."""
+
+    def __init__(self, bar: Bar, stream: Any, schedule: Schedule) -> None:
+        self.bar, self.stream, self.schedule = bar, stream, schedule
+        self.t, self.n = bar.clock(), 0
+
+    def after(self, done: int, value: float | None) -> None:
+        """Count the step just done (`done` steps in all); print a line when the interval has passed."""
+        self.n += self.schedule.samples_per_step
+        now = self.bar.clock()
+        if now - self.t < self.bar.every_s:
+            return
+        total = self.schedule.max_steps
+        parts = [f"{self.bar.desc}: step {done}/{total} ({100 * done // total}%)"]
+        if self.schedule.samples_per_step and now > self.t:
+            parts.append(f"{self.n / (now - self.t):.0f} samples/s")
+        if value is not None:
+            parts.append(f"{self.bar.label} {value:.4f}")
+        print(", ".join(parts), file=self.stream, flush=True)
+        self.t, self.n = now, 0
 
 
 def _log(writer: Any, scalars: Mapping[str, Any], step: int) -> None:
