@@ -236,6 +236,8 @@ def _config_dict(cfg: PrepareConfig, specs: list[SourceSpec]) -> dict:
         sd = asdict(s)
         sd["columns"] = dict(s.columns)
         sd["event_map"] = dict(s.event_map)
+        if sd["columns"].get("user") is not None and sd["columns"]["user"] == sd["columns"].get("session"):
+            sd["user_from_session"] = True  # a session-only log: the session id stands in for the user
         if sd not in unique:
             unique.append(sd)
     d["readers"] = unique

@@ -1,0 +1,49 @@
+"""Bad input on the reading side: maps that lack a column, empty results, encodings, huge lines, time range."""
+
+import json
+
+import pyarrow.parquet as pq
+
+from seqrec.cli.main import main
+
+ROWS = ["u1,1700000000,i1", "u1,1700000060,i2", "u1,1700000120,i3"]
+
+
+
+def test_event_type_with_a_map_that_has_no_event_column(tmp_path, capsys):
+    log = tmp_path / "export.csv"
+    log.write_text("".join(r + "\n" for r in ROWS))
+    rc = main(["prepare", "--input", str(log), "--no-header", "--map", "user=0,item=2,time=1", "--event-type", "view",
+               "--out", str(tmp_path / "a")])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m["rows_kept"] == 3 and m["events_by_type"]["view"] == 3
+    # the same from a run file's [prepare] table
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[prepare]\nmap = "user=0,item=2,time=1"\nheader = false\nevent_type = "like"\n')
+    assert main(["prepare", "--config", str(cfg), "--input", str(log), "--out", str(tmp_path / "b")]) == 0
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert m["events_by_type"]["like"] == 3 and m["events_by_type"]["view"] == 0
+
+
+def test_session_only_map_uses_the_session_as_the_user(tmp_path, capsys):
+    log = tmp_path / "sess.csv"
+    log.write_text("sid,sku,ts\n" + "".join(f"s{k // 3},i{k % 3},{1_700_000_000 + 60 * k}\n" for k in range(6)))
+    rc = main(["prepare", "--input", str(log), "--map", "session=sid,item=sku,time=ts", "--event-type", "view",
+               "--out", str(tmp_path / "out")])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["rows_kept"] == 6 and m["sessions"]["after_filter"] == 2
+    (reader,) = m["config"]["readers"]
+    assert reader["user_from_session"] is True and reader["columns"]["user"] == "sid"
+    users = pq.read_table(tmp_path / "out" / "sessions.parquet").column("user_id").to_pylist()
+    assert sorted(users) == ["s0", "s1"]
+
+
+def test_a_map_with_a_user_column_is_not_marked_session_only(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("uid,sid,sku,ts\n" + "".join(f"u,s{k // 3},i{k % 3},{1_700_000_000 + 60 * k}\n" for k in range(6)))
+    assert main(["prepare", "--input", str(log), "--map", "user=uid,session=sid,item=sku,time=ts",
+                 "--event-type", "view", "--out", str(tmp_path / "out")]) == 0
+    (reader,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["config"]["readers"]
+    assert "user_from_session" not in reader
