@@ -120,18 +120,28 @@ def parse_map(text: str) -> tuple[tuple[str, str], ...]:
 
 
 class _CountingFile(io.RawIOBase):
-    """A read-only file that counts the bytes pyarrow pulls through it (for the progress bar)."""
+    """A read-only file that counts the bytes pyarrow pulls through it (for the progress bar) and ends a last
+    line that has no newline with one (pyarrow's streaming reader would otherwise read a one-line file as empty)."""
 
     def __init__(self, path: Path) -> None:
         self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
         self.count = 0
+        self._last = b"\n"  # the last byte handed out; a newline "before" the file, so an empty file stays empty
+        self._ended = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:  # type: ignore[override]
         n = self._f.readinto(b)
-        self.count += n or 0
+        if n:
+            self.count += n
+            self._last = bytes(memoryview(b)[n - 1:n])
+            return n
+        if not self._ended and self._last not in (b"\n", b"\r") and len(b):
+            self._ended = True
+            b[0:1] = b"\n"
+            return 1
         return n
 
     def close(self) -> None:
@@ -170,8 +180,9 @@ def _read_csv(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBatc
     """CSV/TSV via pyarrow's streaming reader, single-threaded so that bad rows keep their line numbers."""
     header_lines = 1 if spec.header else 0
     try:
+        probe_file = _CountingFile(path)
         probe = pcsv.open_csv(
-            str(path),
+            io.BufferedReader(probe_file, buffer_size=1 << 16),
             read_options=pcsv.ReadOptions(use_threads=False, autogenerate_column_names=not spec.header,
                                           block_size=1 << 16),
             parse_options=pcsv.ParseOptions(delimiter=spec.sep, invalid_row_handler=lambda r: "skip"),
@@ -179,7 +190,9 @@ def _read_csv(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBatc
         )
         names = probe.schema.names
         probe.close()
+        probe_file.close()
     except (pa.ArrowInvalid, pa.ArrowKeyError, UnicodeDecodeError) as e:
+        probe_file.close()
         if "Empty CSV file" in str(e):
             names = []
         else:

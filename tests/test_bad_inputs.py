@@ -47,3 +47,45 @@ def test_a_map_with_a_user_column_is_not_marked_session_only(tmp_path):
                  "--event-type", "view", "--out", str(tmp_path / "out")]) == 0
     (reader,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["config"]["readers"]
     assert "user_from_session" not in reader
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_a_header_only_file_is_an_error(tmp_path, capsys):
+    log = tmp_path / "header_only.csv"
+    log.write_text("user_id,item_id,timestamp\n")
+    assert main(["prepare", "--input", str(log), "--out", str(tmp_path / "out")]) == 2
+    err = _error_line(capsys)
+    assert f"{log}: no rows" in err and "nothing usable" in err
+    assert (tmp_path / "out" / "quarantine.parquet").exists()
+    assert not (tmp_path / "out" / "manifest.json").exists()  # so a rerun is no silent re-use
+
+
+def test_every_row_quarantined_is_an_error_naming_counts_and_reasons(tmp_path, capsys):
+    log = tmp_path / "bad.csv"
+    log.write_text("user_id,item_id,timestamp\nu1,i1,abc\nu2,,1700000000\nu3,i3,xyz\n")
+    for _ in range(2):  # the second run must not re-use anything
+        assert main(["prepare", "--input", str(log), "--out", str(tmp_path / "out")]) == 2
+        err = _error_line(capsys)
+        assert f"{log}: 3 rows read, 0 kept, 3 quarantined, 0 excluded" in err
+        assert "unparsable_value 2, missing_value 1" in err
+        q = pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pydict()
+        assert sorted(zip(q["row"], q["reason"])) == [(2, "unparsable_value"), (3, "missing_value"),
+                                                      (4, "unparsable_value")]
+
+
+def test_a_one_line_file_without_a_trailing_newline_is_read(tmp_path, capsys):
+    log = tmp_path / "UserBehavior.csv"
+    log.write_bytes(b"1,2,3,pv,1511544070")
+    assert main(["prepare", "--source", "taobao", "--input", str(log), "--out", str(tmp_path / "out"),
+                 "--min-session-length", "1"]) == 0, capsys.readouterr().err
+    (f,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["inputs"]
+    assert (f["rows_read"], f["rows_kept"], f["rows_quarantined"]) == (1, 1, 0)
+    # a bad one-line file: the row is read and quarantined, so the run stops naming it
+    log.write_bytes(b"1,2,3,pv,later")
+    assert main(["prepare", "--source", "taobao", "--input", str(log), "--out", str(tmp_path / "o2")]) == 2
+    assert f"{log}: 1 rows read, 0 kept, 1 quarantined" in _error_line(capsys)
