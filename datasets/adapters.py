@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .readers import InputError, SourceSpec, column_names
+from .readers import UTF8_BOM, InputError, SourceSpec, column_names
 from .schema import COLUMN_OF_FIELD
 
 _HALF_STARS = [f"{x / 2:g}" for x in range(1, 11)] + [f"{x / 2:.1f}" for x in range(1, 11)]
@@ -106,7 +106,7 @@ def _first_line(path: Path) -> str:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     with open(path, "rb") as f:
-        return f.readline().decode("utf-8", "replace").rstrip("\r\n")
+        return f.readline().removeprefix(UTF8_BOM).decode("utf-8", "replace").rstrip("\r\n")
 
 
 def _column_names(path: Path, fmt: str, sep: str) -> list[str]:

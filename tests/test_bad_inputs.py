@@ -3,6 +3,7 @@
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 from seqrec.cli.main import main
 
@@ -89,3 +90,46 @@ def test_a_one_line_file_without_a_trailing_newline_is_read(tmp_path, capsys):
     log.write_bytes(b"1,2,3,pv,later")
     assert main(["prepare", "--source", "taobao", "--input", str(log), "--out", str(tmp_path / "o2")]) == 2
     assert f"{log}: 1 rows read, 0 kept, 1 quarantined" in _error_line(capsys)
+
+
+LOG = "user_id,item_id,timestamp\nu1,i1,1700000000\nu1,i2,1700000060\nu1,i3,1700000120\n"
+
+
+@pytest.mark.parametrize("name, data", [
+    ("bom16.csv", LOG.encode("utf-16")),             # with a byte-order mark
+    ("le16.csv", LOG.encode("utf-16-le")),           # without one
+    ("be16.jsonl", '{"user_id": "u1"}\n'.encode("utf-16-be")),
+])
+def test_utf16_input_is_named_in_one_line(tmp_path, capsys, name, data):
+    log = tmp_path / name
+    log.write_bytes(data)
+    assert main(["prepare", "--input", str(log), "--out", str(tmp_path / "out")]) == 2
+    assert f"{log}: looks UTF-16 encoded; convert to UTF-8" in _error_line(capsys)
+    # also with an explicit map (the reader, not only the default map's header look-up, checks)
+    assert main(["prepare", "--input", str(log), "--map", "user=user_id,item=item_id,time=timestamp",
+                 "--event-type", "view", "--out", str(tmp_path / "o2")]) == 2
+    assert "looks UTF-16 encoded" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("bom.csv", LOG),
+    ("bom.jsonl", "".join(f'{{"user_id": "u1", "item_id": "i{k}", "timestamp": {1700000000 + 60 * k}}}\n'
+                          for k in range(3))),
+])
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path, capsys, name, text):
+    log = tmp_path / name
+    log.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert main(["prepare", "--input", str(log), "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (m["rows_read"], m["rows_kept"]) == (3, 3)
+    assert sorted(pq.read_table(tmp_path / "out" / "sessions.parquet").column("user_id").to_pylist()) == ["u1"]
+
+
+@pytest.mark.parametrize("args", [[], ["--map", "user=a,item=b,time=c,event=d"],
+                                  ["--no-header", "--map", "user=0,item=1,time=2", "--event-type", "view"]])
+def test_a_huge_line_is_not_echoed_whole(tmp_path, capsys, args):
+    log = tmp_path / "huge.csv"
+    log.write_text("x" * 1_000_000 + "\n")
+    assert main(["prepare", "--input", str(log), "--out", str(tmp_path / "out"), *args]) == 2
+    err = _error_line(capsys)
+    assert str(log) in err and len(err) < 600
