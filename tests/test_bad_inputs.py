@@ -133,3 +133,20 @@ def test_a_huge_line_is_not_echoed_whole(tmp_path, capsys, args):
     assert main(["prepare", "--input", str(log), "--out", str(tmp_path / "out"), *args]) == 2
     err = _error_line(capsys)
     assert str(log) in err and len(err) < 600
+
+
+def test_one_time_range_for_numbers_and_iso_text(tmp_path, capsys):
+    # user a: year 9999 as ISO text, user b: the same instants as numbers, user c: a Taobao-like year 5138, d: fine
+    rows = [f"a,i{k},9999-12-31T00:0{k}:00" for k in range(3)] + [f"b,i{k},{253402214400 + 60 * k}" for k in range(3)]
+    rows += [f"c,i{k},{99999999999 + k}" for k in range(3)] + [f"d,i{k},{1700000000 + 60 * k}" for k in range(3)]
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,timestamp\n" + "".join(r + "\n" for r in rows))
+    assert main(["prepare", "--input", str(log), "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (m["rows_kept"], m["quarantine_reasons"]) == (3, {"time_out_of_range": 9})
+    taobao = tmp_path / "UserBehavior.csv"
+    taobao.write_text("1,2,3,pv,1511544070\n1,3,3,pv,99999999999\n")
+    assert main(["prepare", "--source", "taobao", "--input", str(taobao), "--out", str(tmp_path / "t"),
+                 "--min-session-length", "1"]) == 0, capsys.readouterr().err
+    q = pq.read_table(tmp_path / "t" / "quarantine.parquet").to_pydict()
+    assert (q["row"], q["reason"], q["value"]) == ([2], ["time_out_of_range"], ["99999999999"])

@@ -135,7 +135,10 @@ def _time_problem(v: str) -> str | None:
         return "nan_time"
     if abs(x * 1e6) >= 9.2e18:
         return "time_out_of_range"
-    return "negative_time" if x < 0 else None
+    if x < 0:
+        return "negative_time"
+    # one range for every time format: up to 2262-04-11T23:47:16.854775Z, the end of int64 nanoseconds
+    return "time_out_of_range" if round(x * 1e6) > (2**63 - 1) // 1000 else None
 
 
 def _row_problem(r: dict, fields: list[str], id_type: str, fmt: str = "csv") -> tuple[str, str] | None:
