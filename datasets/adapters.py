@@ -9,7 +9,8 @@
 | retailrocket | events.csv: timestamp,visitorid,event,itemid,...   | view/addtocart/transaction -> view/cart/purchase |
 | movielens    | ml-100k u.data, RecBole .inter, ratings.csv        | rating >= 4 -> like, else view          |
 
-Session-only logs (rc15, sessionrec) have no user: the session id stands in for the user.
+Session-only logs (rc15, sessionrec, or a generic --map with a session but no user column) have no user: the
+session id stands in for the user.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .readers import InputError, SourceSpec, column_names
+from .readers import UTF8_BOM, InputError, SourceSpec, column_names
 from .schema import COLUMN_OF_FIELD
 
 _HALF_STARS = [f"{x / 2:g}" for x in range(1, 11)] + [f"{x / 2:.1f}" for x in range(1, 11)]
@@ -30,7 +31,9 @@ def source_spec(source: str, path: Path, *, columns: tuple[tuple[str, str], ...]
     """The SourceSpec for `path` read as `source`; explicit options override the adapter's defaults."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
-    base = _adapter(source, Path(path), columns, fmt, sep, header)
+    base = _adapter(source, Path(path), columns, fmt, sep, header, event_type)
+    if source == "events" and columns:
+        columns = with_user_from_session(columns)
     return SourceSpec(
         fmt=fmt if fmt != "auto" else base.fmt,
         sep=sep if sep is not None else base.sep,
@@ -43,16 +46,27 @@ def source_spec(source: str, path: Path, *, columns: tuple[tuple[str, str], ...]
     )
 
 
-def _adapter(source: str, path: Path, columns, fmt: str, sep: str | None, header: bool | None) -> SourceSpec:
+def with_user_from_session(columns: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """A generic map with a session but no user column: the session column stands in for the user (as in the
+    session-only adapters); any other map unchanged."""
+    mapped = dict(columns)
+    if "user" in mapped or "session" not in mapped:
+        return columns
+    return (("user", mapped["session"]), *columns)
+
+
+def _adapter(source: str, path: Path, columns, fmt: str, sep: str | None, header: bool | None,
+             event_type: str | None) -> SourceSpec:
     if source in _NAMED:
         return _NAMED[source](path)
-    # generic: an explicit map, or the schema's own column names found in the file (others become features)
+    # generic: an explicit map, or the schema's own column names found in the file (others become features);
+    # a constant --event-type is part of the spec from the start, so a map without an event column is complete
     if columns:
         return SourceSpec(fmt=fmt, sep=sep or _sep_for(path), header=True if header is None else header,
-                          columns=columns, event_type=None)
+                          columns=with_user_from_session(columns), event_type=event_type)
     names = _column_names(path, fmt, sep or _sep_for(path))
     by_column = {col: f for f, col in COLUMN_OF_FIELD.items()}
-    mapped = tuple((by_column.get(n, n), n) for n in names)
+    mapped = with_user_from_session(tuple((by_column.get(n, n), n) for n in names))
     return SourceSpec(fmt=fmt, sep=sep or _sep_for(path), header=True, columns=mapped,
                       event_type=None if "event_type" in names else "view")
 
@@ -92,7 +106,7 @@ def _first_line(path: Path) -> str:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     with open(path, "rb") as f:
-        return f.readline().decode("utf-8", "replace").rstrip("\r\n")
+        return f.readline().removeprefix(UTF8_BOM).decode("utf-8", "replace").rstrip("\r\n")
 
 
 def _column_names(path: Path, fmt: str, sep: str) -> list[str]:

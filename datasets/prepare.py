@@ -32,7 +32,7 @@ from .duplicates import duplicate_rows, earliest_duplicate
 from .emit import emit
 from .inputs import FileStats, bucket_count, check_inputs, merged_event_map
 from .manifest import FORMAT_VERSION, load_manifest, outputs_exist
-from .quarantine import Quarantine
+from .quarantine import Quarantine, nothing_usable
 from .readers import BadRows, InputError, SourceSpec
 from .scatter import Scatter
 from .schema import DEFAULT_REWARDS, EVENT_TYPES, FIRST_ITEM, QUARANTINE_SCHEMA
@@ -141,6 +141,7 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
             files[fi].rows_kept -= len(bad)
             on_bad(fi, bad)
 
+    nothing: InputError | None = None  # no row kept: an error, after the quarantine file is written
     try:
         timings = {}
         t = time.perf_counter()
@@ -151,6 +152,9 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
         if cfg.strict and (dup := _strict_duplicate(scatter, files, before=None)):
             raise dup
         timings["read_validate_s"] = time.perf_counter() - t
+        nothing = nothing_usable(files, quarantine.reasons, out / "quarantine.parquet")
+        if nothing is not None:
+            raise nothing
         t = time.perf_counter()
         schema = scatter.schema()
         columns = schema.names if schema is not None else []  # (the manifest lists their id types)
@@ -169,6 +173,8 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
     finally:
         quarantine.close()
         shutil.rmtree(work, ignore_errors=True)
+        if nothing is not None and not quarantine.written:
+            pq.write_table(QUARANTINE_SCHEMA.empty_table(), out / "quarantine.parquet")
     if not quarantine.written:  # always leave a (possibly empty) quarantine file for scripts
         pq.write_table(QUARANTINE_SCHEMA.empty_table(), out / "quarantine.parquet")
 
@@ -236,6 +242,8 @@ def _config_dict(cfg: PrepareConfig, specs: list[SourceSpec]) -> dict:
         sd = asdict(s)
         sd["columns"] = dict(s.columns)
         sd["event_map"] = dict(s.event_map)
+        if sd["columns"].get("user") is not None and sd["columns"]["user"] == sd["columns"].get("session"):
+            sd["user_from_session"] = True  # a session-only log: the session id stands in for the user
         if sd not in unique:
             unique.append(sd)
     d["readers"] = unique

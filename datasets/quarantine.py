@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .inputs import FileStats
-from .readers import BadRows
+from .readers import BadRows, InputError
 from .schema import QUARANTINE_SCHEMA
 
 
@@ -49,3 +49,20 @@ class Quarantine:
         """Finish the file (nothing to do when no row was quarantined)."""
         if self._writer is not None:
             self._writer.close()
+
+
+def nothing_usable(files: list[FileStats], reasons: dict[str, int], path: Path) -> InputError | None:
+    """The error when no input row was kept (a header-only or empty file, every row quarantined or excluded):
+    one line naming each file with its counts and the main quarantine reasons; None when some row was kept."""
+    if any(f.rows_kept for f in files):
+        return None
+    parts = []
+    for f in files:
+        if not f.rows_read:
+            parts.append(f"{f.path}: no rows (empty, or a header only)")
+        else:
+            parts.append(f"{f.path}: {f.rows_read} rows read, 0 kept, {f.rows_quarantined} quarantined, "
+                         f"{f.rows_excluded} excluded")
+    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    why = f"; main quarantine reasons: {', '.join(f'{r} {n}' for r, n in top)} (see {path})" if top else ""
+    return InputError(f"nothing usable in the input: {'; '.join(parts)}{why}")

@@ -119,19 +119,50 @@ def parse_map(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+UTF8_BOM = b"\xef\xbb\xbf"  # skipped at the start of a text file (pyarrow's CSV reader skips it too)
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # also the start of UTF-32's marks
+CLIP_CHARS = 200  # the most characters of a header or value an error message echoes
+
+
+def clip(text: str, n: int = CLIP_CHARS) -> str:
+    """`text` cut to `n` characters + "..." so that an error about a huge line fits a screen."""
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def check_text_encoding(path: Path) -> None:
+    """Raise InputError (one line naming the file) for a text file that looks UTF-16 (or UTF-32) encoded: a
+    UTF-16 byte-order mark, or NUL bytes in every other position of the first characters (ASCII as UTF-16)."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    head = head[: len(head) // 2 * 2]
+    if head.startswith((*_UTF16_BOMS, b"\x00\x00\xfe\xff")) or (
+            len(head) >= 4 and (set(head[0::2]) == {0} or set(head[1::2]) == {0})):
+        raise InputError(f"{path}: looks UTF-16 encoded; convert to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+
+
 class _CountingFile(io.RawIOBase):
-    """A read-only file that counts the bytes pyarrow pulls through it (for the progress bar)."""
+    """A read-only file that counts the bytes pyarrow pulls through it (for the progress bar) and ends a last
+    line that has no newline with one (pyarrow's streaming reader would otherwise read a one-line file as empty)."""
 
     def __init__(self, path: Path) -> None:
         self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
         self.count = 0
+        self._last = b"\n"  # the last byte handed out; a newline "before" the file, so an empty file stays empty
+        self._ended = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:  # type: ignore[override]
         n = self._f.readinto(b)
-        self.count += n or 0
+        if n:
+            self.count += n
+            self._last = bytes(memoryview(b)[n - 1:n])
+            return n
+        if not self._ended and self._last not in (b"\n", b"\r") and len(b):
+            self._ended = True
+            b[0:1] = b"\n"
+            return 1
         return n
 
     def close(self) -> None:
@@ -145,7 +176,10 @@ def read_file(path: Path, spec: SourceSpec, batch_rows: int = 1 << 20) -> Iterat
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an event file")
-    return _FORMAT_OF_NAME[spec.format_of(path)].read(path, spec, batch_rows)
+    fmt = spec.format_of(path)
+    if fmt != "parquet":
+        check_text_encoding(path)
+    return _FORMAT_OF_NAME[fmt].read(path, spec, batch_rows)
 
 
 def column_names(path: Path, fmt: str, sep: str = ",") -> list[str]:
@@ -161,29 +195,53 @@ def _missing_columns_error(path: Path, spec: SourceSpec, available: list[str]) -
     missing = [c for c in wanted if c not in available]
     if not missing:
         return None
-    shown = ", ".join(available[:30]) + (" ..." if len(available) > 30 else "")
+    shown = clip(", ".join(available[:30]) + (" ..." if len(available) > 30 else ""))
     hint = "" if spec.header else " (no header: columns are addressed by 0-based position)"
-    return InputError(f"{path}: no column {missing[0]!r} for the map{hint}; the file has: {shown}")
+    return InputError(f"{path}: no column {clip(repr(missing[0]))} for the map{hint}; the file has: {shown}")
 
 
-def _read_csv(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBatch]:
-    """CSV/TSV via pyarrow's streaming reader, single-threaded so that bad rows keep their line numbers."""
-    header_lines = 1 if spec.header else 0
+def _csv_probe(path: Path, spec: SourceSpec, block_size: int) -> list[str]:
+    """Column names as pyarrow reads them from the first block of `block_size` bytes ([] for an empty file)."""
+    probe_file = _CountingFile(path)
     try:
         probe = pcsv.open_csv(
-            str(path),
+            io.BufferedReader(probe_file, buffer_size=1 << 16),
             read_options=pcsv.ReadOptions(use_threads=False, autogenerate_column_names=not spec.header,
-                                          block_size=1 << 16),
+                                          block_size=block_size),
             parse_options=pcsv.ParseOptions(delimiter=spec.sep, invalid_row_handler=lambda r: "skip"),
             convert_options=pcsv.ConvertOptions(column_types={}, include_columns=[]),
         )
         names = probe.schema.names
         probe.close()
+        return names
+    except pa.ArrowInvalid as e:
+        if "Empty CSV file" in str(e) and not _has_text(path):
+            return []
+        raise
+    finally:
+        probe_file.close()
+
+
+def _has_text(path: Path) -> bool:
+    """Whether the file holds anything but line ends (an empty file has no columns to find)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip(b"\r\n"):
+                return True
+    return False
+
+
+def _read_csv(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBatch]:
+    """CSV/TSV via pyarrow's streaming reader, single-threaded so that bad rows keep their line numbers."""
+    header_lines = 1 if spec.header else 0
+    block_size = max(1 << 20, batch_rows * 24)
+    try:
+        try:  # a small first block is enough for the names, unless the first lines are very long
+            names = _csv_probe(path, spec, 1 << 16)
+        except pa.ArrowInvalid:
+            names = _csv_probe(path, spec, block_size)
     except (pa.ArrowInvalid, pa.ArrowKeyError, UnicodeDecodeError) as e:
-        if "Empty CSV file" in str(e):
-            names = []
-        else:
-            raise InputError(f"{path}: not a readable CSV file ({str(e).splitlines()[0]})") from None
+        raise InputError(f"{path}: not a readable CSV file ({clip(str(e).splitlines()[0])})") from None
     if not spec.header:
         # autogenerated names are f0, f1, ...; the map addresses them by position "0", "1", ...
         names = [str(i) for i in range(len(names))]
@@ -235,7 +293,7 @@ def _read_csv(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBatc
             empty = pa.table({spec.target_name(k): pa.array([], pa.binary()) for k, _ in spec.columns})
             yield RawBatch(empty, np.empty(0, np.int64), bad, counting.count)
     except pa.ArrowInvalid as e:
-        raise InputError(f"{path}: CSV parse error near line {next_line}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"{path}: CSV parse error near line {next_line}: {clip(str(e).splitlines()[0])}") from None
     finally:
         reader.close()
         counting.close()
@@ -312,6 +370,8 @@ def _read_jsonl(path: Path, spec: SourceSpec, batch_rows: int) -> Iterator[RawBa
                     continue
                 block, tail = data[: cut + 1], data[cut + 1:]
             consumed += len(block)
+            if line_no == 1 and consumed == len(block):
+                block = block.removeprefix(UTF8_BOM)
             lines = block.split(b"\n")
             if lines and lines[-1] == b"":
                 lines.pop()
@@ -364,12 +424,13 @@ def _parse_json_lines(block: bytes, lines: list[bytes], first_line: int, source_
 
 def _csv_columns(path: Path, sep: str) -> list[str]:
     """The header's names; an error when none of them is a schema column (the file has no header, or another)."""
+    check_text_encoding(path)
     with open(path, "rb") as f:
-        line = f.readline().decode("utf-8", "replace").rstrip("\r\n")
+        line = f.readline().removeprefix(UTF8_BOM).decode("utf-8", "replace").rstrip("\r\n")
     names = [n.strip().strip('"') for n in line.split(sep)]
     if not any(n in COLUMN_OF_FIELD.values() for n in names):
         raise InputError(f"{path}: no usable column: the header has none of user_id, item_id, timestamp "
-                         f"(it has: {', '.join(names[:20])}); give --map user=...,item=...,time=...")
+                         f"(it has: {clip(', '.join(names[:20]))}); give --map user=...,item=...,time=...")
     return names
 
 
@@ -383,6 +444,7 @@ def _parquet_columns(path: Path, sep: str) -> list[str]:
 
 def _jsonl_columns(path: Path, sep: str) -> list[str]:
     """Keys of the first JSON object among the first lines (bad lines are quarantined later)."""
+    check_text_encoding(path)
     with open(path, "rb") as f:
         for _, raw in zip(range(1000), f):
             try:

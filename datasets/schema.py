@@ -61,7 +61,7 @@ REASONS: tuple[str, ...] = (
     "unknown_event_type",    # event type neither canonical nor mapped
     "nan_time",              # time is NaN
     "negative_time",         # time before 1970-01-01
-    "time_out_of_range",     # time beyond what timestamp[us] holds
+    "time_out_of_range",     # time after 2262-04-11T23:47:16.854775Z (validate.MAX_TIME_US), any format
     "propensity_out_of_range",  # propensity NaN or outside (0, 1]
     "duplicate_event",       # same user, item, event type and time as an earlier row
     "wrong_column_count",    # CSV row with more or fewer fields than the header

@@ -25,6 +25,9 @@ _US_PER = {"s": 1_000_000, "ms": 1_000, "us": 1}
 _NUMBER_RE = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$|^\s*[+-]?(nan|NaN|NAN|inf|Inf|INF)\s*$"
 _CANONICAL_INT_RE = r"^(0|[1-9][0-9]{0,17}|[1-8][0-9]{18}|9[01][0-9]{17}|92[0-1][0-9]{16})$"  # < 9.22e18
 _POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)
+# the latest time kept, in microseconds: 2262-04-11T23:47:16.854775Z, the end of what int64 nanoseconds (numpy's
+# and pandas' datetime64[ns]) hold, so prepared times load anywhere; the same for numbers, ISO text and typed columns
+MAX_TIME_US = _INT64_MAX // 1000
 
 AUTO_INT_SHARE = 0.99  # share of canonical integers in the first values that makes an "auto" id column int
 MISSING = REASON_CODE["missing_value"]
@@ -357,7 +360,17 @@ def parse_numbers(arr: pa.Array, required: bool) -> tuple[np.ndarray, np.ndarray
 
 
 def parse_times(arr: pa.Array, unit: str) -> tuple[np.ndarray, np.ndarray]:
-    """Microseconds since the epoch (UTC) and reason codes; numbers use `unit`, text may be ISO-8601."""
+    """Microseconds since the epoch (UTC) and reason codes; numbers use `unit`, text may be ISO-8601. Every
+    format gets the same range, [1970-01-01, MAX_TIME_US]: earlier is negative_time, later time_out_of_range."""
+    us, codes = _parse_times_any(arr, unit)
+    late = (codes == 0) & (us > MAX_TIME_US)
+    if late.any():
+        codes = np.where(late, REASON_CODE["time_out_of_range"], codes).astype(np.int8)
+        us = np.where(late, 0, us)
+    return us, codes
+
+
+def _parse_times_any(arr: pa.Array, unit: str) -> tuple[np.ndarray, np.ndarray]:
     n = len(arr)
     if pa.types.is_timestamp(arr.type):
         missing = _is_missing(arr)

@@ -151,6 +151,14 @@ def test_kept_plus_quarantined_plus_excluded_is_read(files):
     with tempfile.TemporaryDirectory() as d:
         paths = [_csv(Path(d) / f"log{i}.csv", [f"{r['user']},{r['item']},{r['event']},{r['time']}" for r in rows])
                  for i, rows in enumerate(files)]
+        if not sum(w["kept"] for w in expected):  # nothing usable is an error naming every file's counts
+            with pytest.raises(InputError, match="nothing usable") as err:
+                _run(paths, Path(d) / "out", min_session_length=1, id_type="int",
+                     opts={"event_map": DROP_TRANSACTIONS})
+            for p, w in zip(paths, expected, strict=True):
+                assert (f"{p}: {w['read']} rows read, 0 kept, {w['quarantined']} quarantined, "
+                        f"{w['excluded']} excluded" if w["read"] else f"{p}: no rows") in str(err.value)
+            return
         m = _run(paths, Path(d) / "out", min_session_length=1, id_type="int", opts={"event_map": DROP_TRANSACTIONS})
     for got, want in zip(m["inputs"], expected, strict=True):
         assert (got["rows_read"], got["rows_kept"], got["rows_quarantined"], got["rows_excluded"]) == \

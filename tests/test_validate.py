@@ -43,6 +43,17 @@ def test_parse_ids(text, kind, value, reason):
     ("nan", "s", 0, REASON_CODE["nan_time"]),
     ("-1", "s", 0, REASON_CODE["negative_time"]),
     ("1e300", "s", 0, REASON_CODE["time_out_of_range"]),
+    # one range for every format: up to 2262-04-11T23:47:16.854775Z (int64 nanoseconds), checked to the microsecond
+    ("9223372036", "s", 9_223_372_036_000_000, OK),
+    ("9223372037", "s", 0, REASON_CODE["time_out_of_range"]),
+    ("9223372036854", "ms", 9_223_372_036_854_000, OK),
+    ("9223372036855", "ms", 0, REASON_CODE["time_out_of_range"]),
+    ("99999999999", "s", 0, REASON_CODE["time_out_of_range"]),  # year 5138
+    ("253402214400", "auto", 0, REASON_CODE["time_out_of_range"]),  # 9999-12-31 as a number
+    ("9999-12-31T00:00:00", "auto", 0, REASON_CODE["time_out_of_range"]),  # ... and as ISO text
+    ("9999-12-31T00:00:00", "iso", 0, REASON_CODE["time_out_of_range"]),
+    ("2262-04-11T23:47:16.854775Z", "iso", 9_223_372_036_854_775, OK),
+    ("2262-04-11T23:47:16.854776Z", "auto", 0, REASON_CODE["time_out_of_range"]),
     ("yesterday", "s", 0, REASON_CODE["unparsable_value"]),
     ("yesterday", "auto", 0, REASON_CODE["unparsable_value"]),
     ("2014-13-45T00:00:00", "iso", 0, REASON_CODE["unparsable_value"]),
@@ -63,6 +74,11 @@ def test_parse_times_typed_columns():
     assert parse_times(ts, "auto")[0].tolist() == [0, 1_000_000]
     ints = pa.array([1, 2], pa.int64())
     assert parse_times(ints, "ms")[0].tolist() == [1000, 2000]
+    # the same range for typed columns (Parquet timestamps and integers)
+    late = pa.array([9_223_372_036_854_775, 9_223_372_036_854_776], pa.timestamp("us", tz="UTC"))
+    assert parse_times(late, "auto")[1].tolist() == [OK, REASON_CODE["time_out_of_range"]]
+    assert parse_times(pa.array([9_223_372_036, 9_223_372_037], pa.int64()), "s")[1].tolist() == \
+        [OK, REASON_CODE["time_out_of_range"]]
 
 
 def test_parse_numbers():
