@@ -4,6 +4,7 @@ status 2 in every command that writes (`seqrec --debug` lets the traceback throu
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,66 @@ def test_config_errors_keep_their_line_and_debug_raises_them(world, capsys):
     assert capsys.readouterr().err == f"seqrec train: error: {missing}: no such config file\n"
     with pytest.raises(ConfigError, match="no such config file"):
         main(["--debug", "train", "--config", missing])
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def damaged_run(score_world: dict, tmp_path: Path, how: str) -> tuple[Path, Path]:
+    """A copy of the plain scoring run whose best checkpoint is cut in half ('truncated') or re-saved with a
+    pickled object beside the weights ('pickled'); the run and the damaged file."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(score_world["plain"], run)
+    best = run / "checkpoints" / "best.pt"
+    if how == "truncated":
+        data = best.read_bytes()
+        best.write_bytes(data[: len(data) // 2])
+    else:
+        payload = torch.load(best, weights_only=True)
+        torch.save({**payload, "where": Path("somewhere")}, best)  # a Path is no tensor: weights-only refuses it
+    return run, best
+
+
+REASONS = {"truncated": "truncated or not a checkpoint",
+           "pickled": "holds pickled objects, not only weights: refusing to load it"}
+
+
+@pytest.mark.parametrize("how", ["truncated", "pickled"])
+def test_load_checkpoint_names_the_file(score_world, tmp_path, how):
+    from seqrec.training.checkpoints import load_checkpoint
+
+    _, best = damaged_run(score_world, tmp_path, how)
+    with pytest.raises(ConfigError) as e:
+        load_checkpoint(best, "cpu")
+    assert str(e.value) == f"{best}: {REASONS[how]}"
+    assert "weights_only" not in str(e.value)
+
+
+@pytest.mark.parametrize("how", ["truncated", "pickled"])
+@pytest.mark.parametrize("command", ["evaluate", "score"])
+def test_damaged_checkpoint_is_one_line(score_world, tmp_path, capsys, how, command):
+    run, best = damaged_run(score_world, tmp_path, how)
+    argv = {"evaluate": ["evaluate", "--run", str(run)],
+            "score": ["score", "--run", str(run), "--input", str(score_world["log"]), "--out", str(tmp_path / "s")]}
+    assert main(argv[command]) == 2
+    assert capsys.readouterr().err == f"seqrec {command}: error: {best}: {REASONS[how]}\n"
+
+
+def test_empty_or_text_file_is_not_a_checkpoint(tmp_path):
+    from seqrec.training.checkpoints import load_checkpoint
+
+    for name, data in (("empty.pt", b""), ("text.pt", b"hello\n")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConfigError, match="truncated or not a checkpoint"):
+            load_checkpoint(tmp_path / name, "cpu")
+
+
+def test_load_checkpoint_reads_a_good_one(score_world):
+    import torch
+
+    from seqrec.training.checkpoints import load_checkpoint
+
+    best = score_world["plain"] / "checkpoints" / "best.pt"
+    got, want = load_checkpoint(best, "cpu"), torch.load(best, weights_only=True)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])

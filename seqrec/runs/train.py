@@ -21,7 +21,7 @@ from seqrec.retrieval.tower_training import train_two_tower
 from seqrec.runs.config import RunConfig, saved_config
 from seqrec.runs.learner import build_learner
 from seqrec.training import distributed
-from seqrec.training.checkpoints import last_checkpoint
+from seqrec.training.checkpoints import last_checkpoint, load_checkpoint
 from seqrec.training.evaluation import evaluate_arrays, selected_metric
 from seqrec.training.loop import Bar, Checkpoints, Evaluation, Hooks, Schedule, fit, open_writer, resume_point
 from seqrec.training.sampler import EpochSampler, to_batch
@@ -125,7 +125,7 @@ def learner_encoder_state(cfg: RunConfig, run: Path) -> dict[str, torch.Tensor]:
         path = run / "checkpoints" / f"{name}.pt"
         if path.exists():
             learner = build_learner(cfg, torch.device("cpu"))
-            learner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+            learner.load_state_dict(load_checkpoint(path, "cpu")["model"])
             return learner.encoder_state_dict()
     raise ConfigError(f"{run}: no learner checkpoint to start the retrieval model from (init = \"learner\")")
 

@@ -47,6 +47,7 @@ from seqrec.rl.qlearning.learner import Learner
 from seqrec.runs.config import saved_config
 from seqrec.runs.learner import build_learner
 from seqrec.runs.score_config import ScoreConfig
+from seqrec.training.checkpoints import load_checkpoint
 
 SCORE_FORMAT = 1
 MODEL_CHUNK = 1024  # sessions per pass of the learner alone: bounds its (chunk, I) catalogue scores
@@ -114,7 +115,7 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
     device = torch.device(cfg.device)
     learner_path = _checkpoint(run, cfg.checkpoint)
     learner = build_learner(run_cfg, device)
-    learner.load_state_dict(torch.load(learner_path, map_location=device, weights_only=True)["model"])
+    learner.load_state_dict(load_checkpoint(learner_path, device)["model"])
     learner.eval()
     files = {"config.json": file_sha256(run / "config.json"), "learner": file_sha256(learner_path)}
     version = f"{run.name}:{learner_path.stem}@{_step(learner_path)}"
