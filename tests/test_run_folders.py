@@ -1,6 +1,7 @@
 """Portable run folders: config.json's data path resolves from any working directory and after moving the run with
 its data (a relative one stored relative to the run folder, an absolute one as given; older runs, relative to the
-working directory, still read and resume)."""
+working directory, still read and resume),
+and scoring's config_hash covers what makes the rows, never where the run, its data or the output live."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from seqrec.cli.main import main
@@ -97,6 +99,38 @@ def test_an_old_run_with_a_working_directory_path_still_reads_and_resumes(traine
                      "--set", "train.lr=0.5"]) == 2   # a different config is still refused
     assert "--resume with a different config" in capsys.readouterr().err
     assert config_json(run)["data"] == "../../data"    # the resume rewrote it in today's form
+
+
+# ------------------------------------------------------------------------------------------ config_hash
+def scored_hash(run: Path, log: Path, out: Path) -> str:
+    assert main(["score", "--run", str(run), "--input", str(log), "--out", str(out), "--workers", "1"]) == 0
+    return json.loads((out / "manifest.json").read_text())["config_hash"]
+
+
+def test_config_hash_ignores_out_and_where_the_run_lives(trained, score_world, tmp_path):
+    home = copy_home(trained, tmp_path / "home")
+    run, log = home / "runs" / "r", score_world["log"]
+    first = scored_hash(run, log, tmp_path / "a")
+    assert scored_hash(run, log, tmp_path / "deeper" / "b") == first          # another --out
+    shutil.copytree(run, home / "runs" / "copy")                              # a copy of the run folder
+    assert scored_hash(home / "runs" / "copy", log, tmp_path / "c") == first
+    absolute = {**config_json(run), "data": str((home / "data").resolve())}   # the data path written otherwise
+    (run / "config.json").write_text(json.dumps(absolute, indent=2))
+    assert scored_hash(run, log, tmp_path / "d") == first
+    with contextlib.chdir(home):                                              # or as an older run has it
+        (run / "config.json").write_text(json.dumps({**absolute, "data": "data"}, indent=2))
+        assert scored_hash(Path("runs/r"), log, tmp_path / "e") == first
+    assert pq.read_table(tmp_path / "a" / "scores").equals(pq.read_table(tmp_path / "e" / "scores"))
+
+
+def test_config_hash_follows_the_settings(trained, score_world, tmp_path):
+    home = copy_home(trained, tmp_path / "home")
+    run, log = home / "runs" / "r", score_world["log"]
+    first = scored_hash(run, log, tmp_path / "a")
+    changed = config_json(run)
+    changed["train"]["lr"] = changed["train"]["lr"] * 2  # a setting of the run: a different hash
+    (run / "config.json").write_text(json.dumps(changed, indent=2))
+    assert scored_hash(run, log, tmp_path / "b") != first
 
 
 def test_a_run_with_a_retrieval_model_resumes_from_another_directory(score_world, tmp_path):

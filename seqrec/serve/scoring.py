@@ -105,6 +105,14 @@ def _step(path: Path) -> int | None:
         return None
 
 
+def _config_sha256(run: Path) -> str:
+    """SHA-256 of the run's config.json as settings, without its data path: where the run and its data live (the
+    path's text, relative or absolute) is no part of what makes the rows; the data's content enters by vocab."""
+    d = json.loads((run / "config.json").read_text())
+    d.pop("data", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
 def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
     """Load what scoring needs from a run folder: learner (and retrieval model, index, blend), the prepared
     vocabulary and popularity, and the nudge policy (RUN/bandit.json, else a fresh bandit of the run's [bandit]
@@ -117,7 +125,7 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
     learner = build_learner(run_cfg, device)
     learner.load_state_dict(load_checkpoint(learner_path, device)["model"])
     learner.eval()
-    files = {"config.json": file_sha256(run / "config.json"), "learner": file_sha256(learner_path)}
+    files = {"config.json": _config_sha256(run), "learner": file_sha256(learner_path)}
     version = f"{run.name}:{learner_path.stem}@{_step(learner_path)}"
 
     rerank = replace(run_cfg.rerank, candidates=cfg.candidates)
