@@ -7,6 +7,7 @@ Kept apart from the model so that loading a run for scoring never imports the tr
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -99,9 +100,13 @@ def train_two_tower(cfg: TwoTowerConfig, enc: EncoderConfig, data: str | Path, o
     ckpt_dir = out / "checkpoints"
     if not resume and (ckpt_dir / "last.pt").exists():
         raise ConfigError(f"{out} already holds a retrieval model; pass --resume to continue it")
-    saved = {"data": str(data), "encoder": asdict(enc), "retrieval": asdict(cfg)}
-    if resume and (out / "config.json").exists() and json.loads((out / "config.json").read_text()) != \
-            json.loads(json.dumps(saved)):
+    # a relative data path relative to `out`, as the run's own config.json has it (absolute ones, older folders: as
+    # given)
+    stored = str(data) if Path(data).is_absolute() else Path(os.path.relpath(Path(data).resolve(), out.resolve()))
+    saved = {"data": str(stored) if isinstance(stored, str) else stored.as_posix(), "encoder": asdict(enc),
+             "retrieval": asdict(cfg)}
+    if resume and (out / "config.json").exists() and not _same_model(
+            json.loads((out / "config.json").read_text()), json.loads(json.dumps(saved)), out, Path(data)):
         raise ConfigError(f"{out}: --resume with a different [retrieval] config than the one it was trained with")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     user_spec, item_spec, item_feats, sessions = build_features(data, cfg, enc.num_items)
@@ -179,3 +184,11 @@ def _loss(model: TwoTower, cfg: TwoTowerConfig, state: torch.Tensor, action: tor
     return in_batch_softmax_loss(user, pos, action, cfg.temperature, pos_lq, neg, neg_ids, neg_lq)
 
 
+
+
+def _same_model(old: dict, new: dict, out: Path, data: Path) -> bool:
+    """Whether a retrieval folder's config.json `old` is the model `new` would train: equal but for the data path,
+    which must name the same folder (relative to `out`, or, in older folders, to the working directory)."""
+    stored = Path(old.get("data", ""))
+    same_data = data.resolve() in ((out / stored).resolve(), stored.resolve())
+    return same_data and {**old, "data": None} == {**new, "data": None}

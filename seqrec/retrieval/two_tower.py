@@ -39,6 +39,7 @@ from seqrec.datasets.schema import FIRST_ITEM
 from seqrec.models.encoders import EncoderConfig, build_encoder
 from seqrec.retrieval.config import RECALL_KS, TwoTowerConfig
 from seqrec.retrieval.features import Features, FeatureSpec
+from seqrec.training.checkpoints import load_checkpoint
 
 
 class TwoTower(nn.Module):
@@ -175,5 +176,5 @@ def load_two_tower(folder: Path, checkpoint: str = "best", device: str | torch.d
     cfg = from_dict(TwoTowerConfig, saved["retrieval"], "retrieval")
     model = TwoTower(from_dict(EncoderConfig, saved["encoder"], "encoder"), FeatureSpec.from_dict(feats["user"]),
                      FeatureSpec.from_dict(feats["item"]), temperature=cfg.temperature)
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True)["model"])
+    model.load_state_dict(load_checkpoint(path, device)["model"])
     return model.to(device).eval()

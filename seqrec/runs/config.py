@@ -2,11 +2,15 @@
 
 The run file may carry every table of a run (seqrec/runs/file_config.py checks the whole file); RunConfig keeps
 the training tables as dataclasses and records [prepare], [bandit] and [score] too, each only when the file set
-it, so the config.json of a run without them is what it always was."""
+it, so the config.json of a run without them is what it always was. config.json stores the prepared data's path
+relative to the run folder when it was given relative (so a run resolves from any working directory, and moves
+together with its data), as given when absolute; older runs, which stored a relative path relative to the working
+directory of `seqrec train`, still read as they did."""
 
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +38,7 @@ from seqrec.runs.score_config import ScoreConfig
 from seqrec.training.config import TrainConfig
 
 __all__ = ["ALGORITHMS", "SECTIONS", "TOP_LEVEL_KEYS", "RunConfig", "load_run_config", "parse_override",
-           "run_config", "saved_config"]
+           "run_config", "same_run", "saved_config", "saved_dict"]
 
 
 @dataclass(frozen=True)
@@ -154,13 +158,55 @@ def load_run_config(path: str | Path, overrides: list[str] = (), data: str | Non
     return run_config(load_toml(path), overrides, data)
 
 
+def saved_dict(cfg: RunConfig, run: Path) -> dict[str, Any]:
+    """What config.json of run folder `run` holds for `cfg`: its dict, with a relative data path made relative to the
+    run folder (so that it resolves from any working directory and survives moving the run together with its data);
+    an absolute one as given (the run may then move alone). A resumed run keeps its record when it names the same
+    folder in today's form; an older run's record (relative to the working directory) is rewritten."""
+    stored = stored_data_path(cfg.data, run)
+    try:
+        old = json.loads((Path(run) / "config.json").read_text())["data"]
+    except (OSError, ValueError, KeyError):
+        old = None
+    if isinstance(old, str) and (Path(old).is_absolute() or (Path(run) / old / "manifest.json").exists()) \
+            and Path(data_path(run, old)).resolve() == Path(cfg.data).resolve():
+        stored = old
+    return {**cfg.to_dict(), "data": stored}
+
+
+def stored_data_path(data: str | Path, folder: Path) -> str:
+    """`data` as a config.json in `folder` records it: absolute as given, else relative to `folder`."""
+    if Path(data).is_absolute():
+        return str(data)
+    return Path(os.path.relpath(Path(data).resolve(), Path(folder).resolve())).as_posix()
+
+
+def same_run(a: RunConfig, b: RunConfig) -> bool:
+    """Whether two run configs are the same run (what --resume checks): equal dicts, the data paths compared as the
+    folders they name, whichever working directory or run folder they were written relative to."""
+    return ({**a.to_dict(), "data": str(Path(a.data).resolve())}
+            == {**b.to_dict(), "data": str(Path(b.data).resolve())})
+
+
+def data_path(run: Path, stored: str) -> str:
+    """The prepared data's folder of config.json's `stored` path, usable from this working directory: absolute as
+    stored; relative to the run folder (today's runs) when a prepared dataset is there; else relative to the working
+    directory, as older runs stored it."""
+    if Path(stored).is_absolute():
+        return stored
+    beside_run = Path(run) / stored
+    if (beside_run / "manifest.json").exists():
+        return str(beside_run.resolve())
+    return stored
+
+
 def saved_config(run: Path) -> RunConfig:
-    """The RunConfig a run was trained with, from its config.json."""
+    """The RunConfig a run was trained with, from its config.json (its data path usable from here: data_path)."""
     try:
         d = json.loads((run / "config.json").read_text())
     except FileNotFoundError:
         raise ConfigError(f"{run}: not a run folder (no config.json)") from None
-    return RunConfig(data=d["data"], encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
+    return RunConfig(data=data_path(run, d["data"]), encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
                      head=from_dict(HeadConfig, d["head"], "head"), train=from_dict(TrainConfig, d["train"], "train"),
                      algorithm=d.get("algorithm", "seqrec"),
                      d3rlpy=from_dict(D3rlpyConfig, d.get("d3rlpy", {}), "d3rlpy"), **_later_sections(d))

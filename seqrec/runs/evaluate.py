@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from seqrec.core.config import ConfigError
 from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
 from seqrec.models.device import pick_device
@@ -14,6 +12,7 @@ from seqrec.retrieval.config import IndexConfig
 from seqrec.runs.config import saved_config
 from seqrec.runs.learner import build_learner
 from seqrec.runs.pipeline import pipeline_report
+from seqrec.training.checkpoints import load_checkpoint
 from seqrec.training.evaluation import evaluate_arrays, popularity_scorer, recent_scorer
 
 
@@ -38,7 +37,7 @@ def evaluate_run(run: Path, split: str = "test", protocol: str = "sessions", che
     if not path.exists():
         raise ConfigError(f"{run}: no checkpoint; train the run first")
     learner = build_learner(cfg, device)
-    learner.load_state_dict(torch.load(path, map_location=device, weights_only=True)["model"])
+    learner.load_state_dict(load_checkpoint(path, device)["model"])
     learner.eval()
     names = event_names(manifest)
     arrays = load_transitions(cfg.data, split)

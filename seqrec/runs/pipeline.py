@@ -14,6 +14,7 @@ from seqrec.retrieval.rerank import Pipeline, build_pipeline, evaluate_pipeline,
 from seqrec.retrieval.two_tower import load_two_tower
 from seqrec.runs.config import RunConfig, saved_config
 from seqrec.runs.learner import build_learner
+from seqrec.training.checkpoints import load_checkpoint
 
 
 def load_pipeline(run: Path, index: IndexConfig | None = None, rerank_cfg: RerankConfig | None = None,
@@ -26,7 +27,7 @@ def load_pipeline(run: Path, index: IndexConfig | None = None, rerank_cfg: Reran
     if not path.exists():
         raise ConfigError(f"{run}: no checkpoint; train the run first")
     learner = build_learner(cfg, torch.device(device))
-    learner.load_state_dict(torch.load(path, map_location=device, weights_only=True)["model"])
+    learner.load_state_dict(load_checkpoint(path, device)["model"])
     learner.eval()
     tower = load_two_tower(run / "retrieval", checkpoint, device)
     return build_pipeline(tower, learner, rerank_cfg or cfg.rerank, index or cfg.index), cfg

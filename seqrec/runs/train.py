@@ -18,10 +18,10 @@ from seqrec.datasets.manifest import event_names, load_transitions, read_manifes
 from seqrec.models.device import pick_device
 from seqrec.nudging.fit import fit_run_bandit
 from seqrec.retrieval.tower_training import train_two_tower
-from seqrec.runs.config import RunConfig, saved_config
+from seqrec.runs.config import RunConfig, same_run, saved_config, saved_dict
 from seqrec.runs.learner import build_learner
 from seqrec.training import distributed
-from seqrec.training.checkpoints import last_checkpoint
+from seqrec.training.checkpoints import last_checkpoint, load_checkpoint
 from seqrec.training.evaluation import evaluate_arrays, selected_metric
 from seqrec.training.loop import (
     Bar,
@@ -61,9 +61,9 @@ def _open_run_folder(cfg: RunConfig, out: Path, resume: bool) -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
     # compared as parsed, so a key added to seqrec since the run started (at its default) is no difference
-    if resume and saved.exists() and saved_config(out).to_dict() != cfg.to_dict():
+    if resume and saved.exists() and not same_run(saved_config(out), cfg):
         raise ConfigError(f"{out}: --resume with a different config than the run's config.json")
-    saved.write_text(json.dumps(cfg.to_dict(), indent=2))
+    saved.write_text(json.dumps(saved_dict(cfg, out), indent=2))
 
 
 def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, device: torch.device,
@@ -139,7 +139,7 @@ def learner_encoder_state(cfg: RunConfig, run: Path) -> dict[str, torch.Tensor]:
         path = run / "checkpoints" / f"{name}.pt"
         if path.exists():
             learner = build_learner(cfg, torch.device("cpu"))
-            learner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+            learner.load_state_dict(load_checkpoint(path, "cpu")["model"])
             return learner.encoder_state_dict()
     raise ConfigError(f"{run}: no learner checkpoint to start the retrieval model from (init = \"learner\")")
 

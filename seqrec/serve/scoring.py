@@ -47,6 +47,7 @@ from seqrec.rl.qlearning.learner import Learner
 from seqrec.runs.config import saved_config
 from seqrec.runs.learner import build_learner
 from seqrec.runs.score_config import ScoreConfig
+from seqrec.training.checkpoints import load_checkpoint
 
 SCORE_FORMAT = 1
 MODEL_CHUNK = 1024  # sessions per pass of the learner alone: bounds its (chunk, I) catalogue scores
@@ -104,6 +105,14 @@ def _step(path: Path) -> int | None:
         return None
 
 
+def _config_sha256(run: Path) -> str:
+    """SHA-256 of the run's config.json as settings, without its data path: where the run and its data live (the
+    path's text, relative or absolute) is no part of what makes the rows; the data's content enters by vocab."""
+    d = json.loads((run / "config.json").read_text())
+    d.pop("data", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
 def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
     """Load what scoring needs from a run folder: learner (and retrieval model, index, blend), the prepared
     vocabulary and popularity, and the nudge policy (RUN/bandit.json, else a fresh bandit of the run's [bandit]
@@ -114,9 +123,9 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
     device = torch.device(cfg.device)
     learner_path = _checkpoint(run, cfg.checkpoint)
     learner = build_learner(run_cfg, device)
-    learner.load_state_dict(torch.load(learner_path, map_location=device, weights_only=True)["model"])
+    learner.load_state_dict(load_checkpoint(learner_path, device)["model"])
     learner.eval()
-    files = {"config.json": file_sha256(run / "config.json"), "learner": file_sha256(learner_path)}
+    files = {"config.json": _config_sha256(run), "learner": file_sha256(learner_path)}
     version = f"{run.name}:{learner_path.stem}@{_step(learner_path)}"
 
     rerank = replace(run_cfg.rerank, candidates=cfg.candidates)
