@@ -34,6 +34,7 @@ from seqrec.retrieval.two_tower import load_two_tower
 from seqrec.runs.config import load_run_config
 from seqrec.runs.learner import build_learner
 from seqrec.runs.train import train
+from seqrec.training.checkpoints import load_checkpoint
 from seqrec.training.evaluation import evaluate_arrays
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "sasrec_sqn_retrieval.toml"
@@ -85,7 +86,7 @@ def main() -> None:
 
     device = torch.device("cpu")
     learner = build_learner(cfg, device)
-    learner.load_state_dict(torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"])
+    learner.load_state_dict(load_checkpoint(run / "checkpoints" / "best.pt", device)["model"])
     learner.eval()
     tower = load_two_tower(run / "retrieval")
     manifest = read_manifest(cfg.data)
