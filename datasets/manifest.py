@@ -4,6 +4,7 @@ names of the event types (what training, evaluation and scoring read)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,22 @@ def load_transitions(folder: str | Path, split: str) -> dict[str, np.ndarray]:
 def event_names(manifest: dict) -> tuple[str, ...]:
     """The event type names of a prepared dataset, in code order."""
     return tuple(e["name"] for e in sorted(manifest["event_types"], key=lambda e: e["code"]))
+
+
+def stored_data_path(data: str | Path, folder: Path) -> str:
+    """`data` as a config.json in `folder` records it: absolute as given, else relative to `folder`."""
+    if Path(data).is_absolute():
+        return str(data)
+    return Path(os.path.relpath(Path(data).resolve(), Path(folder).resolve())).as_posix()
+
+
+def data_path(run: Path, stored: str) -> str:
+    """The prepared data's folder of config.json's `stored` path, usable from this working directory: absolute as
+    stored; relative to the run folder (today's runs) when a prepared dataset is there; else relative to the working
+    directory, as older runs stored it."""
+    if Path(stored).is_absolute():
+        return stored
+    beside_run = Path(run) / stored
+    if (beside_run / "manifest.json").exists():
+        return str(beside_run.resolve())
+    return stored

@@ -7,7 +7,6 @@ Kept apart from the model so that loading a run for scoring never imports the tr
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 import torch
 
 from seqrec.core.config import ConfigError
-from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
+from seqrec.datasets.manifest import data_path, event_names, load_transitions, read_manifest, stored_data_path
 from seqrec.datasets.schema import FIRST_ITEM
 from seqrec.models.device import pick_device
 from seqrec.models.encoders import EncoderConfig
@@ -102,9 +101,7 @@ def train_two_tower(cfg: TwoTowerConfig, enc: EncoderConfig, data: str | Path, o
         raise ConfigError(f"{out} already holds a retrieval model; pass --resume to continue it")
     # a relative data path relative to `out`, as the run's own config.json has it (absolute ones, older folders: as
     # given)
-    stored = str(data) if Path(data).is_absolute() else Path(os.path.relpath(Path(data).resolve(), out.resolve()))
-    saved = {"data": str(stored) if isinstance(stored, str) else stored.as_posix(), "encoder": asdict(enc),
-             "retrieval": asdict(cfg)}
+    saved = {"data": stored_data_path(data, out), "encoder": asdict(enc), "retrieval": asdict(cfg)}
     if resume and (out / "config.json").exists() and not _same_model(
             json.loads((out / "config.json").read_text()), json.loads(json.dumps(saved)), out, Path(data)):
         raise ConfigError(f"{out}: --resume with a different [retrieval] config than the one it was trained with")
@@ -189,6 +186,5 @@ def _loss(model: TwoTower, cfg: TwoTowerConfig, state: torch.Tensor, action: tor
 def _same_model(old: dict, new: dict, out: Path, data: Path) -> bool:
     """Whether a retrieval folder's config.json `old` is the model `new` would train: equal but for the data path,
     which must name the same folder (relative to `out`, or, in older folders, to the working directory)."""
-    stored = Path(old.get("data", ""))
-    same_data = data.resolve() in ((out / stored).resolve(), stored.resolve())
+    same_data = Path(data_path(out, old.get("data", ""))).resolve() == data.resolve()
     return same_data and {**old, "data": None} == {**new, "data": None}

@@ -10,14 +10,13 @@ directory of `seqrec train`, still read as they did."""
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from seqrec.core.config import ConfigError, from_dict, load_toml
-from seqrec.datasets.manifest import read_manifest
+from seqrec.datasets.manifest import data_path, read_manifest, stored_data_path
 from seqrec.models.encoders import EncoderConfig
 from seqrec.retrieval.config import IndexConfig, RerankConfig, TwoTowerConfig, check_retrieval
 from seqrec.rl.bandits.policies import BanditConfig
@@ -174,30 +173,11 @@ def saved_dict(cfg: RunConfig, run: Path) -> dict[str, Any]:
     return {**cfg.to_dict(), "data": stored}
 
 
-def stored_data_path(data: str | Path, folder: Path) -> str:
-    """`data` as a config.json in `folder` records it: absolute as given, else relative to `folder`."""
-    if Path(data).is_absolute():
-        return str(data)
-    return Path(os.path.relpath(Path(data).resolve(), Path(folder).resolve())).as_posix()
-
-
 def same_run(a: RunConfig, b: RunConfig) -> bool:
     """Whether two run configs are the same run (what --resume checks): equal dicts, the data paths compared as the
     folders they name, whichever working directory or run folder they were written relative to."""
     return ({**a.to_dict(), "data": str(Path(a.data).resolve())}
             == {**b.to_dict(), "data": str(Path(b.data).resolve())})
-
-
-def data_path(run: Path, stored: str) -> str:
-    """The prepared data's folder of config.json's `stored` path, usable from this working directory: absolute as
-    stored; relative to the run folder (today's runs) when a prepared dataset is there; else relative to the working
-    directory, as older runs stored it."""
-    if Path(stored).is_absolute():
-        return stored
-    beside_run = Path(run) / stored
-    if (beside_run / "manifest.json").exists():
-        return str(beside_run.resolve())
-    return stored
 
 
 def saved_config(run: Path) -> RunConfig:
