@@ -9,17 +9,17 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
+from seqrec.datasets.synthetic import SyntheticConfig, generate_events, write_events
 from test_doc_commands import DOCUMENTED, PAGES, ROOT, seqrec_commands
 from uci_fake import fake_uci
 
 from seqrec.cli.main import main
-from seqrec.datasets.synthetic import SyntheticConfig, generate_events, write_events
 
 SHELL = ("bash", "sh", "shell", "console")
 
@@ -31,12 +31,12 @@ SHRINK: dict[str, list[str]] = {
               "--set", "retrieval.max_steps=2", "--set", "retrieval.eval_every=2"],
     "demo": ["--events", "3000", "--steps", "4"],          # 200,000 events and 400 steps: about 20 s
     "generate": ["--events", "3000"],                      # 200,000 events
-    "simulate": ["--customers", "300"],                    # 41,188 customers (the UCI file's rows)
-    "abtest": ["--customers", "300"],                      # 41,188 customers, and the config below
 }
-# the page folder's copy of experiments/configs: (file, table, key) -> value, for the abtest's training (1,000 +
-# 300 steps, about 50 s)
+# the page folder's copy of experiments/configs: (file, table, key) -> value: the simulator's population (41,188
+# customers, one per UCI row; `seqrec simulate`, `seqrec abtest` and simulate.md's Python) and the abtest's training
+# (1,000 + 300 steps, about 50 s)
 CONFIG_OVERRIDES: dict[tuple[str, str, str], str] = {
+    ("campaign_sim.toml", "population", "size"): "300",
     ("abtest.toml", "train", "max_steps"): "12", ("abtest.toml", "train", "eval_every"): "6",
     ("abtest.toml", "train", "batch_size"): "64", ("abtest.toml", "retrieval", "max_steps"): "6",
     ("abtest.toml", "retrieval", "eval_every"): "3", ("abtest.toml", "ope", "resamples"): "100",
@@ -65,7 +65,12 @@ SETUP: dict[str, list[str]] = {
                          "train --config experiments/configs/yc_loo_sasrec.toml --data data/yc_loo --out RUN"],
     "docs/ope.md": ["prepare --input events.parquet --out data/app",       # a prepared log with nudges
                     "train --config experiments/configs/sasrec_sqn.toml --data data/app --out runs/NAME"],
-    "docs/retrieval.md": [PREPARE_YC],
+    "docs/retrieval.md": [PREPARE_YC,
+                          # for the Python example: a run whose two-tower has the user features it encodes
+                          "prepare --input events.parquet --out data/events",
+                          "train --config experiments/configs/sasrec_sqn_retrieval.toml --data data/events "
+                          "--out runs/NAME --set 'retrieval.user_categorical=[\"user_segment\"]' "
+                          "--set 'retrieval.user_numeric=[\"user_age\"]'"],
     "docs/scaling.md": [PREPARE_TAOBAO],
     "docs/score.md": [PREPARE_TAOBAO, TRAIN_TAOBAO, "demo --out runs/demo",
                       "prepare --input app_log.tsv --sep '\\t' --map user=uid,session=sid,item=sku,time=ts,"
@@ -78,9 +83,68 @@ SETUP: dict[str, list[str]] = {
 # a page whose file of some name must be another format: page -> {name: file of inputs/ copied over it}
 INPUT_OVERRIDES: dict[str, dict[str, str]] = {"docs/ope.md": {"events.csv": "schema-events.csv"}}  # not RetailRocket
 
-# ---- Python blocks: api.md's is a whole example; the others are sketches over names they do not define ----
-PYTHON_RUN = ("docs/api.md",)
-
+# ---- Python blocks, run in one namespace per page after its commands: api.md's is a whole example; the others
+# sketch calls over names they leave to the reader, which PYTHON_PRELUDE defines (small, from the page's folder) ----
+PYTHON_PRELUDE: dict[str, str] = {
+    "docs/api.md": "",
+    "docs/ope.md": """
+import numpy as np
+from seqrec.rl.ope.estimators import FixedPolicy
+rng = np.random.default_rng(0)
+A, N = 3, 400
+action, propensity = rng.integers(0, A, N), np.full(N, 1 / A)
+reward = (rng.random(N) < 0.1 + 0.1 * action).astype(float)
+policy = FixedPolicy(np.array([0.2, 0.3, 0.5]))
+""",
+    "docs/score.md": """
+import pyarrow.parquet as pq
+events = pq.read_table("events.parquet")          # whole users of a validated log
+""",
+    "docs/nudges.md": """
+import numpy as np
+import pyarrow.parquet as pq
+from seqrec.nudging.catalogue import load_catalogue, nudge_decisions
+catalogue = load_catalogue()
+rng = np.random.default_rng(0)
+user_state, reward = rng.normal(size=64), 1.0
+available = catalogue.mask(category="health")
+states, masks = rng.normal(size=(5, 64)), np.ones((5, len(catalogue.ids)), bool)
+events_table = pq.read_table("events.parquet")
+""",
+    "docs/retrieval.md": """
+from pathlib import Path
+import torch
+segments, ages = ["bargain_hunter", "explorer", "loyal"], [22, 41, 67]
+windows = torch.tensor([[0] * 7 + [5, 9, 12], [0] * 9 + [3], [4] * 10])   # (B, T) left-padded
+""",
+    "docs/simulate.md": """
+import numpy as np
+from seqrec.campaign.config import load_sim_config
+from seqrec.campaign.policies import RandomPolicy
+from seqrec.campaign.simulator import Simulator
+_sim = Simulator(load_sim_config("experiments/configs/campaign_sim.toml"))
+policy = RandomPolicy(_sim)
+rng = np.random.default_rng(1)
+_log = _sim.run_policy(policy, contacts=50, rng=rng)
+contacts, decisions = _log.contacts, _log.decisions
+product = products = decisions.product
+nudge = decisions.nudge
+""",
+}
+# after a page's blocks, what their results must show (in their namespace)
+PYTHON_CHECKS: dict[str, str] = {
+    "docs/api.md": "assert len(scores) == 5 * scores.attrs['sessions'] > 0 and set(metrics) >= {'test', 'popularity'}",
+    "docs/ope.md": "assert len(estimates) == 4 and est.n == N and est.low <= est.value <= est.high",
+    "docs/score.md": "assert rows.num_rows == 10 * states.num_rows > 0",
+    "docs/nudges.md": "assert fit.rows == len(decisions.arm) > 0 and (p[~available] == 0).all() and len(arms) == 5",
+    "docs/retrieval.md": "assert tuple(c.ids.shape) == (3, 10) and (c.ids > 1).all()",
+    "docs/simulate.md": "assert len(log.contacts) == 300 and sim.expected_rewards(contacts).shape[0] == 50",
+}
+# what a block names that the page's folder holds under another name, or what must shrink: page -> {text: text}
+PYTHON_SUBSTITUTIONS: dict[str, dict[str, str]] = {
+    "docs/score.md": {"runs/NAME": "runs/demo/run"},
+    "docs/simulate.md": {"contacts=41188": "contacts=300"},   # the population is 300 customers (above)
+}
 
 @dataclass(frozen=True)
 class Step:
@@ -134,6 +198,24 @@ def test_step_extraction_reads_untagged_blocks_and_python_one_liners() -> None:
     assert [s.argv for s in page_steps(text)] == [
         ("train", "--config", "run.toml", "--out", "r"), ("python-c", "print('x')"),
         ("evaluate", "--run", "r", "--split", "test")]
+
+
+def test_every_python_example_runs() -> None:
+    """Every page with a ```python block runs its blocks (with a prelude and a check); each listed page has one."""
+    pages = {p for p in STEPS if python_blocks((ROOT / p).read_text())}
+    assert pages == set(PYTHON_PRELUDE) == set(PYTHON_CHECKS)
+
+
+def test_a_failing_or_silent_command_fails_its_page(tmp_path, capsys, monkeypatch) -> None:
+    """The runner stops at a non-zero exit (naming page and command) and at a --out that was not written."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AssertionError, match=r"x.md: `seqrec prepare --input no.csv --out d` .* exited 2"):
+        run_step("x.md", "seqrec prepare --input no.csv --out d", ["prepare", "--input", "no.csv", "--out", "d"],
+                 capsys)
+    monkeypatch.setattr(sys.modules[__name__], "main", lambda argv: 0)      # a command that exits 0, writing nothing
+    with pytest.raises(AssertionError, match=r"exited 0 but did not write \['e.parquet'\]"):
+        run_step("x.md", "seqrec generate --out e.parquet", ["generate", "--out", "e.parquet"], capsys)
+    assert outputs(["train", "--config", "experiments/configs/sasrec.toml"]) == [Path("runs/sasrec")]
 
 
 # ---- the inputs: one small generated log, written in every format the docs name ----
@@ -252,7 +334,7 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
-RUN_PAGES = [p for p, ss in STEPS.items() if any(not_run(s) is None for s in ss) or p in PYTHON_RUN]
+RUN_PAGES = [p for p, ss in STEPS.items() if any(not_run(s) is None for s in ss) or p in PYTHON_PRELUDE]
 
 
 @pytest.mark.parametrize("page", RUN_PAGES)
@@ -271,6 +353,11 @@ def test_documented_commands_run(page: str, world: Path, capsys, monkeypatch) ->
         if not_run(step) is None:
             run_step(page, step.line, shrunk(step.argv, page) if step.argv[0] != "python-c" else list(step.argv),
                      capsys)
-    if page in PYTHON_RUN:
+    if page in PYTHON_PRELUDE:
+        namespace = {"__name__": "__doc_example__"}
+        exec(compile(PYTHON_PRELUDE[page], f"{page}: prelude", "exec"), namespace)
         for block in python_blocks((ROOT / page).read_text()):
-            exec(compile(block, f"{page}: python block", "exec"), {"__name__": "__doc_example__"})
+            for old, new in PYTHON_SUBSTITUTIONS.get(page, {}).items():
+                block = block.replace(old, new)
+            exec(compile(block, f"{page}: python block", "exec"), namespace)
+        exec(compile(PYTHON_CHECKS[page], f"{page}: check", "exec"), namespace)
