@@ -217,7 +217,8 @@ def test_a_failing_or_silent_command_fails_its_page(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(sys.modules[__name__], "main", lambda argv: 0)      # a command that exits 0, writing nothing
     with pytest.raises(AssertionError, match=r"exited 0 but did not write \['e.parquet'\]"):
         run_step("x.md", "seqrec generate --out e.parquet", ["generate", "--out", "e.parquet"], capsys)
-    assert outputs(["train", "--config", "experiments/configs/sasrec.toml"]) == [Path("runs/sasrec")]
+    assert outputs(["train", "--config", "x/sasrec.toml"]) == [Path("runs/sasrec/checkpoints/last.pt")]
+    assert outputs(["ope", "--log", "l", "--json", "e.json"]) == [Path("e.json")]
 
 
 # ---- the inputs: one small generated log, written in every format the docs name ----
@@ -311,11 +312,20 @@ def shrunk(argv: tuple[str, ...], page: str) -> list[str]:
     return words + SHRINK.get(words[0], [])
 
 
+# the file that marks a command's --out folder complete (a folder that exists but lacks it is not written)
+OUT_MARKER: dict[str, str] = {"prepare": "manifest.json", "score": "manifest.json", "train": "checkpoints/last.pt",
+                              "demo": "scored/manifest.json", "abtest": "report.md"}
+
+
 def outputs(argv: list[str]) -> list[Path]:
-    """What a command says it writes: --out and --json (train without --out: runs/<config stem>)."""
-    out = [Path(argv[i + 1]) for i, w in enumerate(argv[:-1]) if w in ("--out", "--json")]
+    """What a command says it writes: its --out (the folder's completion marker), --json, and evaluate's
+    RUN/metrics.json (train without --out: runs/<config stem>)."""
+    out = [Path(argv[i + 1]) / OUT_MARKER.get(argv[0], "") if w == "--out" else Path(argv[i + 1])
+           for i, w in enumerate(argv[:-1]) if w in ("--out", "--json")]
     if argv[0] == "train" and "--out" not in argv:
-        out.append(Path("runs") / Path(argv[argv.index("--config") + 1]).stem)
+        out.append(Path("runs") / Path(argv[argv.index("--config") + 1]).stem / OUT_MARKER["train"])
+    if argv[0] == "evaluate":
+        out.append(Path(argv[argv.index("--run") + 1]) / "metrics.json")
     return out
 
 
