@@ -148,6 +148,7 @@ PYTHON_SUBSTITUTIONS: dict[str, dict[str, str]] = {
     "docs/simulate.md": {"contacts=41188": "contacts=300"},   # the population is 300 customers (above)
 }
 
+
 @dataclass(frozen=True)
 class Step:
     """One documented command: its shell line, and the argv it runs (`seqrec` argv, or ["python-c", CODE])."""
@@ -191,6 +192,7 @@ def test_every_documented_command_is_run() -> None:
     lines = [s.line for ss in STEPS.values() for s in ss]
     assert all(any(key in line for line in lines) for key in NOT_RUN), "a NOT_RUN entry names no documented command"
     assert sum(not_run(s) is None for ss in STEPS.values() for s in ss) >= 40
+    assert all(any(w in s.argv for s in STEPS[page]) for page, words in PLACEHOLDERS.items() for w in words)
 
 
 def test_step_extraction_reads_untagged_blocks_and_python_one_liners() -> None:
@@ -343,6 +345,7 @@ def run_step(page: str, line: str, argv: list[str], capsys) -> None:
 
 
 def python_blocks(text: str) -> list[str]:
+    """The ```python blocks of a Markdown text, in order."""
     return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
@@ -372,7 +375,10 @@ def test_documented_commands_run(page: str, world: Path, capsys, monkeypatch) ->
     if page in PYTHON_PRELUDE:
         namespace = {"__name__": "__doc_example__"}
         exec(compile(PYTHON_PRELUDE[page], f"{page}: prelude", "exec"), namespace)
-        for block in python_blocks((ROOT / page).read_text()):
+        blocks = python_blocks((ROOT / page).read_text())
+        stale = [old for old in PYTHON_SUBSTITUTIONS.get(page, {}) if not any(old in b for b in blocks)]
+        assert not stale, f"{page}: PYTHON_SUBSTITUTIONS names text the page no longer has: {stale}"
+        for block in blocks:
             for old, new in PYTHON_SUBSTITUTIONS.get(page, {}).items():
                 block = block.replace(old, new)
             exec(compile(block, f"{page}: python block", "exec"), namespace)
