@@ -33,7 +33,7 @@ def every_seconds() -> float:
 
 class ProgressLines:
     """Prints `label: message (N s)` on `stream` (default stderr) when `every_s` seconds of `clock` have passed
-    since the last line (N: seconds since this object was made); silent unless `enabled`."""
+    since the last line and the message changed (N: seconds since this object was made); silent unless `enabled`."""
 
     def __init__(self, label: str, enabled: bool, every_s: float | None = None, stream: Any = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -41,6 +41,7 @@ class ProgressLines:
         self.every_s = every_seconds() if every_s is None and enabled else (every_s or 0.0)
         self.stream = stream if stream is not None else sys.stderr
         self.start = self.last = clock()
+        self.said = ""
 
     @classmethod
     def for_progress(cls, label: str, progress: bool | None) -> ProgressLines:
@@ -56,8 +57,11 @@ class ProgressLines:
         now = self.clock()
         if now - self.last < self.every_s:
             return
-        print(f"{self.label}: {message()} ({now - self.start:.0f} s)", file=self.stream, flush=True)
-        self.last = now
+        text = message()
+        if text == self.said:  # nothing moved since the last line
+            return
+        print(f"{self.label}: {text} ({now - self.start:.0f} s)", file=self.stream, flush=True)
+        self.last, self.said = now, text
 
 
 class TickingBar:
