@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from seqrec.datasets.manifest import TRANSITION_FILES, load_manifest, outputs_exist
 from uci_fake import fake_uci  # tests/uci_fake.py (pytest puts tests/ on sys.path)
 
 from seqrec.cli.main import main
 from seqrec.core import lock as L
 from seqrec.core.lock import OutputLocked, lock_path, output_lock
 from seqrec.core.progress import ProgressLines, every_seconds
-from seqrec.datasets.manifest import TRANSITION_FILES, load_manifest, outputs_exist
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 HOLD = """import sys
@@ -110,8 +110,8 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
 
 def test_released_on_error_and_reentrant_in_one_thread_but_not_across_threads(tmp_path):
     out = tmp_path / "d"
-    with pytest.raises(ZeroDivisionError), output_lock(out, "a"):
-        1 / 0
+    with pytest.raises(RuntimeError, match="boom"), output_lock(out, "a"):
+        raise RuntimeError("boom")
     assert not lock_path(out).exists()
     errors: list[BaseException] = []
 
@@ -268,7 +268,7 @@ def test_two_prepares_started_together(tmp_path, log):
                               text=True) for _ in range(2)]
     results = [(p.pid, *p.communicate(timeout=600), p.returncode) for p in procs]
     assert 0 in [r[3] for r in results], results
-    for pid, stdout, stderr, rc in results:
+    for pid, _stdout, stderr, rc in results:
         assert "Traceback" not in stderr, stderr
         if rc != 0:
             assert rc == 2 and stderr.startswith(f"seqrec prepare: error: {out} is being written by seqrec prepare "
