@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from seqrec.abtest.config import load_abtest_config
     from seqrec.abtest.run import run_abtest
+    from seqrec.core.lock import output_lock
     from seqrec.models.device import retain_heap
 
     retain_heap()
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     command = f"seqrec abtest --config {args.config} --out {args.out}" + "".join(
         f" --{k} {v}" for k, v in (("seed", args.seed), ("customers", args.customers),
                                    ("calibration", args.calibration)) if v is not None)
-    m = run_abtest(cfg, args.out, args.calibration, args.progress, command)
+    with output_lock(args.out, "seqrec abtest"):  # one writer per output folder (seqrec/core/lock.py)
+        m = run_abtest(cfg, args.out, args.calibration, args.progress, command)
     a, b, c = m["arms"]["A"], m["arms"]["B"], m["comparison"]
     for name, r in (("A rules", a), ("B pipeline", b)):
         print(f"{name:>10}: CR {100 * r['cr']:.2f}% [{100 * r['cr_low']:.2f}, {100 * r['cr_high']:.2f}] "
