@@ -17,7 +17,7 @@ from seqrec.rl.qlearning.losses import HeadConfig
 
 from seqrec.models.encoders import EncoderConfig
 
-I = 13  # 11 products + padding + OOV, as the campaign catalogue
+N_ITEMS = 13  # 11 products + padding + OOV, as the campaign catalogue
 GAMMA = 0.5
 # the learning network: padding and OOV highest, then item 5, then item 7
 LEARNER_Q = [9.0, 8.0, 0.0, 0.0, 0.0, 3.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
@@ -33,8 +33,8 @@ def _set_bias(linear: torch.nn.Linear, bias: list[float]) -> None:
 
 def _batch(n: int = 8, w: int = 5) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    state = torch.randint(FIRST_ITEM, I, (n, w), generator=g)
-    action = torch.randint(FIRST_ITEM, I, (n,), generator=g)
+    state = torch.randint(FIRST_ITEM, N_ITEMS, (n, w), generator=g)
+    action = torch.randint(FIRST_ITEM, N_ITEMS, (n,), generator=g)
     next_state = torch.cat([state[:, 1:], action[:, None]], dim=1)
     return {"state": state, "action": action, "next_state": next_state,
             "reward": torch.arange(n, dtype=torch.float32) / 10, "done": torch.tensor([False] * (n - 1) + [True])}
@@ -48,12 +48,12 @@ def _target(batch: dict[str, torch.Tensor], future: float | torch.Tensor) -> tor
 def _learner(variant: str = "sqn", allowed: torch.Tensor | None = None) -> Learner:
     torch.manual_seed(0)
     kwargs = {} if allowed is None else {"allowed": allowed}  # the old code had no `allowed`
-    return Learner(EncoderConfig(kind="sasrec", num_items=I, max_len=5, dim=8),
+    return Learner(EncoderConfig(kind="sasrec", num_items=N_ITEMS, max_len=5, dim=8),
                    HeadConfig(variant=variant, gamma=GAMMA, negatives=3), lr=0.01, **kwargs)
 
 
 def _allowed(*items: int) -> torch.Tensor:
-    mask = torch.zeros(I, dtype=torch.bool)
+    mask = torch.zeros(N_ITEMS, dtype=torch.bool)
     mask[list(items)] = True
     return mask
 
@@ -94,7 +94,7 @@ def _negatives_td(b: dict[str, torch.Tensor], learner: Learner, variant: str) ->
 
     g = step_generator(0, 0)
     torch.randint(0, 2, (1,), generator=g)  # the coin drawn first
-    neg = sample_negatives(b["action"], 3, I, g)  # (B, 3)
+    neg = sample_negatives(b["action"], 3, N_ITEMS, g)  # (B, 3)
     return ((torch.tensor(LEARNER_Q)[neg] - GAMMA * 3.0) ** 2).mean().item()
 
 
@@ -105,7 +105,7 @@ def test_a_restricted_catalogue_maximises_over_its_allowed_items_only():
 
     allowed = _allowed(PAD, 3, 7, 9)
     learner = _learner(allowed=allowed)
-    assert learner.allowed.tolist() == action_mask(I, _allowed(3, 7, 9)).tolist()  # padding never allowed
+    assert learner.allowed.tolist() == action_mask(N_ITEMS, _allowed(3, 7, 9)).tolist()  # padding never allowed
     net, other = learner.nets[0].eval(), learner.nets[1].eval()
     _set_bias(net.q, LEARNER_Q)
     _set_bias(other.q, OTHER_Q)
@@ -119,7 +119,7 @@ def test_a_restricted_catalogue_maximises_over_its_allowed_items_only():
     b = _batch()
     assert learner.update(b, step=0, seed=0)["q/target_mean"] == pytest.approx(_target(b, 1.0).mean().item())
     # a batch's per-state mask for the next states meets the learner's: row 0 may take only 3, the rest 7 or 9
-    b["next_allowed"] = torch.ones(8, I, dtype=torch.bool)
+    b["next_allowed"] = torch.ones(8, N_ITEMS, dtype=torch.bool)
     b["next_allowed"][0, [7, 9]] = False
     for net in learner.nets:  # the first update moved one copy's weights: hand-set again
         _set_bias(net.q, LEARNER_Q)
@@ -131,36 +131,38 @@ def test_negatives_come_from_the_allowed_items_other_than_the_positive():
     from seqrec.rl.qlearning.learner import sample_negatives, step_generator
 
     action = torch.tensor([3, 7])
-    neg = sample_negatives(action, 300, I, step_generator(0, 0), _allowed(OOV, 3, 7, 9))
+    neg = sample_negatives(action, 300, N_ITEMS, step_generator(0, 0), _allowed(OOV, 3, 7, 9))
     assert set(neg[0].tolist()) == {7, 9} and set(neg[1].tolist()) == {3, 9}
     per_state = torch.stack([_allowed(3, 4), _allowed(7, 8, 9)])
-    neg = sample_negatives(action, 300, I, step_generator(0, 0), per_state)
+    neg = sample_negatives(action, 300, N_ITEMS, step_generator(0, 0), per_state)
     assert set(neg[0].tolist()) == {4} and set(neg[1].tolist()) == {8, 9}
     with pytest.raises(ValueError, match="no action but its positive"):
-        sample_negatives(torch.tensor([3, 7]), 3, I, step_generator(0, 0), torch.stack([_allowed(3), _allowed(3, 7)]))
+        only_positive = torch.stack([_allowed(3), _allowed(3, 7)])  # row 0 allows its positive alone
+        sample_negatives(torch.tensor([3, 7]), 3, N_ITEMS, step_generator(0, 0), only_positive)
 
 
 def test_masks_that_allow_nothing_or_have_the_wrong_shape_are_refused():
     from seqrec.rl.qlearning.actions import action_mask
 
     with pytest.raises(ValueError, match="no real item"):
-        action_mask(I, _allowed(PAD, OOV))
+        action_mask(N_ITEMS, _allowed(PAD, OOV))
     with pytest.raises(ValueError, match=r"no real item \(row 1\)"):
-        action_mask(I, torch.stack([_allowed(4), _allowed(OOV)]))
+        action_mask(N_ITEMS, torch.stack([_allowed(4), _allowed(OOV)]))
     with pytest.raises(ValueError, match="bool mask of shape"):
-        action_mask(I, torch.ones(I))
+        action_mask(N_ITEMS, torch.ones(N_ITEMS))
     with pytest.raises(ValueError, match="bool mask of shape"):
-        action_mask(I, torch.ones(I + 1, dtype=torch.bool))
+        action_mask(N_ITEMS, torch.ones(N_ITEMS + 1, dtype=torch.bool))
     with pytest.raises(ValueError, match="one \\(I,\\) mask"):
-        _learner(allowed=torch.ones(2, I, dtype=torch.bool))
+        _learner(allowed=torch.ones(2, N_ITEMS, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("how", ["real", "one", "per_state"])
 def test_masked_argmax_equals_the_plain_masked_argmax_on_a_catalogue_of_many_blocks(how):
     """The blockwise arg-max (scores_argmax) over the allowed rows picks what argmax over the whole (B, I) Q
     matrix with the excluded actions at -inf picks, ties included (the first item)."""
-    from seqrec.models.catalogue import ARGMAX_BLOCK, scores
     from seqrec.rl.qlearning.actions import action_mask, masked_argmax
+
+    from seqrec.models.catalogue import ARGMAX_BLOCK, scores
 
     n = ARGMAX_BLOCK + 700
     g = torch.Generator().manual_seed(3)
@@ -181,14 +183,14 @@ def test_masked_argmax_equals_the_plain_masked_argmax_on_a_catalogue_of_many_blo
 
 def _d3rlpy_learner(algorithm: str, **kwargs) -> D3rlpyLearner:
     torch.manual_seed(0)
-    learner = D3rlpyLearner(algorithm, EncoderConfig(kind="sasrec", num_items=I, max_len=5, dim=8),
+    learner = D3rlpyLearner(algorithm, EncoderConfig(kind="sasrec", num_items=N_ITEMS, max_len=5, dim=8),
                             D3rlpyConfig(), batch_size=8, lr=0.01, gamma=GAMMA, **kwargs)
     for q in learner.nets["q_funcs"]:
         _set_bias(q._fc, LEARNER_Q)
     for q in learner.nets["targ_q_funcs"]:
         _set_bias(q._fc, OTHER_Q)
     if "imitator" in learner.nets:  # BCQ: an imitator that would let padding alone through its filter
-        _set_bias(learner.nets["imitator"]._fc, [20.0] + [0.0] * (I - 1))
+        _set_bias(learner.nets["imitator"]._fc, [20.0] + [0.0] * (N_ITEMS - 1))
     return learner
 
 
@@ -225,7 +227,7 @@ def test_d3rlpy_restricted_catalogue_and_policy(algorithm):
     top2 = ranking_scores(learner.algo, b["state"]).topk(2, dim=1).indices.sort(dim=1).values
     assert (top2 == torch.tensor([3, 7])).all()
     with pytest.raises(ValueError, match="per-state masks"):
-        _d3rlpy_learner(algorithm, allowed=torch.ones(2, I, dtype=torch.bool))
+        _d3rlpy_learner(algorithm, allowed=torch.ones(2, N_ITEMS, dtype=torch.bool))
 
 
 def test_d3rlpy_cql_conservative_term_sums_over_real_items_only():
