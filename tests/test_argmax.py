@@ -239,3 +239,17 @@ def test_d3rlpy_cql_conservative_term_sums_over_real_items_only():
     q = torch.tensor(LEARNER_Q)
     want = (torch.logsumexp(q[FIRST_ITEM:], dim=0) - q[b["action"]]).mean()
     assert out["loss/conservative"] == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_d3rlpys_own_file_keeps_the_mask(tmp_path):
+    """best.d3 carries the masked actions in d3rlpy's config: the loaded BCQ (imitator masked again) chooses as the
+    trained one, never padding, though its imitator and Q rank padding first."""
+    from seqrec.rl.d3rlpy_bridge.bridge import load_learnable
+    from seqrec.rl.d3rlpy_bridge.masking import blocked_actions
+
+    learner = _d3rlpy_learner("d3rlpy.discrete_bcq", allowed=_allowed(3, 5, 7))
+    learner.save_d3rlpy(str(tmp_path / "best.d3"))
+    algo = load_learnable(str(tmp_path / "best.d3"))
+    assert blocked_actions(algo).tolist() == [i not in (3, 5, 7) for i in range(N_ITEMS)]
+    obs = _batch()["state"].numpy().astype(np.float32)
+    assert set(algo.predict(obs).tolist()) == {5}
