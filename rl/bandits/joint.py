@@ -134,7 +134,7 @@ def joint_probabilities(values: np.ndarray, allowed: np.ndarray, cfg: JointConfi
         s = s.reshape(len(s), -1)
         bad = (m & ~(np.isfinite(s) & (s >= 0))).any(axis=1)
         if bad.any():
-            raise ValueError(f"row {int(np.argmax(bad))} has a spread that is negative or not finite in an allowed cell")
+            raise ValueError(f"row {int(np.argmax(bad))} has a negative or non-finite spread in an allowed cell")
         p = _thompson(v, m, s, cfg.samples, rng if rng is not None else np.random.default_rng(cfg.seed))
     p[~m] = 0.0
     return p.reshape(shape)
