@@ -228,12 +228,18 @@ def test_linucb_scores_by_hand():
     # untrained: theta 0, A^-1 = I / 2, phi has x in a product block and a nudge block: phi^T phi / 2 = 2
     np.testing.assert_allclose(lin.values(x), np.full((1, 3, 2), math.sqrt(2.0)))
     lin.update(x, np.array([1]), np.array([0]), np.array([1.0]))
-    mean, _ = lin.posterior(x)
+    mean, sd = lin.posterior(x)
     # theta = phi r / (ridge + |phi|^2) with |phi|^2 = 4: the offered cell phi.theta = 4 / 6; a cell sharing one block
     # with it (same product or same nudge) has phi'.phi = 2: 2 / 6; a cell sharing neither: 0
     want = np.array([[0, 0], [4, 2], [0, 0]], float)
     want[[0, 2], 0] = 2
     np.testing.assert_allclose(mean[0], want / 6, atol=1e-12)
+    # A^-1 = (I - phi phi^T / (ridge + |phi|^2)) / ridge: sd^2 = (|phi'|^2 - (phi'.phi)^2 / 6) / 2 = (4 - 16 / 6) / 2
+    # on the offered cell, (4 - 4 / 6) / 2 on a cell sharing one block, 4 / 2 on the others
+    var = np.full((3, 2), 2.0)
+    var[1, 0] = 2 / 3
+    var[1, 1] = var[0, 0] = var[2, 0] = 5 / 3
+    np.testing.assert_allclose(sd[0] ** 2, var, atol=1e-12)
 
 
 def segment_world(n_segments: int = 3):
