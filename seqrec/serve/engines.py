@@ -51,7 +51,7 @@ from seqrec.datasets.validate import EventTypes
 from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.scoring import ScoringBundle, load_bundle
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: rows carry product_propensity and joint_propensity; a format-1 job is not reused or resumed
 READ_ROWS = 1 << 18  # rows per record batch read in pass 1: reading and validating a batch bounds its memory
 KEEP_COLUMNS = ("user_id", "session_id", "item_id", "event", "timestamp", "_file", "_row")
 SCORES = "scores"  # OUT/scores/ holds only the part files: one Parquet dataset, readable as a whole
