@@ -56,6 +56,7 @@ import ray
 import ray.data
 import torch
 
+from seqrec.core.faults import kill_point
 from seqrec.core.io import atomic_write, atomic_write_json
 from seqrec.datasets.scatter import bucket_paths
 from seqrec.datasets.sessions import gap_us
@@ -199,6 +200,7 @@ class RayEngine:
                                            compression="zstd"))
                 result = {"sessions_in": states.num_rows, "duplicates": duplicates}
                 atomic_write_json(note, result)
+                kill_point("score.batched")  # a test hook (seqrec/core/faults.py)
                 for p in bucket_paths(work, b):
                     p.unlink()
             add_totals(totals, {"sessions_in": result["sessions_in"], "duplicates": result["duplicates"]})
