@@ -3,7 +3,8 @@ process killed with SIGKILL, then the same command again: the output equals an u
 files, byte for byte; manifest.json the same but for timings). The points are the test hook of
 seqrec/core/faults.py (SEQREC_KILL_AT): pass 1 (bucket files half written), prepare's passes 2 and 3
 (events.parquet half written), score's pass 2 (a part file half written); the Ray engine's driver is killed
-in its batching step and again while its actors score, and every process of its local Ray must exit with it."""
+in its batching step and again while its actors score, and its local Ray's daemons, actors and workers must
+exit with it."""
 
 from __future__ import annotations
 
