@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -112,6 +113,7 @@ def test_two_node_ray_cluster_scores_the_local_engines_rows(score_world, tmp_pat
         assert far.returncode == 0, far.stderr[-3000:]
     finally:
         _stop_sessions(sessions)
+        shutil.rmtree(temp, ignore_errors=True)
     left = [pid for s in sessions for pid in _session_members(s)]
     assert left == [], f"cluster processes left running: {left}"
 
