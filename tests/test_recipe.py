@@ -88,6 +88,17 @@ def test_mixture_loss_by_hand():
     torch.testing.assert_close(mixture_nll(cs, cat, torch.tensor([9])), torch.tensor([-math.log(0.15)]))
 
 
+def test_mixture_with_the_catalogue_loss_beside_it_by_hand():
+    """copy_aux = 1: -log(0.25 x 0.5 + 0.75 x 3/8) - log(3/8), target 4 attended 1/2 in the window [4, 3]."""
+    state, table = _table()
+    cs = CopyState(window=torch.tensor([[4, 3]]), copyable=torch.tensor([[True, True]]),
+                   log_attn=torch.log(torch.tensor([[0.5, 0.5]])), log_gate=torch.log(torch.tensor([0.25])),
+                   log_rest=torch.log(torch.tensor([0.75])))
+    loss = supervised_loss(HeadConfig(copy=True, copy_aux=1.0), state, table, torch.tensor([4]), step_generator(0, 0),
+                           cs)
+    torch.testing.assert_close(loss, torch.tensor([-math.log(0.25 * 0.5 + 0.75 * 3 / 8) + math.log(8 / 3)]))
+
+
 def test_gbce_and_sampled_through_supervised_loss():
     """The recipe's own negatives: gbce and sampled softmax of the state's dot products, as by hand from the draws."""
     state, table = _table()
@@ -117,6 +128,8 @@ def test_popularity_sampler_draws_by_target_counts_and_never_pad_or_oov():
     (dict(label_smoothing=1.0), "label_smoothing"),
     (dict(gbce_t=2.0), "gbce_t"),
     (dict(copy="yes"), "copy must be a bool"),
+    (dict(copy_aux=1.0), "copy_aux applies"),
+    (dict(copy=True, copy_aux=-1.0), "copy_aux must be"),
 ])
 def test_bad_recipes_name_the_key(head, message):
     with pytest.raises(ValueError, match=message):

@@ -41,6 +41,7 @@ class HeadConfig:
     gbce_t: float = 0.75            # gbce: calibration t in [0, 1]
     label_smoothing: float = 0.0    # ce / sampled: weight of the uniform target
     copy: bool = False              # the repeat-aware mixture (seqrec/models/repeat.py) scores and trains
+    copy_aux: float = 0.0           # copy: weight of the catalogue's own loss next to the mixture's
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -57,7 +58,8 @@ class HeadConfig:
             raise ValueError(f"td_weight must be >= 0, got {self.td_weight}")
         if self.actor_weights not in ACTOR_WEIGHTS:
             raise ValueError(f"actor_weights must be one of {', '.join(ACTOR_WEIGHTS)}, got {self.actor_weights!r}")
-        check_recipe(self.loss, self.loss_negatives, self.sampler, self.gbce_t, self.label_smoothing, self.copy)
+        check_recipe(self.loss, self.loss_negatives, self.sampler, self.gbce_t, self.label_smoothing, self.copy,
+                     self.copy_aux)
 
 
 def td_target(reward: torch.Tensor, done: torch.Tensor, future: torch.Tensor, gamma: float) -> torch.Tensor:

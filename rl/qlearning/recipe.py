@@ -5,10 +5,11 @@ from __future__ import annotations
 
 LOSSES = ("ce", "sampled", "gbce")   # full cross-entropy (default), sampled softmax with log-Q correction, gBCE
 SAMPLERS = ("uniform", "popularity")  # negatives of loss = "sampled": uniform over real items, or by target counts
-RECIPE_KEYS = ("loss", "loss_negatives", "sampler", "gbce_t", "label_smoothing", "copy")
+RECIPE_KEYS = ("loss", "loss_negatives", "sampler", "gbce_t", "label_smoothing", "copy", "copy_aux")
 
 
-def check_recipe(loss: str, negatives: int, sampler: str, gbce_t: float, smoothing: float, copy: bool) -> None:
+def check_recipe(loss: str, negatives: int, sampler: str, gbce_t: float, smoothing: float, copy: bool,
+                 copy_aux: float = 0.0) -> None:
     """HeadConfig's checks of the recipe's keys (ValueError naming the key)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
@@ -24,5 +25,9 @@ def check_recipe(loss: str, negatives: int, sampler: str, gbce_t: float, smoothi
         raise ValueError(f"label_smoothing must be a number in [0, 1), got {smoothing!r}")
     if not isinstance(copy, bool):
         raise ValueError(f"copy must be a bool, got {copy!r}")
+    if isinstance(copy_aux, bool) or not isinstance(copy_aux, (int, float)) or not 0.0 <= copy_aux < float("inf"):
+        raise ValueError(f"copy_aux must be a number >= 0, got {copy_aux!r}")
+    if copy_aux and not copy:
+        raise ValueError("copy_aux applies with copy = true only")
     if loss == "gbce" and (smoothing or copy):
         raise ValueError('loss = "gbce" is no softmax: label_smoothing and copy need loss = "ce" or "sampled"')

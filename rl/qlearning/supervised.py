@@ -9,8 +9,9 @@
   sampling rate negatives / (real items - 1); t = 0 is plain BCE, t = 1 calibrates fully.
 - label smoothing eps (ce, sampled): (1 - eps) NLL + eps times the mean NLL of a uniform target, over the real
   items (ce; without the (B, I) matrix: mean_i -log p_i = logsumexp - mean_i logit_i) or over the sampled set.
-- copy (ce, sampled): the NLL is the repeat-aware mixture's, -log(g copy(a) + (1 - g) p(a)) (seqrec.models.repeat);
-  label smoothing then applies to the catalogue part.
+- copy (ce, sampled): the NLL is the repeat-aware mixture's, -log(g copy(a) + (1 - g) p(a)) (seqrec.models.repeat),
+  plus copy_aux times the catalogue's own NLL -log p(a) (the catalogue then learns at full speed whatever the
+  gate; the pure mixture starves it on repeat targets); label smoothing applies to the catalogue part.
 Every function returns per-sample losses (B,), which the learner weights (SAC, SA2C) and averages.
 """
 
@@ -87,7 +88,7 @@ def supervised_loss(head: HeadConfig, state: torch.Tensor, table: torch.Tensor, 
     attention (copy = true), `log_q` the popularity sampler's (sampler = "popularity"); negatives drawn from g."""
     if head.loss == "ce":
         ce = catalogue_ce(state, table, action)  # (B,)
-        nll = ce if cs is None else mixture_nll(cs, -ce, action)
+        nll = ce if cs is None else mixture_nll(cs, -ce, action) + head.copy_aux * ce
         if not head.label_smoothing:
             return nll
         return (1.0 - head.label_smoothing) * nll + head.label_smoothing * smoothing_full(state, table, action, ce)
@@ -97,7 +98,7 @@ def supervised_loss(head: HeadConfig, state: torch.Tensor, table: torch.Tensor, 
     if head.loss == "gbce":
         return gbce(pos, neg_scores, gbce_beta(head.gbce_t, head.loss_negatives, table.shape[0]))
     logp = sampled_log_softmax(pos, neg_scores, neg, action, log_q)  # (B, 1 + N)
-    nll = -logp[:, 0] if cs is None else mixture_nll(cs, logp[:, 0], action)
+    nll = -logp[:, 0] if cs is None else mixture_nll(cs, logp[:, 0], action) - head.copy_aux * logp[:, 0]
     if not head.label_smoothing:
         return nll
     return (1.0 - head.label_smoothing) * nll + head.label_smoothing * smoothing_sampled(logp)
