@@ -37,6 +37,7 @@ class TwoHeadNet(nn.Module):
         self.q_copy = nn.Linear(enc.dim, 1) if copy and q_head else None  # kappa(state): a repeat's extra Q
 
     def forward(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The catalogue's logits and the Q head's values (without the copy terms: see `mixed_all`)."""
         state = self.encoder.encode(items)  # (B, D)
         logits = self.encoder.score_all(state)  # (B, I)
         return logits, (scores(state, self.q.weight, self.q.bias) if self.q is not None else None)

@@ -88,7 +88,9 @@ def mix_at(cs: CopyState, catalogue_logp: torch.Tensor, ids: torch.Tensor) -> to
 
 
 def mix_all(cs: CopyState, logits: torch.Tensor) -> torch.Tensor:
-    """(B, I) catalogue scores -> (B, I) log-probabilities under the mixture (every item; window items mixed)."""
+    """(B, I) catalogue scores -> (B, I) log-probabilities under the mixture (every item; window items mixed).
+    For ranking: an item at two positions is written twice (the same value), so no gradient should flow through it;
+    training uses `mix_at` at the target."""
     logp = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # (B, I)
     out = logp + cs.log_rest.unsqueeze(1)  # (B, I) the catalogue's share
     ids = cs.window  # (B, T): every position's item gets its mixed value (pads keep theirs)
