@@ -13,22 +13,32 @@ import torch
 from seqrec.datasets.schema import FIRST_ITEM  # negatives are drawn from real items only
 from torch import nn
 
-from seqrec.models.catalogue import gathered_dot, padded_scores, scores
+from seqrec.models.catalogue import gathered_dot, padded_scores, row_argmax, scores
 from seqrec.models.encoders import EncoderConfig, build_encoder
+from seqrec.models.repeat import CopyMixer, CopyState, mass, mix_all, mix_candidates
 
 from .actions import action_mask, masked_argmax
 from .losses import HeadConfig, actor_weights, advantage, td_loss, td_target, weighted_ce
+from .supervised import popularity_log_q, supervised_loss
 
 
 class TwoHeadNet(nn.Module):
-    """Encoder + supervised head (+ Q head): items (B, T) -> logits (B, I), q (B, I) or None."""
+    """Encoder + supervised head (+ Q head): items (B, T) -> logits (B, I), q (B, I) or None.
 
-    def __init__(self, enc: EncoderConfig, q_head: bool) -> None:
+    With `copy` the repeat-aware mixture (seqrec/models/repeat.py) sits on top: supervised scores are the
+    mixture's log-probabilities, and Q values add kappa(state) x the copy attention on each window item, so the
+    Q head values the mixture's actions (a repeat's worth is learnt by TD like any other item's)."""
+
+    def __init__(self, enc: EncoderConfig, q_head: bool, copy: bool = False) -> None:
         super().__init__()
         self.encoder = build_encoder(enc)
         self.q = nn.Linear(enc.dim, enc.num_items) if q_head else None
+        # created only with copy: without it the parameters, their initial draws and state dicts are as before
+        self.copy = CopyMixer(enc.dim, enc.max_len) if copy else None
+        self.q_copy = nn.Linear(enc.dim, 1) if copy and q_head else None  # kappa(state): a repeat's extra Q
 
     def forward(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The catalogue's logits and the Q head's values (without the copy terms: see `mixed_all`)."""
         state = self.encoder.encode(items)  # (B, D)
         logits = self.encoder.score_all(state)  # (B, I)
         return logits, (scores(state, self.q.weight, self.q.bias) if self.q is not None else None)
@@ -44,6 +54,27 @@ class TwoHeadNet(nn.Module):
         instead of the (B, D) x (D, I) product and its two backward products)."""
         return gathered_dot(state, self.q.weight, ids, self.q.bias)  # (B, K)
 
+    # the copy-aware forms (copy = true): they need the window as well as its state
+
+    def attend(self, items: torch.Tensor, state: torch.Tensor) -> CopyState:
+        """(B, T) windows and their (B, D) states -> the copy attention and gate."""
+        return self.copy.attend(state, items, self.encoder.item_emb.weight)
+
+    def mixed_all(self, items: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """(B, I) the mixture's log-probabilities over the catalogue."""
+        return mix_all(self.attend(items, state), self.encoder.score_all(state))
+
+    def mixed_q_all(self, items: torch.Tensor, state: torch.Tensor, cs: CopyState | None = None) -> torch.Tensor:
+        """(B, I) Q values with each window item's copy term kappa(state) x attention."""
+        cs = self.attend(items, state) if cs is None else cs
+        q = scores(state, self.q.weight, self.q.bias)  # (B, I)
+        extra = self.q_copy(state) * mass(cs, cs.window)  # (B, T); 0 at pads and OOV
+        return q.scatter(1, cs.window, q.gather(1, cs.window) + extra)  # repeated items: the same value twice
+
+    def mixed_q_at(self, state: torch.Tensor, cs: CopyState, ids: torch.Tensor) -> torch.Tensor:
+        """(B, K) copy-aware Q values of items `ids`."""
+        return self.q_at(state, ids) + self.q_copy(state) * mass(cs, ids)
+
 
 def double_q_value(net: TwoHeadNet, other: TwoHeadNet, items: torch.Tensor,
                    state: torch.Tensor | None = None, allowed: torch.Tensor | None = None) -> torch.Tensor:
@@ -56,11 +87,26 @@ def double_q_value(net: TwoHeadNet, other: TwoHeadNet, items: torch.Tensor,
     comes from `masked_argmax`, which without a per-state mask never writes the (B, I) Q matrix."""
     if net.q is None:
         raise ValueError("this network has no Q head (variant 'ce')")
+    if net.copy is not None:
+        return _double_q_value_copy(net, other, items, state, allowed)
     with torch.inference_mode():
         state = net.encoder.encode(items) if state is None else state  # (B, D)
         best = masked_argmax(state, net.q.weight, net.q.bias, allowed).unsqueeze(1)  # (B, 1)
         value = other.q_at(other.encoder.encode(items), best).squeeze(1)  # (B,)
     return value.clone()  # a normal tensor again: an inference tensor cannot be saved for a backward pass
+
+
+def _double_q_value_copy(net: TwoHeadNet, other: TwoHeadNet, items: torch.Tensor,
+                         state: torch.Tensor | None, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """double_q_value for copy-aware networks: the arg-max over net's Q with the copy terms, among the actions
+    that can be taken (as double_q_value), valued by other's. (B,)"""
+    with torch.inference_mode():
+        state = net.encoder.encode(items) if state is None else state  # (B, D)
+        q = net.mixed_q_all(items, state)  # (B, I)
+        best = row_argmax(q.masked_fill(~action_mask(q.shape[1], allowed).to(q.device), -torch.inf)).unsqueeze(1)
+        o_state = other.encoder.encode(items)  # (B, D)
+        value = other.mixed_q_at(o_state, other.attend(items, o_state), best).squeeze(1)  # (B,)
+    return value.clone()
 
 
 def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -92,18 +138,29 @@ class Learner(nn.Module):
         self.register_buffer("allowed", None if allowed is None else action_mask(enc.num_items, allowed),
                              persistent=False)
         n = 1 if head.variant == "ce" else 2
-        self.nets = nn.ModuleList([TwoHeadNet(enc, q_head=head.variant != "ce") for _ in range(n)])
+        self.nets = nn.ModuleList([TwoHeadNet(enc, q_head=head.variant != "ce", copy=head.copy) for _ in range(n)])
+        self.log_q: torch.Tensor | None = None  # sampler = "popularity": log sampling probabilities (set_item_counts)
         # fused Adam: one kernel over each (I, D) table instead of several passes (4x faster on CPU here)
         self.opts = [torch.optim.Adam(net.parameters(), lr=lr, fused=True) for net in self.nets]
 
     def scores(self, state: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, I) supervised scores of the first network: what the papers recommend from."""
+        """(B, T) -> (B, I) supervised scores of the first network: what the papers recommend from (with copy:
+        the mixture's log-probabilities)."""
         enc = self.nets[0].encoder
+        if self.nets[0].copy is not None:
+            return self.nets[0].mixed_all(state, enc.encode(state))
         return enc.score_all(enc.encode(state))
 
     def q_values(self, state: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, I) Q values of the first network (re-ranking, d3rlpy-style comparisons)."""
+        if self.nets[0].copy is not None and self.has_q_head:
+            return self.nets[0].mixed_q_all(state, self.nets[0].encoder.encode(state))
         return self.nets[0].q_values(state)
+
+    def set_item_counts(self, counts: torch.Tensor) -> None:
+        """(I,) how often each item is a training target: the popularity sampler's distribution (sampler =
+        "popularity"); kept out of the state dict (training only)."""
+        self.log_q = popularity_log_q(counts).to(self.nets[0].encoder.item_emb.weight.device)
 
     # The seam for serving and re-ranking: the first network is the one that recommends; callers use these
     # rather than reaching into `nets`.
@@ -112,6 +169,17 @@ class Learner(nn.Module):
     def has_q_head(self) -> bool:
         """Whether the learner has Q values (every variant but 'ce')."""
         return self.nets[0].q is not None
+
+    @property
+    def scores_from_state(self) -> bool:
+        """Whether supervised scores and Q values are functions of the (B, D) state alone (`supervised_at`,
+        `q_at`, `padded_supervised`); not so with copy, whose scores need the window: use `scores`,
+        `q_values`, `candidate_scores`."""
+        return self.nets[0].copy is None
+
+    def _state_only(self) -> None:
+        if not self.scores_from_state:
+            raise ValueError("copy = true: scores need the window, not only its state (use candidate_scores)")
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """(B, T) windows -> (B, D) states of the first network's encoder."""
@@ -123,17 +191,20 @@ class Learner(nn.Module):
 
     def supervised_at(self, state: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(B, D) states, (B, K) item ids -> (B, K) supervised scores of just those items."""
+        self._state_only()
         return self.nets[0].encoder.score(state, ids)
 
     def padded_supervised(self, state: torch.Tensor) -> torch.Tensor:
         """(B, D) states -> (B, I') supervised scores in a row-padded buffer, padding columns -inf
         (seqrec.models.catalogue.padded_scores)."""
+        self._state_only()
         return padded_scores(state, self.nets[0].encoder.output_weight)
 
     def q_at(self, state: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(B, D) states, (B, K) item ids -> (B, K) Q values of just those items (needs a Q head)."""
         if not self.has_q_head:
             raise ValueError("this learner has no Q head (variant 'ce')")
+        self._state_only()
         return self.nets[0].q_at(state, ids)
 
     def candidate_scores(self, items: torch.Tensor,
@@ -142,6 +213,10 @@ class Learner(nn.Module):
         a Q head), from one encoding: dense product then gather, or K gathered rows (DENSE_PER_CANDIDATE)."""
         net = self.nets[0]
         state = net.encoder.encode(items)  # (B, D)
+        if net.copy is not None:  # the mixture needs the catalogue's log-sum-exp: the dense product
+            cs, logits = net.attend(items, state), net.encoder.score_all(state)  # (B, I)
+            sup = mix_candidates(cs, logits, logits.gather(1, ids), ids)  # (B, K)
+            return sup, (net.mixed_q_at(state, cs, ids) if net.q is not None else None)
         if net.encoder.cfg.num_items <= DENSE_PER_CANDIDATE * ids.shape[1]:
             sup = net.encoder.score_all(state).gather(1, ids)  # (B, K)
             q = scores(state, net.q.weight, net.q.bias).gather(1, ids) if net.q is not None else None
@@ -163,16 +238,20 @@ class Learner(nn.Module):
         h = self.head
         g = step_generator(seed, step, batch["state"].device)
         s, a = batch["state"], batch["action"]
+        plain = h.loss == "ce" and not h.label_smoothing and not h.copy  # the papers' loss, computed as always
         if h.variant == "ce":
             enc = self.nets[0].encoder
-            loss = weighted_ce(enc.encode(s), enc.output_weight, a)
+            state = enc.encode(s)  # (B, D)
+            loss = weighted_ce(state, enc.output_weight, a) if plain else self._supervised(0, s, state, a, g).mean()
             self._step(0, loss)
             return {"loss/ce": loss.item(), "loss/total": loss.item()}
 
         main = int(torch.randint(0, 2, (1,), generator=g, device=g.device).item())  # who learns this batch
         net, other = self.nets[main], self.nets[1 - main]
         state = net.encoder.encode(s)  # (B, D)
-        q_pos = net.q_at(state, a.unsqueeze(1)).squeeze(1)  # (B,) only the taken action needs a gradient
+        cs = net.attend(s, state) if net.copy is not None else None
+        q_pos = (net.q_at(state, a.unsqueeze(1)) if cs is None
+                 else net.mixed_q_at(state, cs, a.unsqueeze(1))).squeeze(1)  # (B,) only the taken action's
         next_value = double_q_value(net, other, batch["next_state"], allowed=self._allowed(batch.get("next_allowed")))
         target = td_target(batch["reward"], batch["done"], next_value, h.gamma)
         td = td_loss(q_pos, target)
@@ -182,7 +261,7 @@ class Learner(nn.Module):
         if h.variant in ("snqn", "sa2c"):
             here = self._allowed(batch.get("allowed"))  # what could have been taken in s
             neg = sample_negatives(a, h.negatives, self.enc.num_items, g, here)  # (B, N)
-            q_neg = net.q_at(state, neg)  # (B, N)
+            q_neg = net.q_at(state, neg) if cs is None else net.mixed_q_at(state, cs, neg)  # (B, N)
             # a negative earns reward 0 and leaves the state unchanged: its target values s itself
             neg_target = h.gamma * double_q_value(net, other, s, state.detach(), here)  # (B,)
             td = td + td_loss(q_neg, neg_target.unsqueeze(1).expand_as(q_neg))
@@ -193,7 +272,11 @@ class Learner(nn.Module):
             weight = q_pos.detach()
         if weight is not None:
             weight = actor_weights(weight, h.actor_weights)
-        ce = weighted_ce(state, net.encoder.output_weight, a, weight)
+        if plain:
+            ce = weighted_ce(state, net.encoder.output_weight, a, weight)
+        else:
+            per = self._supervised(main, s, state, a, g, cs)  # (B,)
+            ce = (per * weight).mean() if weight is not None else per.mean()
         loss = ce + h.td_weight * td
         self._step(main, loss)
         return {"loss/ce": ce.item(), "loss/td": td.item(), "loss/total": loss.item(), **stats}
@@ -204,6 +287,16 @@ class Learner(nn.Module):
         if per_state is None:
             return self.allowed
         return per_state if self.allowed is None else per_state & self.allowed
+
+    def _supervised(self, i: int, items: torch.Tensor, state: torch.Tensor, action: torch.Tensor,
+                    g: torch.Generator, cs: CopyState | None = None) -> torch.Tensor:
+        """(B,) the supervised loss of network i under the head's recipe (rl/qlearning/supervised.py)."""
+        net = self.nets[i]
+        if net.copy is not None and cs is None:
+            cs = net.attend(items, state)
+        if self.head.sampler == "popularity" and self.log_q is None:
+            raise ValueError('sampler = "popularity" needs the item counts: call set_item_counts first')
+        return supervised_loss(self.head, state, net.encoder.output_weight, action, g, cs, self.log_q)
 
     def _step(self, i: int, loss: torch.Tensor) -> None:
         opt = self.opts[i]

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from seqrec.models.catalogue import padded_scores
 
+from .recipe import check_recipe
+
 VARIANTS = ("ce", "sqn", "sac", "snqn", "sa2c")
 ACTOR_WEIGHTS = ("raw", "mean")
 
@@ -32,6 +34,14 @@ class HeadConfig:
     actor_weights: str = "raw"      # SAC / SA2C: "raw" (the papers: CE x Q or x advantage as they are) or "mean"
     # (clipped at 0, then divided by their batch mean: the same relative weights, but the CE gradient keeps
     # its scale; raw Q values near 0.1 early in training cut it tenfold and stall the supervised head)
+    # the supervised head's recipe (rl/qlearning/supervised.py; defaults: the papers' full cross-entropy)
+    loss: str = "ce"                # ce | sampled (softmax, log-Q corrected) | gbce (gSASRec)
+    loss_negatives: int = 256       # sampled / gbce: negatives per positive
+    sampler: str = "uniform"        # sampled: uniform over real items | popularity (training-target counts)
+    gbce_t: float = 0.75            # gbce: calibration t in [0, 1]
+    label_smoothing: float = 0.0    # ce / sampled: weight of the uniform target
+    copy: bool = False              # the repeat-aware mixture (seqrec/models/repeat.py) scores and trains
+    copy_aux: float = 0.0           # copy: weight of the catalogue's own loss next to the mixture's
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -48,6 +58,8 @@ class HeadConfig:
             raise ValueError(f"td_weight must be >= 0, got {self.td_weight}")
         if self.actor_weights not in ACTOR_WEIGHTS:
             raise ValueError(f"actor_weights must be one of {', '.join(ACTOR_WEIGHTS)}, got {self.actor_weights!r}")
+        check_recipe(self.loss, self.loss_negatives, self.sampler, self.gbce_t, self.label_smoothing, self.copy,
+                     self.copy_aux)
 
 
 def td_target(reward: torch.Tensor, done: torch.Tensor, future: torch.Tensor, gamma: float) -> torch.Tensor:

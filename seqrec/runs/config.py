@@ -22,6 +22,7 @@ from seqrec.retrieval.config import IndexConfig, RerankConfig, TwoTowerConfig, c
 from seqrec.rl.bandits.policies import BanditConfig
 from seqrec.rl.d3rlpy_bridge.config import D3rlpyConfig
 from seqrec.rl.qlearning.losses import HeadConfig
+from seqrec.rl.qlearning.recipe import RECIPE_KEYS
 from seqrec.runs.file_config import (
     ALGORITHMS,
     SECTIONS,
@@ -68,8 +69,9 @@ class RunConfig:
         prepare_table(self.prepare)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"data": self.data, "encoder": asdict(self.encoder), "head": asdict(self.head),
-             "train": asdict(self.train)}
+        d = {"data": self.data, "encoder": asdict(self.encoder),
+             "head": _set_keys(self.head, HeadConfig(), RECIPE_KEYS),
+             "train": _set_keys(self.train, TrainConfig(), ("patience",))}
         if self.algorithm != "seqrec":  # runs of our own heads keep the config.json they always had
             d = {"algorithm": self.algorithm, **d, "d3rlpy": asdict(self.d3rlpy)}
         if self.retrieval.enabled:  # likewise runs without a retrieval model; lists as config.json holds them
@@ -83,6 +85,12 @@ class RunConfig:
         if self.score != ScoreConfig():
             d["score"] = asdict(self.score)
         return d
+
+
+def _set_keys(cfg: Any, default: Any, new: tuple[str, ...]) -> dict[str, Any]:
+    """asdict(cfg) without the keys `new` that are at their defaults: keys added to a table later appear in
+    config.json only when a run sets them, so every older run's config.json (and config_hash) stays as it was."""
+    return {k: v for k, v in asdict(cfg).items() if k not in new or v != getattr(default, k)}
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

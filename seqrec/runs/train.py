@@ -11,6 +11,7 @@ import json
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from seqrec.core.config import ConfigError
@@ -95,6 +96,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
         distributed.sync_gradients(learner.opts, rank.world)  # gradients averaged before each optimiser step
 
     train_arrays = load_transitions(cfg.data, "train")
+    if cfg.algorithm == "seqrec" and cfg.head.sampler == "popularity":  # the sampler's distribution: target counts
+        learner.set_item_counts(torch.from_numpy(np.bincount(train_arrays["action"], minlength=cfg.encoder.num_items)))
     valid_part = distributed.split_rows(load_transitions(cfg.data, "valid"), rank)  # this rank's rows (all alone)
     sampler = EpochSampler(len(train_arrays["action"]), t_cfg.batch_size, t_cfg.seed)
     rows = [f"|{sec}.{k}|{v}|" for sec, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()]
@@ -123,7 +126,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
                   reduce_stats=(lambda s: distributed.mean_stats(s, device)) if rank is not None else None)
     checkpoints = Checkpoints(ckpt_dir, lambda: {"model": learner.state_dict(), "optim": learner.optim_state()},
                               t_cfg.select_metric)
-    schedule = Schedule(t_cfg.max_steps, t_cfg.eval_every, t_cfg.log_every, t_cfg.batch_size)
+    schedule = Schedule(t_cfg.max_steps, t_cfg.eval_every, t_cfg.log_every, t_cfg.batch_size,
+                        patience=t_cfg.patience)
     fitted = fit(step_fn, evaluate_fn, schedule, start, writer, checkpoints, hooks,
                  Bar("train", t_cfg.select_metric, progress), writes=main)
     tables = {sec: d for sec, d in cfg.to_dict().items() if isinstance(d, dict)}

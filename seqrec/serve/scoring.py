@@ -273,7 +273,7 @@ def _learner_candidates(bundle: ScoringBundle, items: torch.Tensor) -> Candidate
     """No retrieval model: the learner's supervised scores over the whole catalogue give the K candidates
     (padding and OOV excluded), then the run's blend of supervised score and Q value ranks them."""
     learner, k = bundle.learner, min(bundle.candidates, len(bundle.vocab_ids))
-    if isinstance(learner, Learner):
+    if isinstance(learner, Learner) and learner.scores_from_state:
         state = learner.encode(items)  # (B, D)
         full = learner.padded_supervised(state)  # (B, I') row-padded, padding columns -inf
         full[:, :FIRST_ITEM] = -torch.inf
@@ -320,7 +320,7 @@ def _candidates(bundle: ScoringBundle, items: torch.Tensor, users) -> Candidates
     """The ranked top of (B, T) windows: retrieve + re-rank, or the learner alone without a retrieval model."""
     if bundle.pipeline is None:
         return _learner_candidates(bundle, items)
-    if isinstance(bundle.learner, Learner):
+    if isinstance(bundle.learner, Learner) and bundle.learner.scores_from_state:  # copy = true: through the seam
         return _retrieve_rerank(bundle, items, users)
     return pipeline_batch(bundle.pipeline, items, users, bundle.top, bundle.candidates)
 

@@ -19,11 +19,15 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda
     amp: bool = True                 # bfloat16 autocast on CUDA (ignored on CPU)
     eval_batch_size: int = 1024
+    patience: int = 0                # early stopping: stop once this many steps passed since the best validation
+    #                                  without a new best (checked at evaluations); 0: train max_steps
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps", "eval_every", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"patience must be an integer >= 0, got {self.patience!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda"):
