@@ -1,0 +1,162 @@
+"""The offer-level Q network: the value of offering product p with nudge a to a customer, from the encoder's
+state of everything the customer did before (event-typed, nudges seen) and their profile.
+
+Q(s, p, a) = scale * sigmoid(f(s, p, a)), scale = the largest reward / (1 - gamma): bounded like the return it
+estimates, and with gamma 0 and a 0/1 reward exactly a purchase-probability model (fitted by cross-entropy).
+f is (head "joint") an MLP over the state h (B, D), the product and nudge embeddings, their products with h
+and with each other, an attention read of the history by the product (what the customer did with it), and log-counts of the
+history's events on that product by type and offered/not (a browse apart from an unbought offer) and of earlier
+showings of the same nudge and of its family (wear-off). With head "additive" (the default) the product's and
+the nudge's inputs go through their own MLPs and f is the sum of the two plus a learnt bias per (product,
+nudge) pair: the response is additive on the logit scale in what is offered and how it is presented (each
+effect still depends on the whole state), which needs far fewer rows than a free three-way interaction.
+Shapes: B customers, W history, D width, K candidate (product, nudge) pairs, P products, A nudges, C profile
+columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from seqrec.core.config import check_choice, check_int, check_real
+
+HEADS = ("additive", "joint")
+
+
+@dataclass(frozen=True)
+class OfferModelConfig:
+    """Width and depth of the offer Q network."""
+
+    dim: int = 32           # D: token, state and embedding width
+    hidden: int = 64        # the scoring MLP's hidden width
+    blocks: int = 1         # self-attention blocks over the history (0: a bag of events)
+    heads: int = 1
+    dropout: float = 0.1
+    head: str = "additive"  # additive: logit = f(s, p) + g(s, a) + b(p, a); joint: one MLP over (s, p, a)
+
+    def __post_init__(self) -> None:
+        check_choice("offers.head", self.head, HEADS)
+        check_int("offers.dim", self.dim, 2)
+        check_int("offers.hidden", self.hidden, 1)
+        check_int("offers.blocks", self.blocks, 0)
+        check_int("offers.heads", self.heads, 1)
+        check_real("offers.dropout", self.dropout, 0.0, 0.9)
+        if self.dim % self.heads:
+            raise ValueError(f"offers.dim ({self.dim}) must be a multiple of offers.heads ({self.heads})")
+
+
+class OfferQNet(nn.Module):
+    """Q(s, p, a) for candidate (product, nudge) pairs (see the module docstring)."""
+
+    def __init__(self, n_items: int, n_events: int, n_nudges: int, profile_sizes: tuple[int, ...], window: int,
+                 cfg: OfferModelConfig, nudge_family: torch.Tensor | None = None, scale: float = 1.0) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.cfg, self.window, self.scale, self.n_events = cfg, window, float(scale), n_events
+        self.item = nn.Embedding(n_items, d, padding_idx=0)
+        self.event = nn.Embedding(n_events, d, padding_idx=0)
+        self.nudge = nn.Embedding(n_nudges, d, padding_idx=0)
+        self.position = nn.Embedding(window, d)
+        self.profile = nn.ModuleList(nn.Embedding(n + 1, d) for n in profile_sizes)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
+            for _ in range(cfg.blocks))
+        self.state = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.LayerNorm(d))
+        family = torch.arange(n_nudges) if nudge_family is None else torch.as_tensor(nudge_family, dtype=torch.long)
+        self.register_buffer("family", family, persistent=True)                 # (A',) family code of each nudge
+        # the scoring MLP's first layer, split by what each input depends on (the same map as one Linear over
+        # their concatenation): the (state, product) part, the (state, nudge) part and the (product, nudge) part
+        self.by_product = nn.Linear(4 * d + 2 * n_events, cfg.hidden)          # h, e, h*e, read, counts
+        self.by_nudge = nn.Linear(2 * d + 2, cfg.hidden, bias=False)            # g, h*g, shown counts
+        self.by_pair = nn.Linear(d, cfg.hidden, bias=False)                     # e*g
+        self.score = nn.Sequential(nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
+                                   nn.Linear(cfg.hidden, 1))
+        if cfg.head == "additive":   # the product's and the nudge's parts each to a logit; a bias per pair
+            self.score_nudge = nn.Sequential(nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 1))
+            self.pair_bias = nn.Embedding(n_items * n_nudges, 1)
+            nn.init.zeros_(self.pair_bias.weight)
+
+    def encode(self, history: torch.Tensor, profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) state and (B, W, D) token memory of histories (B, W, 3) and profiles (B, C)."""
+        item, etype, nudge = history.unbind(-1)                                  # (B, W) each
+        keep = item > 0                                                          # (B, W)
+        x = self.item(item) + self.event(etype) + self.nudge(nudge) + self.position.weight[None]
+        x = x * keep[..., None]
+        empty = ~keep.any(dim=1)                                                 # (B,) no history at all
+        pad = ~keep & ~empty[:, None]                                            # attention mask (all-pad rows: none)
+        for block in self.blocks:
+            x = block(x, src_key_padding_mask=pad) * keep[..., None]
+        mean = x.sum(1) / keep.sum(1, keepdim=True).clamp(min=1)                 # (B, D)
+        last = x[:, -1]                                                          # newest event (zeros if none)
+        prof = sum((emb(profile[:, c]) for c, emb in enumerate(self.profile)),
+                   torch.zeros_like(mean))                                       # (B, D)
+        return self.state(torch.cat([mean, last, prof], dim=1)), x
+
+    def logits(self, history: torch.Tensor, profile: torch.Tensor, items: torch.Tensor,
+               nudges: torch.Tensor) -> torch.Tensor:
+        """(B, K) logit of each candidate pair: items, nudges (B, K) codes."""
+        h, memory = self.encode(history, profile)
+        return self.logits_from(h, memory, history, items, nudges)
+
+    def logits_from(self, h: torch.Tensor, memory: torch.Tensor, history: torch.Tensor, items: torch.Tensor,
+                    nudges: torch.Tensor) -> torch.Tensor:
+        """(B, K) logits from an encoded state h (B, D) and memory (B, W, D) for pairs items, nudges (B, K)."""
+        prod, nud = self.product_part(h, memory, history, items), self.nudge_part(h, history, nudges)
+        if self.cfg.head == "additive":
+            pair = self.pair_bias(items * self.nudge.num_embeddings + nudges).squeeze(-1)
+            return self.score(prod).squeeze(-1) + self.score_nudge(nud).squeeze(-1) + pair     # (B, K)
+        z = prod + nud + self.by_pair(self.item(items) * self.nudge(nudges))
+        return self.score(z).squeeze(-1)                                         # (B, K)
+
+    def product_part(self, h: torch.Tensor, memory: torch.Tensor, history: torch.Tensor,
+                     items: torch.Tensor) -> torch.Tensor:
+        """(B, K, H) first-layer input of the (state, product) features of products items (B, K)."""
+        b, k = items.shape
+        d = h.shape[1]
+        e = self.item(items)                                                     # (B, K, D)
+        hist_item, hist_event, hist_nudge = history.unbind(-1)                   # (B, W) each
+        keep = hist_item > 0
+        same = (hist_item[:, None, :] == items[:, :, None]) & keep[:, None]      # (B, K, W)
+        att = (e @ memory.transpose(1, 2)) / d ** 0.5                            # (B, K, W)
+        w = torch.softmax(att.masked_fill(~keep[:, None], -1e4), dim=-1) * keep[:, None]   # none where no history
+        read = w @ memory                                                        # (B, K, D)
+        kind = hist_event * 2 + (hist_nudge > 0).long()                          # (B, W): type, offered or not
+        counts = torch.zeros(b, k, 2 * self.n_events, dtype=h.dtype)
+        counts.scatter_add_(2, kind[:, None, :].expand(b, k, -1), same.to(h.dtype))
+        hk = h[:, None].expand(b, k, d)
+        return self.by_product(torch.cat([hk, e, hk * e, read, torch.log1p(counts)], dim=2))
+
+    def nudge_part(self, h: torch.Tensor, history: torch.Tensor, nudges: torch.Tensor) -> torch.Tensor:
+        """(B, K, H) first-layer input of the (state, nudge) features of nudges (B, K): earlier showings of the
+        same nudge and of its family (wear-off)."""
+        b, k = nudges.shape
+        g = self.nudge(nudges)                                                   # (B, K, D)
+        hist_nudge = history[..., 2]                                             # (B, W)
+        shown = (hist_nudge > 0)[:, None, :]                                     # (B, 1, W)
+        same = ((hist_nudge[:, None, :] == nudges[:, :, None]) & shown).sum(-1)  # (B, K)
+        fam = ((self.family[hist_nudge][:, None, :] == self.family[nudges][:, :, None]) & shown).sum(-1)
+        counts = torch.log1p(torch.stack([same, fam], dim=2).to(h.dtype))       # (B, K, 2)
+        hk = h[:, None].expand(b, k, -1)
+        return self.by_nudge(torch.cat([g, hk * g, counts], dim=2))
+
+    def values(self, logits: torch.Tensor) -> torch.Tensor:
+        """Q values of logits: scale * sigmoid."""
+        return self.scale * torch.sigmoid(logits)
+
+    def all_logits(self, history: torch.Tensor, profile: torch.Tensor, items: torch.Tensor,
+                   nudges: torch.Tensor) -> torch.Tensor:
+        """(B, P, A) logits of every pair of products items (P,) and nudges (A,): the first layer's parts are
+        computed per product and per nudge and broadcast, not per pair."""
+        b = history.shape[0]
+        h, memory = self.encode(history, profile)
+        prod = self.product_part(h, memory, history, items[None].expand(b, -1))      # (B, P, H)
+        nud = self.nudge_part(h, history, nudges[None].expand(b, -1))                 # (B, A, H)
+        if self.cfg.head == "additive":
+            pair = self.pair_bias(items[:, None] * self.nudge.num_embeddings + nudges[None]).squeeze(-1)   # (P, A)
+            return (self.score(prod).squeeze(-1)[:, :, None] + self.score_nudge(nud).squeeze(-1)[:, None]
+                    + pair[None])
+        pair = self.by_pair(self.item(items)[:, None] * self.nudge(nudges)[None])     # (P, A, H)
+        return self.score(prod[:, :, None] + nud[:, None] + pair[None]).squeeze(-1)
