@@ -5,11 +5,12 @@ Q(s, p, a) = scale * sigmoid(f(s, p, a)), scale = the largest reward / (1 - gamm
 estimates, and with gamma 0 and a 0/1 reward exactly a purchase-probability model (fitted by cross-entropy).
 f is (head "joint") an MLP over the state h (B, D), the product and nudge embeddings, their products with h
 and with each other, an attention read of the history by the product (what the customer did with it), and
-log-counts of the history's events on that product by type and offered/not (a browse apart from an unbought offer) and of earlier
-showings of the same nudge and of its family (wear-off). With head "additive" (the default) the product's and
-the nudge's inputs go through their own MLPs and f is the sum of the two plus a learnt bias per (product,
-nudge) pair: the response is additive on the logit scale in what is offered and how it is presented (each
-effect still depends on the whole state), which needs far fewer rows than a free three-way interaction.
+log-counts of the history's events on that product by type and offered/not (a browse apart from an unbought
+offer) and of earlier showings of the same nudge and of its family (wear-off). With head "additive" (the
+default) the product's and the nudge's inputs go through their own MLPs and f is the sum of the two plus a
+learnt bias per (product, nudge) pair: the response is additive on the logit scale in what is offered and how
+it is presented (each effect still depends on the whole state), which needs far fewer rows than a free
+three-way interaction.
 Shapes: B customers, W history, D width, K candidate (product, nudge) pairs, P products, A nudges, C profile
 columns.
 """
