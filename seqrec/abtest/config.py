@@ -166,6 +166,7 @@ class AbTestConfig:
     offers: OfferConfig = field(default_factory=lambda: OfferConfig(profile=OFFER_PROFILE))
     decision: JointConfig = field(default_factory=lambda: JointConfig(kind="epsilon_greedy", epsilon=0.02))
     gate: Gate = field(default_factory=Gate)
+    simulator_set: tuple[tuple[str, Any], ...] = ()   # overrides of simulator keys ("population.taste_sd", 1.0)
     source: str = "<memory>"    # the TOML file, for errors and the report
     base_dir: str = "."
 
@@ -191,6 +192,8 @@ class AbTestConfig:
             v = getattr(self, f.name)
             if f.name == "model":
                 out[f.name] = copy.deepcopy(v)
+            elif f.name == "simulator_set":
+                out[f.name] = {k: x for k, x in v}
             elif hasattr(v, "__dataclass_fields__"):
                 out[f.name] = _plain(v)
             else:
@@ -208,7 +211,8 @@ def _plain(obj: Any) -> Any:
 
 
 DECISION_TABLES = ("offers", "decision", "gate")
-TOP_KEYS = (*(f.name for f in fields(AbTestConfig) if f.name not in ("source", "base_dir")), *RUN_TABLES, "bandit")
+TOP_KEYS = (*(f.name for f in fields(AbTestConfig) if f.name not in ("source", "base_dir", "simulator_set")),
+            *RUN_TABLES, "bandit")
 
 
 def load_abtest_config(path: str | Path) -> AbTestConfig:
@@ -307,3 +311,35 @@ def _model(given_tables: tuple[dict[str, Any], str]) -> dict[str, dict[str, Any]
     if model["head"].get("variant", "ce") == "ce" and model["rerank"].get("w_q", 0.0):
         raise ConfigError(f"{where}rerank.w_q needs a Q head: {where}head.variant must not be 'ce'")
     return model
+
+
+def parse_sim_set(items: list[str]) -> tuple[tuple[str, Any], ...]:
+    """`--sim-set KEY=VALUE` flags -> (dotted key, TOML value) pairs, e.g. population.taste_sd=1.0 or
+    nudges.odds_ratio.social_appeal=1.2; a ConfigError naming the flag when one does not parse."""
+    import tomllib
+
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not all(key.strip().split(".")):
+            raise ConfigError(f"--sim-set {item!r}: expected KEY=VALUE with a dotted KEY (population.taste_sd=1.0)")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"--sim-set {item!r}: the value is not a TOML value ({e})") from None
+        out.append((key.strip(), value))
+    return tuple(out)
+
+
+def apply_sim_set(data: dict[str, Any], pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """The simulator's parsed TOML with each dotted key set (tables created or replaced along the path)."""
+    data = copy.deepcopy(data)
+    for key, value in pairs:
+        *path, last = key.split(".")
+        node = data
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return data

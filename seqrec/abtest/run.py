@@ -32,18 +32,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from seqrec.abtest.config import AbTestConfig
+from seqrec.abtest.config import AbTestConfig, apply_sim_set
 from seqrec.abtest.gate import run_gate
 from seqrec.abtest.offers import OfferPolicy, train_offers
 from seqrec.abtest.ope import run_ope_check
 from seqrec.abtest.policy import Phased, PipelineProducts
 from seqrec.abtest.report import arm_summary, comparison, write_outputs
 from seqrec.abtest.stats import rank_agreement
-from seqrec.campaign.config import load_sim_config
+from seqrec.campaign.config import load_sim_config, sim_config_from_dict
 from seqrec.campaign.policies import BanditNudgePolicy, RandomPolicy, RulePolicy, make_policy
 from seqrec.campaign.records import CampaignLog, Contacts
 from seqrec.campaign.simulator import Simulator
-from seqrec.core.config import ConfigError
+from seqrec.core.config import ConfigError, load_toml
 from seqrec.rl.bandits.fit import fit_offline
 from seqrec.rl.bandits.policies import CONTEXTUAL_KINDS
 
@@ -51,8 +51,14 @@ MARKER = "abtest_config.json"   # written first in OUT: a folder holding it may 
 
 
 def build_simulator(cfg: AbTestConfig, calibration: str | Path | None = None) -> Simulator:
-    """The simulator of cfg.simulator with the test's population size and seed."""
-    sim_cfg = load_sim_config(cfg.simulator_path)
+    """The simulator of cfg.simulator (with its `simulator_set` overrides) with the test's population size and seed."""
+    if cfg.simulator_set:
+        path = cfg.simulator_path
+        data = apply_sim_set(load_toml(path), cfg.simulator_set)
+        sim_cfg = sim_config_from_dict(data, f"{path} (with {', '.join(k for k, _ in cfg.simulator_set)} set)",
+                                       str(path.resolve().parent))
+    else:
+        sim_cfg = load_sim_config(cfg.simulator_path)
     population = dataclasses.replace(sim_cfg.population, seed=cfg.seed,
                                      **({"size": cfg.customers} if cfg.customers else {}))
     return Simulator(dataclasses.replace(sim_cfg, population=population), calibration=calibration)
