@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,9 +43,11 @@ class _NpyAppender:
 
 
 def emit(out: Path, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table, lookup: dict[int, np.ndarray],
-         event_names: tuple[str, ...], rewards: tuple[float, ...], window: int, loo: bool) -> dict:
+         event_names: tuple[str, ...], rewards: tuple[float, ...], window: int, loo: bool,
+         on_bucket: Callable[[int], None] | None = None) -> dict:
     """Pass 3: events.parquet in bucket order, and per split the transition arrays (kept sessions only);
-    returns sessions and events per split (the manifest's "splits")."""
+    returns sessions and events per split (the manifest's "splits"). `on_bucket` gets each bucket's count of
+    events written (progress lines)."""
     W = window
     split_codes = sessions.column("split").to_numpy()
     lengths = sessions.column("length").to_numpy()
@@ -80,6 +83,8 @@ def emit(out: Path, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table,
                 pb = queue.pop(0)
                 pending.append(pool.submit(_emit_bucket, pb, ctx))
             events, parts = pending.popleft().result()
+            if on_bucket is not None:
+                on_bucket(events.num_rows)
             for k, part in enumerate(parts):
                 for name, block in part.items():
                     files[k][name].append(block)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from .readers import InputError
 
@@ -35,11 +36,27 @@ def read_manifest(folder: str | Path) -> dict:
     return m
 
 
-def outputs_exist(folder: Path) -> bool:
-    """Whether every data file of a prepared folder is there (the manifest alone is not enough to re-use it)."""
+def outputs_exist(folder: Path, manifest: dict | None = None) -> bool:
+    """Whether every data file of a prepared folder is there (the manifest alone is not enough to re-use it);
+    given its `manifest`, also whole: every Parquet file's footer reads and every transition array holds the
+    manifest's count of its split (a folder cut short by a kill or a partial copy is never re-used)."""
     needed = [folder / name for name in OUTPUT_FILES]
     needed += [folder / "transitions" / s / f"{n}.npy" for s in SPLITS for n in TRANSITION_FILES]
-    return all(p.exists() for p in needed)
+    if not all(p.exists() for p in needed):
+        return False
+    if manifest is None:
+        return True
+    try:
+        for name in OUTPUT_FILES:
+            pq.read_metadata(folder / name)
+        for s in SPLITS:
+            rows = int(manifest["splits"][s]["events"])
+            for n in TRANSITION_FILES:
+                if len(np.load(folder / "transitions" / s / f"{n}.npy", mmap_mode="r")) != rows:
+                    return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def load_transitions(folder: str | Path, split: str) -> dict[str, np.ndarray]:

@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqrec.core.io import atomic_write_text
+from seqrec.core.lock import output_lock
+from seqrec.core.progress import ProgressLines, TickingBar
 
 from .duplicates import duplicate_rows, earliest_duplicate
 from .emit import emit
@@ -99,8 +101,17 @@ class _StrictStop(InputError):
 
 def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: PrepareConfig, out: Path,
             progress: bool | None = None) -> dict:
-    """Prepare `inputs` into the folder `out` and return the manifest (also written to out/manifest.json)."""
+    """Prepare `inputs` into the folder `out` and return the manifest (also written to out/manifest.json). Holds
+    `out`'s lock throughout (seqrec/core/lock.py): a second writer of `out` stops with an error naming this one."""
+    with output_lock(out, "seqrec prepare"):
+        return _prepare(inputs, spec_of, cfg, Path(out), progress)
+
+
+def _prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: PrepareConfig, out: Path,
+             progress: bool | None) -> dict:
+    """`prepare` under the lock; `progress` None prints a line every few seconds when stderr is no terminal."""
     t0 = time.perf_counter()
+    lines = ProgressLines.for_progress("seqrec prepare", progress)
     inputs = [Path(p) for p in inputs]
     specs = [spec_of(p) for p in inputs]  # raises for a bad map before any work
     check_inputs(inputs)
@@ -109,7 +120,7 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
     cache_key = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, "config": config,
                                            "inputs": [f.sha256 for f in files]}, sort_keys=True).encode()).hexdigest()
     previous = load_manifest(out)
-    if previous and previous.get("cache_key") == cache_key and outputs_exist(out):
+    if previous and previous.get("cache_key") == cache_key and outputs_exist(out, previous):
         previous["reused"] = True
         return previous
 
@@ -146,7 +157,9 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
         timings = {}
         t = time.perf_counter()
         try:
-            scatter.run(inputs, specs, files, on_bad, _progress_bar(sum(f.bytes for f in files), progress))
+            bar = TickingBar(_progress_bar(sum(f.bytes for f in files), progress), lambda: lines.tick(
+                lambda: f"pass 1: {sum(f.rows_read for f in files):,} rows read"))
+            scatter.run(inputs, specs, files, on_bad, bar)
         except _StrictStop as stop:  # a duplicate before the bad row is the first bad row
             raise _strict_duplicate(scatter, files, before=stop.position) or stop from None
         if cfg.strict and (dup := _strict_duplicate(scatter, files, before=None)):
@@ -158,8 +171,9 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
         t = time.perf_counter()
         schema = scatter.schema()
         columns = schema.names if schema is not None else []  # (the manifest lists their id types)
+        cut = _Counter(lines, "pass 2: {:,} sessions cut, bucket {}/" + str(len(scatter.buckets)))
         per_bucket, stats = sessionize(work, sorted(scatter.buckets), schema, len(names), cfg.min_session_length,
-                                       gap_us(cfg.session_gap_minutes), on_duplicates)
+                                       gap_us(cfg.session_gap_minutes), on_duplicates, on_bucket=cut)
         timings["sessions_s"] = time.perf_counter() - t
         t = time.perf_counter()
         session_table, lookup, sample = number_sessions(per_bucket, id_types.get("user_id") == "int",
@@ -168,7 +182,8 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
             stats.update(count_sample(per_bucket, lookup, len(names)))
         vocab = vocabulary(stats["item_counts"], id_types.get("item_id") == "int", cfg.min_item_count)
         splits = emit(out, per_bucket, session_table, vocab, lookup, names, event_types.rewards, cfg.window,
-                      cfg.split == "loo")
+                      cfg.split == "loo", on_bucket=_Counter(lines, "pass 3: {:,} events written, bucket {}/"
+                                                             + str(len(per_bucket))))
         timings["write_s"] = time.perf_counter() - t
     finally:
         quarantine.close()
@@ -215,6 +230,19 @@ def prepare(inputs: list[Path], spec_of: Callable[[Path], SourceSpec], cfg: Prep
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+class _Counter:
+    """Counts what each bucket of a pass reports (sessions cut, events written) and hands the running total and
+    the bucket number to the progress lines, formatted by `template`."""
+
+    def __init__(self, lines: ProgressLines, template: str) -> None:
+        self.lines, self.template, self.total, self.buckets = lines, template, 0, 0
+
+    def __call__(self, n: int) -> None:
+        self.total += n
+        self.buckets += 1
+        self.lines.tick(lambda: self.template.format(self.total, self.buckets))
 
 
 def _strict_duplicate(scatter: Scatter, files: list[FileStats], before: tuple[int, int] | None) -> InputError | None:

@@ -19,15 +19,19 @@ from .vocabulary import distinct_items
 
 
 def sessionize(work: Path, buckets: list[int], schema: pa.Schema, n_types: int, min_length: int, gap: int,
-               on_duplicates: Callable[[pa.Table], None]) -> tuple[list[dict], dict]:
+               on_duplicates: Callable[[pa.Table], None],
+               on_bucket: Callable[[int], None] | None = None) -> tuple[list[dict], dict]:
     """Pass 2 over `buckets` (in `schema`), two at a time (the sorts and takes release the GIL); each bucket's
-    duplicate rows go to `on_duplicates`, in bucket order. Returns per bucket its sorted file and sessions
+    duplicate rows go to `on_duplicates`, in bucket order, its count of kept sessions to `on_bucket` (progress
+    lines). Returns per bucket its sorted file and sessions
     (bucket, path, sessions: user_id, start, length, [session_id]) and the counts over all buckets."""
     events_by_type = np.zeros(n_types, np.int64)
     sessions_before = sessions_after = events_dropped = 0
     per_bucket, item_counts = [], []
     with ThreadPoolExecutor(max_workers=BUCKET_THREADS) as pool:
         for r in pool.map(lambda b: _sessionize_bucket(work, b, schema, n_types, min_length, gap), buckets):
+            if on_bucket is not None:
+                on_bucket(len(r["sessions"]["start"]))
             if r["duplicates"] is not None:
                 on_duplicates(r["duplicates"])
             events_by_type += r["events_by_type"]

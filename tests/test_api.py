@@ -69,7 +69,9 @@ def test_the_docs_example_runs_and_gives_what_it_says(example):
     assert example["result"]["step"] == 6 and example["result"]["best_step"] == 6
     metrics = example["metrics"]
     assert {"test", "popularity", "recent", "checkpoint", "pipeline", "recall"} <= set(metrics)
-    assert set(metrics["test"]["view"]) == {"hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "count"}
+    keys = {"hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "count"}
+    assert set(metrics["test"]["view"]) == keys | {"repeat", "explore"}  # and the same for each kind of target
+    assert set(metrics["test"]["view"]["repeat"]) == set(metrics["test"]["view"]["explore"]) == keys
     assert json.loads((example["work"] / "run" / "metrics.json").read_text()) == metrics
     scores, recent = example["scores"], example["recent"]
     sessions = len(recent[["user_id", "session_id"]].drop_duplicates())

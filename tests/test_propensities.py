@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from seqrec.datasets.sessions import gap_us
 from seqrec.rl.bandits.fit import save_bandit
 from seqrec.rl.bandits.policies import BanditConfig
 
 from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve import scoring
-from seqrec.serve.scoring import load_bundle, score_batch
+from seqrec.serve.scoring import load_bundle, score_batch, window_matrix
 from seqrec.serve.sessions_state import session_states
 
 
@@ -78,6 +79,9 @@ def check_distribution(probs, arms, df, items, bundle) -> np.ndarray:
     assert np.array_equal(logged, probs[np.arange(len(arms)), arms])         # ... and logged with its probability
     assert (logged > 0).all()
     assert list(df["nudge_id"].astype(str)) == [bundle.arm_ids[a] for a in arms]
+    # the (product, nudge) decision: the ranked item is deterministic (P = 1), the joint is the product of the two
+    assert (df["product_propensity"].to_numpy() == 1.0).all()
+    assert np.array_equal(df["joint_propensity"].to_numpy(), df["product_propensity"].to_numpy() * logged)
     return allowed
 
 
@@ -148,3 +152,35 @@ def test_a_fresh_bandit_of_the_runs_kind_is_uniform_over_the_allowed_arms(plain,
     k = allowed.sum(axis=1, keepdims=True)
     tol = 1e-12 if kind != "thompson" else 0.05  # 1000 draws: a standard error under 0.013
     np.testing.assert_allclose(probs, allowed / k, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("kind", ["epsilon_greedy", "linucb"])
+def test_scored_rows_carry_the_joint_propensity_of_the_full_distribution(plain, tmp_path, kind):
+    """Without looking inside score_batch: the full nudge distribution of every row, recomputed here from the bundle
+    (the context-free table per item, or LinUCB on the learner's encoding of the session's window), sums to 1 over
+    the arms allowed with the row's item; the row's propensity is its value at the drawn nudge; the product's is 1
+    (the ranking is deterministic) and joint_propensity = product_propensity * propensity."""
+    dim = json.loads((plain["run"] / "config.json").read_text())["encoder"]["dim"] if kind == "linucb" else 0
+    bundle = load_bundle(run_with(plain, tmp_path, trained(kind, plain, dim=dim, epsilon=0.2)), ScoreConfig())
+    states = plain["states"]
+    df = score_batch(bundle, states).to_pandas()
+    index = {v: i for i, v in enumerate(bundle.item_ids.to_pylist()) if v is not None}
+    items = df["item_id"].map(index).to_numpy()  # (N,) catalogue index of each row's product
+    arms = df["nudge_id"].astype(str).map({a: i for i, a in enumerate(bundle.arm_ids)}).to_numpy()
+    allowed = bundle.arm_mask[items]  # (N, A)
+    if kind == "linucb":
+        assert bundle.arm_probs is None and not df["fallback"].any()
+        with torch.no_grad():
+            state = bundle.learner.encode(torch.from_numpy(window_matrix(bundle, states.column("items"))))
+        session = np.cumsum(df["rank"].to_numpy() == 1) - 1  # (N,) each row's session: rows come in session order
+        assert session[-1] == states.num_rows - 1
+        full = bundle.bandit.probabilities_batch(state.double().numpy()[session], allowed)  # (N, A)
+    else:
+        full = bundle.arm_probs[items]
+    assert not allowed.all()  # some rows forbid some nudges
+    np.testing.assert_allclose(full.sum(axis=1), 1.0, rtol=0, atol=1e-12)  # over the allowed nudges of the row
+    assert (full[~allowed] == 0).all() and allowed[np.arange(len(df)), arms].all()
+    np.testing.assert_allclose(df["propensity"], full[np.arange(len(df)), arms], rtol=1e-9)
+    assert (df["product_propensity"] == 1.0).all()
+    np.testing.assert_array_equal(df["joint_propensity"], df["product_propensity"] * df["propensity"])
+    assert df["joint_propensity"].between(0, 1, inclusive="right").all()

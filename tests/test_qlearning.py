@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from seqrec.datasets.schema import FIRST_ITEM
 from seqrec.rl.qlearning.learner import Learner, double_q_value, sample_negatives, step_generator
 from seqrec.rl.qlearning.losses import VARIANTS, HeadConfig
 
@@ -102,7 +103,8 @@ def test_double_q_value_takes_the_arg_max_of_the_learner_and_the_value_of_the_ot
 @pytest.mark.parametrize("with_state", [False, True])
 def test_double_q_value_equals_the_plain_formulation_over_a_catalogue_of_several_chunks(with_state):
     """The arg-max is taken blockwise without the (B, I) Q matrix (scores_argmax); it must pick what
-    argmax over net.q_values picks, ties included (the first item), and value it with the other copy."""
+    argmax over net.q_values' real items (never padding or OOV) picks, ties included (the first item), and value
+    it with the other copy."""
     torch.manual_seed(1)
     learner = Learner(EncoderConfig(kind="sasrec", num_items=700, max_len=5, dim=16),
                       HeadConfig(variant="sqn"), lr=0.01)
@@ -113,7 +115,7 @@ def test_double_q_value_equals_the_plain_formulation_over_a_catalogue_of_several
         net.q.weight[[131, 650, 699]] = net.q.weight[130].clone()  # one far-best item, tied in its chunk and in others
         net.q.bias[[131, 650, 699]] = net.q.bias[130].clone()
         state = net.encoder.encode(items)
-        want_best = net.q_values(items).argmax(dim=1, keepdim=True)  # (B, 1)
+        want_best = net.q_values(items)[:, FIRST_ITEM:].argmax(dim=1, keepdim=True) + FIRST_ITEM  # (B, 1)
         want = other.q_at(other.encoder.encode(items), want_best).squeeze(1)
         got = double_q_value(net, other, items, state if with_state else None)
     tied = (state @ net.q.weight[130] > 0).nonzero().squeeze(1)

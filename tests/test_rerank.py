@@ -229,8 +229,10 @@ def test_train_then_evaluate_with_the_pipeline_keeps_metrics_json_shape(data, tm
     assert set(metrics) == {"valid", "test", "popularity", "recent", "checkpoint", "pipeline", "recall",
                             "pipeline_info"}
     assert metrics["test"].keys() == metrics["pipeline"]["test"].keys()
-    assert set(metrics["test"]["view"]) == {"hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "count"}
+    keys = {"hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "count"}
+    assert set(metrics["test"]["view"]) == keys | {"repeat", "explore"}
     assert metrics["pipeline"]["test"]["view"].keys() == metrics["test"]["view"].keys()
+    assert metrics["pipeline"]["test"]["view"]["repeat"].keys() == keys
     assert metrics["recall"]["test"]["all"]["count"] == metrics["test"]["view"]["count"] + sum(
         metrics["test"][e]["count"] for e in ("like", "cart", "purchase") if e in metrics["test"])
     info = metrics["pipeline_info"]["test"]

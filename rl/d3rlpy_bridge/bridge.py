@@ -12,57 +12,36 @@ Traps handled here, each tested in tests/test_d3rlpy_bridge.py:
 - d3rlpy probes an encoder with torch.rand input, which .long() makes an all-padding window: the encoder's
   learned empty-history state keeps it finite;
 - `import d3rlpy` imports gym, which prints an 'unmaintained' notice to stderr with a plain print: it is
-  removed from what the import writes, and anything else (warnings) is passed on;
+  removed from what the import writes, and anything else (warnings) is passed on (quiet.py);
 - the encoder factory must be registered before `d3rlpy.load_learnable` in every process: `load_learnable`
   here does it;
 - d3rlpy exposes only the arg-max action and the value of one action: `q_values` reads the whole (B, I)
-  vector from the algorithm's Q functions.
+  vector from the algorithm's Q functions;
+- d3rlpy's targets take the arg-max of Q over every action, padding and OOV included, and d3rlpy has no action
+  mask: `MaskedQFunctionFactory` builds its mean Q function with a forwarder (what DQN's and Double DQN's target
+  arg-max, CQL's logsumexp and BCQ's choice read) that puts the actions that cannot be taken below all others,
+  and BCQ's imitator never lets them through (masking.py). The Q networks and their state dicts are d3rlpy's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
 import json
 import math
-import sys
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from seqrec.rl.qlearning.actions import action_mask
 from seqrec.rl.qlearning.learner import step_generator
 from torch import nn
 
 from seqrec.models.encoders import MAX_NUM_ITEMS, EncoderConfig, build_encoder
 
 from .config import D3RLPY_ALGORITHMS, D3rlpyConfig
-
-
-def drop_gym_notice(text: str) -> str:
-    """`text` without the notice gym prints on import (looked up in gym_notices for the installed gym)."""
-    notices = getattr(sys.modules.get("gym_notices.notices"), "notices", {})
-    notice = notices.get(getattr(sys.modules.get("gym"), "__version__", None))
-    return text.replace(notice + "\n", "", 1) if notice else text
-
-
-def import_quietly(name: str) -> ModuleType:
-    """Import module `name` with gym's notice removed from its stderr output; everything else it writes to
-    stderr (warnings included) is written on afterwards."""
-    if name in sys.modules:
-        return sys.modules[name]
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            return importlib.import_module(name)
-    finally:
-        sys.stderr.write(drop_gym_notice(captured.getvalue()))
-
-
-d3rlpy = import_quietly("d3rlpy")
+from .masking import MaskedQFunctionFactory, blocked_actions, mask_imitator
+from .quiet import d3rlpy, drop_gym_notice, import_quietly  # noqa: F401  (re-exported: the bridge's names)
 
 ENCODER_TYPE = "seqrec_sequence"
 
@@ -119,17 +98,23 @@ class SequenceEncoderFactory(d3rlpy.models.encoders.EncoderFactory):
 
 
 def register_encoder_factory() -> None:
-    """Register `SequenceEncoderFactory` with d3rlpy (once per process; needed before loading a saved algo)."""
-    try:
-        d3rlpy.models.encoders.register_encoder_factory(SequenceEncoderFactory)
-    except AssertionError:  # d3rlpy asserts a type is registered only once: it already is
-        pass
+    """Register `SequenceEncoderFactory` and `MaskedQFunctionFactory` with d3rlpy (once per process; needed
+    before loading a saved algo)."""
+    for register, factory in ((d3rlpy.models.encoders.register_encoder_factory, SequenceEncoderFactory),
+                              (d3rlpy.models.q_functions.register_q_func_factory, MaskedQFunctionFactory)):
+        try:
+            register(factory)
+        except AssertionError:  # d3rlpy asserts a type is registered only once: it already is
+            pass
 
 
 def load_learnable(path: str, device: str = "cpu") -> Any:
-    """`d3rlpy.load_learnable` for files saved by our runs (checkpoints/best.d3): registers the factory first."""
+    """`d3rlpy.load_learnable` for files saved by our runs (checkpoints/best.d3): registers the factories first,
+    and masks BCQ's imitator as the run did."""
     register_encoder_factory()
-    return d3rlpy.load_learnable(path, device=device)
+    algo = d3rlpy.load_learnable(path, device=device)
+    mask_imitator(algo)
+    return algo
 
 
 def to_mdp_dataset(arrays: dict[str, np.ndarray], action_size: int) -> Any:
@@ -150,10 +135,13 @@ def to_mdp_dataset(arrays: dict[str, np.ndarray], action_size: int) -> Any:
 
 
 def algorithm_config(algorithm: str, enc: EncoderConfig, cfg: D3rlpyConfig, batch_size: int, lr: float,
-                     gamma: float) -> Any:
-    """The d3rlpy config of `algorithm` on our encoder, with our batch size, learning rate and discount."""
+                     gamma: float, masked: list[int] | None = None) -> Any:
+    """The d3rlpy config of `algorithm` on our encoder, with our batch size, learning rate and discount, and a Q
+    function that never chooses the `masked` action ids (default: padding and OOV)."""
+    q_func = MaskedQFunctionFactory() if masked is None else MaskedQFunctionFactory(masked=list(masked))
     common = {"encoder_factory": SequenceEncoderFactory(enc), "batch_size": batch_size, "learning_rate": lr,
-              "gamma": gamma, "n_critics": cfg.n_critics, "target_update_interval": cfg.target_update_interval}
+              "gamma": gamma, "n_critics": cfg.n_critics, "target_update_interval": cfg.target_update_interval,
+              "q_func_factory": q_func}
     algos = d3rlpy.algos
     if algorithm == "d3rlpy.dqn":
         return algos.DQNConfig(**common)
@@ -179,13 +167,17 @@ def q_values(algo: Any, states: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def ranking_scores(algo: Any, states: torch.Tensor) -> torch.Tensor:
-    """Scores (B, I) that rank the catalogue as the algorithm's policy would: Q values, except that discrete
-    BCQ ranks the actions its imitator allows (prob >= action_flexibility x the best) above all others."""
+    """Scores (B, I) that rank the catalogue as the algorithm's policy would: Q values, with the actions it never
+    chooses (padding, OOV, forbidden) below all others; discrete BCQ also ranks the actions its imitator allows
+    (prob >= action_flexibility x the best) above all others."""
     q = q_values(algo, states)  # (B, I)
-    if not isinstance(algo, d3rlpy.algos.DiscreteBCQ):
+    blocked = blocked_actions(algo)  # (I,) or None
+    allowed = torch.ones_like(q, dtype=torch.bool) if blocked is None else ~blocked.to(q.device).expand_as(q)
+    if isinstance(algo, d3rlpy.algos.DiscreteBCQ):
+        logp = F.log_softmax(algo.impl.modules.imitator(states.to(torch.float32)).logits, dim=1)  # (B, I)
+        allowed = allowed & (logp - logp.max(dim=1, keepdim=True).values > math.log(algo.config.action_flexibility))
+    if allowed.all():
         return q
-    logp = F.log_softmax(algo.impl.modules.imitator(states.to(torch.float32)).logits, dim=1)  # (B, I)
-    allowed = logp - logp.max(dim=1, keepdim=True).values > math.log(algo.config.action_flexibility)  # (B, I)
     spread = q.max(dim=1, keepdim=True).values - q.min(dim=1, keepdim=True).values + 1.0  # (B, 1)
     return torch.where(allowed, q, q - spread)  # (B, I) every allowed item above every excluded one
 
@@ -261,12 +253,19 @@ class D3rlpyLearner(nn.Module):
     state_dict() holds them all (Q, target Q, BCQ's imitator) and loads with torch.load(weights_only=True)."""
 
     def __init__(self, algorithm: str, enc: EncoderConfig, cfg: D3rlpyConfig, batch_size: int, lr: float,
-                 gamma: float, device: torch.device | str = "cpu") -> None:
+                 gamma: float, device: torch.device | str = "cpu", allowed: torch.Tensor | None = None) -> None:
+        """`allowed`: an optional (I,) bool mask of the actions the catalogue lets the recommender take; None,
+        every real item. The targets never choose the others (padding and OOV always among them)."""
         super().__init__()
+        if allowed is not None and allowed.dim() != 1:
+            raise ValueError("a d3rlpy learner takes one (I,) allowed-action mask: d3rlpy's batches carry no "
+                             "per-state masks")
         register_encoder_factory()
         self.algorithm = algorithm
-        self.algo = algorithm_config(algorithm, enc, cfg, batch_size, lr, gamma).create(device=str(device))
+        masked = (~action_mask(enc.num_items, allowed)).nonzero().squeeze(1).tolist()  # ids never chosen
+        self.algo = algorithm_config(algorithm, enc, cfg, batch_size, lr, gamma, masked).create(device=str(device))
         self.algo.create_impl((enc.max_len,), enc.num_items)  # action size = the whole catalogue
+        mask_imitator(self.algo)
         self.nets = nn.ModuleDict(self.algo.impl.modules.get_torch_modules())
 
     def update(self, batch: dict[str, torch.Tensor], step: int, seed: int) -> dict[str, float]:

@@ -13,9 +13,10 @@ import torch
 from seqrec.datasets.schema import FIRST_ITEM  # negatives are drawn from real items only
 from torch import nn
 
-from seqrec.models.catalogue import gathered_dot, padded_scores, scores, scores_argmax
+from seqrec.models.catalogue import gathered_dot, padded_scores, scores
 from seqrec.models.encoders import EncoderConfig, build_encoder
 
+from .actions import action_mask, masked_argmax
 from .losses import HeadConfig, actor_weights, advantage, td_loss, td_target, weighted_ce
 
 
@@ -45,18 +46,19 @@ class TwoHeadNet(nn.Module):
 
 
 def double_q_value(net: TwoHeadNet, other: TwoHeadNet, items: torch.Tensor,
-                   state: torch.Tensor | None = None) -> torch.Tensor:
-    """Q'(x, argmax_a Q(x, a)) for windows `items` (B, T): the learning network picks the action over the
-    whole catalogue, the other copy values just that row. `state` is net's (B, D) encoding if at hand. (B,)
+                   state: torch.Tensor | None = None, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Q'(x, argmax_a Q(x, a)) for windows `items` (B, T): the learning network picks the action among those that
+    can be taken (real items, never padding or OOV; of those only `allowed`, an (I,) or (B, I) bool mask, if
+    given), the other copy values just that row. `state` is net's (B, D) encoding if at hand. (B,)
 
     No gradient flows through it. It runs under inference mode (no autograd bookkeeping at all: its two
     encoder passes run about 10% faster than under no_grad, same values), and the arg-max of net's Q values
-    comes from `scores_argmax`, which never writes the (B, I) Q matrix."""
+    comes from `masked_argmax`, which without a per-state mask never writes the (B, I) Q matrix."""
     if net.q is None:
         raise ValueError("this network has no Q head (variant 'ce')")
     with torch.inference_mode():
         state = net.encoder.encode(items) if state is None else state  # (B, D)
-        best = scores_argmax(state, net.q.weight, net.q.bias).unsqueeze(1)  # (B, 1)
+        best = masked_argmax(state, net.q.weight, net.q.bias, allowed).unsqueeze(1)  # (B, 1)
         value = other.q_at(other.encoder.encode(items), best).squeeze(1)  # (B,)
     return value.clone()  # a normal tensor again: an inference tensor cannot be saved for a backward pass
 
@@ -78,9 +80,17 @@ DENSE_PER_CANDIDATE = 32
 class Learner(nn.Module):
     """One (ce) or two (Q variants) TwoHeadNets, their optimisers, and the update of the chosen variant."""
 
-    def __init__(self, enc: EncoderConfig, head: HeadConfig, lr: float) -> None:
+    def __init__(self, enc: EncoderConfig, head: HeadConfig, lr: float, allowed: torch.Tensor | None = None) -> None:
+        """`allowed`: an optional (I,) bool mask of the actions the catalogue lets the recommender take; None,
+        every real item. Q targets maximise over these only (never padding or OOV); a batch may narrow them per
+        state with (B, I) bool masks under "allowed" (of its states) and "next_allowed" (of its next states)."""
         super().__init__()
         self.enc, self.head = enc, head
+        if allowed is not None and allowed.dim() != 1:
+            raise ValueError("the learner's allowed actions are one (I,) mask; per-state masks come with the batch")
+        # not in the state dict: checkpoints stay the same, and the mask belongs to the catalogue, not the weights
+        self.register_buffer("allowed", None if allowed is None else action_mask(enc.num_items, allowed),
+                             persistent=False)
         n = 1 if head.variant == "ce" else 2
         self.nets = nn.ModuleList([TwoHeadNet(enc, q_head=head.variant != "ce") for _ in range(n)])
         # fused Adam: one kernel over each (I, D) table instead of several passes (4x faster on CPU here)
@@ -163,16 +173,18 @@ class Learner(nn.Module):
         net, other = self.nets[main], self.nets[1 - main]
         state = net.encoder.encode(s)  # (B, D)
         q_pos = net.q_at(state, a.unsqueeze(1)).squeeze(1)  # (B,) only the taken action needs a gradient
-        target = td_target(batch["reward"], batch["done"], double_q_value(net, other, batch["next_state"]), h.gamma)
+        next_value = double_q_value(net, other, batch["next_state"], allowed=self._allowed(batch.get("next_allowed")))
+        target = td_target(batch["reward"], batch["done"], next_value, h.gamma)
         td = td_loss(q_pos, target)
         stats = {"q/mean": q_pos.mean().item(), "q/target_mean": target.mean().item()}
 
         weight = None
         if h.variant in ("snqn", "sa2c"):
-            neg = sample_negatives(a, h.negatives, self.enc.num_items, g)  # (B, N)
+            here = self._allowed(batch.get("allowed"))  # what could have been taken in s
+            neg = sample_negatives(a, h.negatives, self.enc.num_items, g, here)  # (B, N)
             q_neg = net.q_at(state, neg)  # (B, N)
             # a negative earns reward 0 and leaves the state unchanged: its target values s itself
-            neg_target = h.gamma * double_q_value(net, other, s, state.detach())  # (B,)
+            neg_target = h.gamma * double_q_value(net, other, s, state.detach(), here)  # (B,)
             td = td + td_loss(q_neg, neg_target.unsqueeze(1).expand_as(q_neg))
             if h.variant == "sa2c" and step >= h.warmup_steps:
                 weight = advantage(q_pos, q_neg, h.advantage_min, h.advantage_max)
@@ -185,6 +197,13 @@ class Learner(nn.Module):
         loss = ce + h.td_weight * td
         self._step(main, loss)
         return {"loss/ce": ce.item(), "loss/td": td.item(), "loss/total": loss.item(), **stats}
+
+    def _allowed(self, per_state: torch.Tensor | None) -> torch.Tensor | None:
+        """The actions a target may take: the learner's (I,) mask and a batch's (B, I) one, both if given;
+        None (every real item) if neither."""
+        if per_state is None:
+            return self.allowed
+        return per_state if self.allowed is None else per_state & self.allowed
 
     def _step(self, i: int, loss: torch.Tensor) -> None:
         opt = self.opts[i]
@@ -200,8 +219,16 @@ class Learner(nn.Module):
             o.load_state_dict(st)
 
 
-def sample_negatives(action: torch.Tensor, n: int, num_items: int, g: torch.Generator) -> torch.Tensor:
-    """(B, n) uniform real items different from each row's positive (a collision moves to the next item)."""
+def sample_negatives(action: torch.Tensor, n: int, num_items: int, g: torch.Generator,
+                     allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, n) uniform real items different from each row's positive (a collision moves to the next item);
+    with an (I,) or (B, I) `allowed` mask, uniform over the allowed real items other than the positive."""
+    if allowed is not None:
+        weight = action_mask(num_items, allowed).expand(action.shape[0], num_items).float()  # (B, I)
+        weight = weight.scatter(1, action.unsqueeze(1), 0.0)  # never the positive
+        if (weight.sum(dim=1) == 0).any():
+            raise ValueError("a state allows no action but its positive: no negative to sample")
+        return torch.multinomial(weight, n, replacement=True, generator=g)  # (B, n)
     span = num_items - FIRST_ITEM
     neg = torch.randint(0, span - 1, (action.shape[0], n), generator=g, device=g.device) + FIRST_ITEM
     return torch.where(neg >= action.unsqueeze(1), neg + 1, neg)  # skip the positive: uniform over the rest

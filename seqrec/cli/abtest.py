@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from seqrec.abtest.config import load_abtest_config, parse_sim_set
     from seqrec.abtest.run import run_abtest
+    from seqrec.core.lock import output_lock
     from seqrec.models.device import retain_heap
 
     retain_heap()
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         f" --{k} {v}" for k, v in (("seed", args.seed), ("customers", args.customers),
                                    ("calibration", args.calibration)) if v is not None) + "".join(
         f" --sim-set {item}" for item in args.sim_set)
-    m = run_abtest(cfg, args.out, args.calibration, args.progress, command)
+    with output_lock(args.out, "seqrec abtest"):  # one writer per output folder (seqrec/core/lock.py)
+        m = run_abtest(cfg, args.out, args.calibration, args.progress, command)
     a, b, c = m["arms"]["A"], m["arms"]["B"], m["comparison"]
     for name, r in (("A rules", a), (f"B {m['learner']}", b)):
         print(f"{name:>10}: CR {100 * r['cr']:.2f}% [{100 * r['cr_low']:.2f}, {100 * r['cr_high']:.2f}] "

@@ -6,14 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from seqrec.cli.show import metrics_table
+from seqrec.cli.show import metrics_table, repeat_table
 
 
 def add_parser(sub: Any) -> None:
     """Add the `evaluate` subcommand to the subparsers `sub`."""
     ev = sub.add_parser("evaluate", help="rank the whole catalogue for every held-out event; write metrics.json",
                         description="HR@k and NDCG@k (k = 5, 10, 20) per event type on a split, beside the "
-                                    "popularity baseline, written to RUN/metrics.json.")
+                                    "popularity and recent-items baselines, also split into repeat targets (in the "
+                                    "input window) and explore targets (not), written to RUN/metrics.json.")
     ev.add_argument("--run", required=True, type=Path, help="run folder")
     ev.add_argument("--split", default="test", choices=("train", "valid", "test"))
     ev.add_argument("--protocol", default="sessions", choices=("sessions", "loo"),
@@ -38,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     index = replace(saved_config(args.run).index, kind=args.index) if args.index else None
     metrics = evaluate_run(args.run, args.split, args.protocol, args.checkpoint, args.pipeline, index)
     print(metrics_table(metrics, args.split))
+    repeats = repeat_table(metrics, args.split)
+    if repeats:
+        print("  repeat targets are in their input window, explore targets are not:")
+        print(repeats)
     if args.split in metrics.get("pipeline_info", {}):
         info, recall = metrics["pipeline_info"][args.split], metrics["recall"][args.split]["all"]
         print(f"  pipeline: {info['index']} index, {info['candidates']} candidates, recall@50/100/200 = "

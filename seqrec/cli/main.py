@@ -1,6 +1,6 @@
 """The `seqrec` command: the argument parser assembled from one module per subcommand, and the shared error
-handling (a config, input, value or file-system error is one line `seqrec CMD: error: ...` and exit status 2;
-`seqrec --debug CMD ...` lets the traceback through instead)."""
+handling (a config, input, value or file-system error, or an output another command is writing, is one line
+`seqrec CMD: error: ...` and exit status 2; `seqrec --debug CMD ...` lets the traceback through instead)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 
 from seqrec.cli import abtest, demo, evaluate, generate, ope, prepare, score, simulate, train
 from seqrec.core.config import ConfigError
+from seqrec.core.lock import OutputLocked
 from seqrec.datasets.readers import InputError
 
 COMMANDS = (generate, prepare, train, evaluate, ope, simulate, score, demo, abtest)  # in `seqrec --help` order
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (InputError, ConfigError, ValueError, OSError) as e:
+    except (InputError, ConfigError, ValueError, OSError, OutputLocked) as e:
         if args.debug:
             raise
         print(f"seqrec {args.command}: error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)

@@ -8,6 +8,8 @@ from typing import Any
 
 from seqrec.cli.show import summary
 from seqrec.core.config import ConfigError, from_dict, load_toml
+from seqrec.core.io import atomic_write
+from seqrec.core.lock import output_lock
 from seqrec.datasets.adapters import SOURCES, source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.readers import FORMATS, TIME_UNITS, parse_map
@@ -94,7 +96,13 @@ def _prepare_settings(args: argparse.Namespace) -> tuple[PrepareConfig, dict[str
 
 
 def run(args: argparse.Namespace) -> int:
-    """seqrec prepare: run with parsed arguments; the exit status."""
+    """seqrec prepare: run with parsed arguments; the exit status. Holds --out's lock (seqrec/core/lock.py) from
+    the start, as --source synthetic writes its log there first."""
+    with output_lock(args.out, "seqrec prepare"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg, opts = _prepare_settings(args)
     inputs = list(args.input)
     source = cfg.source
@@ -106,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         path = args.out / "generated" / f"events-{args.events}-seed{cfg.seed}.parquet"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_events(config_for_events(args.events, seed=cfg.seed), path)
+            atomic_write(path, lambda tmp: write_events(config_for_events(args.events, seed=cfg.seed), tmp),
+                         tmp=path.with_name(f".{path.stem}.tmp{path.suffix}"))  # a kill leaves no half log
         inputs, source = [path], "events"
     if not inputs:
         raise ValueError("give at least one --input file")

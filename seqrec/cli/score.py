@@ -8,6 +8,7 @@ from typing import Any
 
 from seqrec.cli.show import score_summary
 from seqrec.core.config import load_toml
+from seqrec.core.lock import output_lock
 from seqrec.datasets.adapters import SOURCES, source_spec
 from seqrec.datasets.readers import FORMATS, TIME_UNITS, parse_map
 from seqrec.runs.file_config import check_run_file, score_config
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                               event_map=parse_map(args.event_map) if args.event_map is not None else event_map)
                   for p in args.input)
     engine = make_engine(args.engine, ray_address=args.ray_address)
-    m = engine.score(ScoreJob(args.run, tuple(args.input), specs, args.out, cfg), args.progress)
+    with output_lock(args.out, "seqrec score"):  # one writer per output folder (seqrec/core/lock.py)
+        m = engine.score(ScoreJob(args.run, tuple(args.input), specs, args.out, cfg), args.progress)
     print(score_summary(m, args.out))
     return 0

@@ -36,6 +36,29 @@ def metrics_table(metrics: dict, split: str) -> str:
     return "\n".join(lines)
 
 
+def repeat_table(metrics: dict, split: str) -> str:
+    """Markdown table of a split's HR@10 / NDCG@10 on repeat targets (in the window) and explore targets (not),
+    model (and pipeline) beside the baselines; empty where metrics.json has no such split (older files)."""
+    blocks = [("model", metrics.get(split, {}))] + [(who, metrics.get(who, {}).get(split, {}))
+                                                    for who in ("pipeline", "popularity", "recent")]
+    lines = []
+    for who, rows in blocks:
+        for ev, r in rows.items():
+            if "repeat" not in r:
+                continue
+            cells = []
+            for group in ("repeat", "explore"):
+                g = r[group]
+                share = g["count"] / r["count"] if r["count"] else 0.0
+                cells.append(f"{g['count']:,} ({share:.1%})")
+                cells += ["-" if g[m] is None else f"{g[m]:.4f}" for m in ("hr@10", "ndcg@10")]
+            lines.append(f"| {who} {ev} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = [f"| {split} | repeat targets | HR@10 | NDCG@10 | explore targets | HR@10 | NDCG@10 |", "|---" * 7 + "|"]
+    return "\n".join(head + lines)
+
+
 def summary(m: dict, out: Path) -> str:
     """The human-readable summary printed by `seqrec prepare` (the same figures as manifest.json)."""
     lines = [f"prepared {out}" + ("  (re-used: inputs and config unchanged)" if m.get("reused") else "")]

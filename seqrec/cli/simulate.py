@@ -30,6 +30,16 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """seqrec simulate: run with parsed arguments; the exit status."""
+    from seqrec.core.lock import output_lock
+
+    if args.out.suffix.lower() not in (".parquet", ".pq"):
+        raise ValueError(f"--out must be a .parquet file; got {args.out}")
+    with output_lock(args.out, "seqrec simulate"):  # one writer per output, its lock beside it (seqrec/core/lock.py)
+        return _simulate(args)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    """`run` under the lock of --out: simulate, then write the log atomically."""
     import dataclasses
     import json
 
@@ -39,9 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from seqrec.campaign.config import load_sim_config
     from seqrec.campaign.policies import make_policy
     from seqrec.campaign.simulator import Simulator
+    from seqrec.core.io import atomic_write
 
-    if args.out.suffix.lower() not in (".parquet", ".pq"):
-        raise ValueError(f"--out must be a .parquet file; got {args.out}")
     cfg = load_sim_config(args.config)
     population, campaign = cfg.population, cfg.campaign
     if args.customers is not None:
@@ -59,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     meta = {b"seqrec_simulator": json.dumps({"config": dataclasses.asdict(cfg), "policy": name,
                                                "contacts": budget}).encode()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(log.events.replace_schema_metadata(meta), args.out)
+    events = log.events.replace_schema_metadata(meta)
+    atomic_write(args.out, lambda tmp: pq.write_table(events, tmp))  # a kill leaves the old file or none
     print(f"simulated {budget:,} contacts of {log.customers:,} customers (policy {name}): {log.events.num_rows:,} "
           f"events, {int(log.purchased.sum()):,} purchases (conversion {100 * log.conversion_rate:.2f}%; expected "
           f"{log.probability.sum():,.1f} purchases) -> {args.out}")

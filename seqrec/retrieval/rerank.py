@@ -34,7 +34,7 @@ from seqrec.retrieval.config import RECALL_KS, IndexConfig, RerankConfig
 from seqrec.retrieval.features import Features, read_event_columns, session_rows
 from seqrec.retrieval.index import Index, build_index
 from seqrec.retrieval.two_tower import RecallMetrics, TwoTower, session_features
-from seqrec.training.metrics import RankingMetrics
+from seqrec.training.metrics import RankingMetrics, repeat_targets
 
 # (B, T) windows, (B, K) candidate ids -> (B, K) supervised scores, (B, K) Q values or None (no Q head)
 CandidateScorer = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -158,8 +158,9 @@ def pipeline_ranks(c: Candidates, targets: torch.Tensor, num_items: int) -> torc
 def evaluate_pipeline(pipeline: Pipeline, arrays: dict[str, np.ndarray], users: Features | None,
                       event_names: tuple[str, ...], batch_size: int = 1024,
                       recall_ks: tuple[int, ...] = RECALL_KS) -> dict[str, dict]:
-    """{"pipeline": HR/NDCG per event type of retrieve-then-re-rank, "recall": candidate recall@k per event
-    type for k in `recall_ks` (default 50, 100, 200)}."""
+    """{"pipeline": HR/NDCG per event type of retrieve-then-re-rank (also on its "repeat" and "explore" targets,
+    like `seqrec evaluate`'s model rows), "recall": candidate recall@k per event type for k in `recall_ks`
+    (default 50, 100, 200)}."""
     device = next(pipeline.tower.parameters()).device
     num_items = pipeline.tower.enc.num_items
     k = pipeline.rerank.candidates
@@ -174,7 +175,7 @@ def evaluate_pipeline(pipeline: Pipeline, arrays: dict[str, np.ndarray], users: 
         tt, ids = pipeline.index.search(user, max(k, *recall_ks))  # one search serves recall and re-ranking
         recall.add(ids.cpu(), targets.cpu(), events)
         c = rerank(pipeline, items, ids[:, :k], tt[:, :k] / pipeline.tower.temperature)
-        ranking.add(pipeline_ranks(c, targets, num_items), events)
+        ranking.add(pipeline_ranks(c, targets, num_items), events, repeat_targets(items, targets))
     return {"pipeline": ranking.result(), "recall": recall.result()}
 
 

@@ -23,7 +23,9 @@ def evaluate_run(run: Path, split: str = "test", protocol: str = "sessions", che
 
     With a retrieval model (RUN/retrieval; `pipeline` None = when there is one, True = required, False = skip)
     also "pipeline" (retrieve + re-rank, same protocol), "recall" (candidate recall@K) and "pipeline_info"
-    (blend, index, states/s against full ranking), each keyed by split; `index` overrides the run's [index]."""
+    (blend, index, states/s against full ranking), each keyed by split; `index` overrides the run's [index].
+    Each event type's row of the model and the baselines also has "repeat" and "explore" (targets in their
+    input window or not), each with its own metrics and count."""
     cfg = saved_config(run)
     manifest = read_manifest(cfg.data)
     prepared_as = manifest["config"]["split"]
@@ -41,10 +43,10 @@ def evaluate_run(run: Path, split: str = "test", protocol: str = "sessions", che
     learner.eval()
     names = event_names(manifest)
     arrays = load_transitions(cfg.data, split)
-    model = evaluate_arrays(learner.scores, arrays, names, device, cfg.train.eval_batch_size)
+    model = evaluate_arrays(learner.scores, arrays, names, device, cfg.train.eval_batch_size, split_repeat=True)
     train_actions = load_transitions(cfg.data, "train")["action"]
     baselines = {name: evaluate_arrays(make(train_actions, cfg.encoder.num_items, device), arrays, names, device,
-                                       cfg.train.eval_batch_size)
+                                       cfg.train.eval_batch_size, split_repeat=True)
                  for name, make in (("popularity", popularity_scorer), ("recent", recent_scorer))}
     has_tower = (run / "retrieval" / "checkpoints" / "last.pt").exists()
     if pipeline and not has_tower:

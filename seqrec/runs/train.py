@@ -8,12 +8,14 @@ a run killed at any moment and resumed from its last checkpoint ends exactly as 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from seqrec.core.config import ConfigError
 from seqrec.core.io import atomic_write
+from seqrec.core.lock import output_lock
 from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
 from seqrec.models.device import pick_device
 from seqrec.nudging.fit import fit_run_bandit
@@ -42,14 +44,16 @@ def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None
     """Train (or resume) the run in `out`; returns the final validation metrics and the best checkpoint.
 
     Under torchrun (WORLD_SIZE > 1) every process runs this loop on its rows of each batch, with gradients
-    averaged over the processes; train.batch_size is then the global batch (seqrec/distributed.py)."""
+    averaged over the processes; train.batch_size is then the global batch (seqrec/distributed.py). The writing
+    process holds `out`'s lock throughout (seqrec/core/lock.py): a second writer of `out` stops, naming it."""
     rank = distributed.from_env()
     device = pick_device(cfg.train.device)
     if rank is None:
-        return _train(cfg, out, resume, progress, device, None)
+        with output_lock(out, "seqrec train"):
+            return _train(cfg, out, resume, progress, device, None)
     distributed.check_supported(rank, cfg.algorithm, cfg.train.batch_size)
     device = distributed.rank_device(rank, device)
-    with distributed.process_group(rank, device):
+    with output_lock(out, "seqrec train") if rank.main else nullcontext(), distributed.process_group(rank, device):
         return _train(cfg, out, resume, progress, device, rank)
 
 

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 import torch
 
 from seqrec.core.io import atomic_write, atomic_write_json, atomic_write_text
+from seqrec.core.progress import ProgressLines, TickingBar
 from seqrec.datasets.duplicates import duplicate_rows, find_duplicates
 from seqrec.datasets.inputs import FileStats, bucket_count, check_inputs, merged_event_map
 from seqrec.datasets.manifest import read_manifest
@@ -50,7 +51,7 @@ from seqrec.datasets.validate import EventTypes
 from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.scoring import ScoringBundle, load_bundle
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: rows carry product_propensity and joint_propensity; a format-1 job is not reused or resumed
 READ_ROWS = 1 << 18  # rows per record batch read in pass 1: reading and validating a batch bounds its memory
 KEEP_COLUMNS = ("user_id", "session_id", "item_id", "event", "timestamp", "_file", "_row")
 SCORES = "scores"  # OUT/scores/ holds only the part files: one Parquet dataset, readable as a whole
@@ -178,9 +179,11 @@ def scatter_inputs(job: ScoreJob, bundle: ScoringBundle, inputs: list[FileStats]
                       keep=(*KEEP_COLUMNS, *bundle.user_spec.columns), batch_rows=READ_ROWS)
     quarantine = Quarantine(work / "quarantine-read.parquet", inputs)
     total = sum(i.bytes for i in inputs)
+    lines = ProgressLines.for_progress("seqrec score", progress)
     try:
         scatter.run(paths, list(job.specs), inputs, quarantine.add,
-                    progress_bar("B", "read", total, progress, total < 64 << 20))
+                    TickingBar(progress_bar("B", "read", total, progress, total < 64 << 20), lambda: lines.tick(
+                        lambda: f"pass 1: {sum(i.rows_read for i in inputs):,} rows read")))
     finally:
         quarantine.close()
     atomic_write_json(work / "scatter.json", {"inputs": [asdict(i) for i in inputs], "reasons": quarantine.reasons,

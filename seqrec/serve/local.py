@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from seqrec.core.io import atomic_write, atomic_write_json
+from seqrec.core.progress import ProgressLines, TickingBar
 from seqrec.datasets.scatter import bucket_paths
 from seqrec.datasets.sessions import gap_us
 from seqrec.serve.engines import (
@@ -62,11 +63,13 @@ class LocalEngine:
         """Score every bucket not yet done; returns the totals over all buckets (done before or now)."""
         cfg, out, work, bundle = job.config, job.out, started.work, started.bundle
         gap = gap_us(float(bundle.info["session_gap_minutes"]))
-        bar = progress_bar("session", "score", None, progress, False)
+        lines = ProgressLines.for_progress("seqrec score", progress)
         totals = new_totals()
+        buckets = started.scatter["buckets"]
+        bar = TickingBar(progress_bar("session", "score", None, progress, False), lambda: lines.tick(
+            lambda: f"pass 2: {bar.count:,} sessions scored, bucket {len(totals['parts']) + 1}/{len(buckets)}"))
         t0 = time.perf_counter()
         workers = cfg.workers or torch.get_num_threads()
-        buckets = started.scatter["buckets"]
         with one_thread_each(workers) as pool:
             for b in buckets:
                 note = work / f"done-{b:05d}.json"

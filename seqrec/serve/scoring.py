@@ -14,7 +14,9 @@ machine, a Ray engine calls the very same function inside `map_batches` on actor
 - a session with no known item gets the `top` most popular items, flagged `fallback` (its model scores null);
 - each recommended item gets a nudge drawn from the bandit's probabilities over the arms the catalogue allows
   with that item, with the propensity of the draw. The draw's uniform number is a hash of (seed, session key,
-  rank), not a shared random stream: that is what makes the output independent of batching and resumable.
+  rank), not a shared random stream: that is what makes the output independent of batching and resumable;
+- each row also carries `product_propensity` (P(item at this rank) = 1: the ranking is deterministic) and
+  `joint_propensity` = product_propensity * propensity, the probability of the (product, nudge) decision.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from seqrec.retrieval.rerank import Candidates, Pipeline, blend, build_pipeline,
 from seqrec.retrieval.rerank import rerank_batch as pipeline_batch
 from seqrec.retrieval.two_tower import load_two_tower
 from seqrec.rl.bandits.fit import load_bandit
+from seqrec.rl.bandits.joint import joint_propensity
 from seqrec.rl.bandits.policies import Bandit
 from seqrec.rl.qlearning.learner import Learner
 from seqrec.runs.config import saved_config
@@ -442,8 +445,13 @@ def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
     family_names = sorted(set(bundle.arm_families))
     family = np.array([family_names.index(f) for f in bundle.arm_families], np.int32)[arm]
     cols["nudge_family"] = pa.DictionaryArray.from_arrays(pa.array(family), pa.array(family_names))
-    cols["propensity"] = pa.array(probs[np.arange(len(arm)), arm], pa.float64())
+    nudge_propensity = probs[np.arange(len(arm)), arm]  # (N,) P(nudge | session, item)
+    cols["propensity"] = pa.array(nudge_propensity, pa.float64())
     zeros = pa.array(np.zeros(len(arm), np.int32))
     cols["model_version"] = pa.DictionaryArray.from_arrays(zeros, pa.array([bundle.model_version]))
     cols["config_hash"] = pa.DictionaryArray.from_arrays(zeros, pa.array([bundle.config_hash]))
+    # the item at each rank is the deterministic top-N of the blend (or of popularity): P(product) = 1
+    product_propensity = np.ones(len(arm))  # (N,)
+    cols["product_propensity"] = pa.array(product_propensity, pa.float64())
+    cols["joint_propensity"] = pa.array(joint_propensity(product_propensity, nudge_propensity), pa.float64())
     return pa.table(cols)

@@ -6,13 +6,15 @@ import numpy as np
 import torch
 
 from seqrec.datasets.schema import OOV
-from seqrec.training.metrics import RankingMetrics, target_ranks
+from seqrec.training.metrics import RankingMetrics, repeat_targets, target_ranks
 
 
 @torch.no_grad()
 def evaluate_arrays(score_fn, arrays: dict[str, np.ndarray], event_names: tuple[str, ...], device: torch.device,
-                    batch_size: int = 1024) -> dict[str, dict[str, float]]:
-    """HR/NDCG@k per event type: every transition's action is a target ranked over the whole catalogue."""
+                    batch_size: int = 1024, split_repeat: bool = False) -> dict[str, dict]:
+    """HR/NDCG@k per event type: every transition's action is a target ranked over the whole catalogue.
+
+    split_repeat: each event type's row also gets "repeat" and "explore" (targets in their window or not)."""
     metrics = RankingMetrics(event_names)
     n = len(arrays["action"])
     for lo in range(0, n, batch_size):
@@ -20,7 +22,8 @@ def evaluate_arrays(score_fn, arrays: dict[str, np.ndarray], event_names: tuple[
         state = torch.from_numpy(np.asarray(arrays["state"][idx], np.int64)).to(device)
         target = torch.from_numpy(np.asarray(arrays["action"][idx], np.int64)).to(device)
         ranks = target_ranks(score_fn(state).float(), target)
-        metrics.add(ranks, torch.from_numpy(np.asarray(arrays["event"][idx], np.int64)))
+        repeat = repeat_targets(state, target) if split_repeat else None  # (B,) bool
+        metrics.add(ranks, torch.from_numpy(np.asarray(arrays["event"][idx], np.int64)), repeat)
     return metrics.result()
 
 
