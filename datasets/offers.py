@@ -3,8 +3,9 @@ event-typed history before each, the response attributed to it, and the same cus
 
 An offer is an event carrying a nudge and its propensity (the simulator's and the SDK's offer view). Its
 joint propensity is P(product) * P(nudge | product): `propensity` times `product_propensity` when the log has
-that column (else the nudge's propensity alone, which treats the product as given). The reward is the largest
-reward-table value (purchase 1.0, cart 0.6, like 0.4, view 0.2 by default) among the customer's later events on
+that column (else the nudge's propensity alone: the product is then the customer's, not the system's
+choice, and a policy is valued on its nudge for the logged product only: `OfferRows.product_chosen` False).
+The reward is the largest reward-table value (purchase 1.0, cart 0.6, like 0.4, view 0.2 by default) among the customer's later events on
 the offered product within `attribution_hours` and before the customer's next offer; the offer's own event does
 not count. The history is the customer's last W events strictly before the offer, as (item, event type, nudge)
 codes, newest last, zero-padded on the left: what a decision made at that moment could have seen.
@@ -133,6 +134,8 @@ class OfferRows:
     next_row: np.ndarray      # (N,) int64 row of the customer's next offer, -1 for the last
     contact: np.ndarray       # (N,) int64 the offer's number among the customer's offers (0 first)
     source_row: np.ndarray    # (N,) int64 row of the offer in the event table
+    product_chosen: bool = True   # the logger chose the product (a product propensity was logged); False: only
+                                  # the nudge was the system's choice, on a product the customer came to
 
     def __len__(self) -> int:
         return len(self.item)
@@ -145,7 +148,8 @@ class OfferRows:
         nxt = self.next_row[rows]
         return OfferRows(self.user[rows], self.time_us[rows], self.item[rows], self.nudge[rows],
                          self.propensity[rows], self.reward[rows], self.history[rows], self.profile[rows],
-                         np.where(nxt >= 0, new[np.maximum(nxt, 0)], -1), self.contact[rows], self.source_row[rows])
+                         np.where(nxt >= 0, new[np.maximum(nxt, 0)], -1), self.contact[rows], self.source_row[rows],
+                         self.product_chosen)
 
 
 class EventHistory:
@@ -210,6 +214,7 @@ def offer_rows(table: pa.Table, vocab: OfferVocab, spec: OfferSpec) -> OfferRows
     etype = vocab.event_codes(etype_names)
     nudge = vocab.nudge_codes(_column(table, "nudge_id"))[order]
     prop = pd.to_numeric(pd.Series(_column(table, "propensity")[order]), errors="coerce").to_numpy(np.float64)
+    pp = np.full(len(prop), np.nan)
     if "product_propensity" in table.column_names:
         pp = pd.to_numeric(pd.Series(_column(table, "product_propensity")[order]), errors="coerce").to_numpy(float)
         prop = prop * np.where(np.isnan(pp), 1.0, pp)
@@ -238,7 +243,8 @@ def offer_rows(table: pa.Table, vocab: OfferVocab, spec: OfferSpec) -> OfferRows
     profile = vocab.profile_codes({c: _column(table, c)[src] for c, _ in vocab.profile
                                    if c in table.column_names}, len(offers))
     return OfferRows(user_raw[src], t[offers], item[offers], nudge[offers], prop[offers], best[offers], hist,
-                     profile, nxt.astype(np.int64), contact.astype(np.int64), src.astype(np.int64))
+                     profile, nxt.astype(np.int64), contact.astype(np.int64), src.astype(np.int64),
+                     bool(np.isfinite(pp[offers]).any()))
 
 
 # ------------------------------------------------------------------------------------------------ helpers

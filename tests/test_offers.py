@@ -10,11 +10,12 @@ import torch
 from seqrec.datasets.offers import EventHistory, OfferError, OfferRows, OfferSpec, OfferVocab, offer_rows
 from seqrec.datasets.schema import TIMESTAMP_TYPE
 from seqrec.rl.bandits.joint import JointConfig
+from seqrec.rl.offers.config import OfferConfig
 from seqrec.rl.offers.decide import allowed_pairs, logged_bandit, policy_value
-from seqrec.rl.offers.model import OfferModelConfig, OfferQNet
+from seqrec.rl.offers.model import OfferQNet
 from seqrec.rl.ope.estimators import OpeConfig
 
-from seqrec.training.offers import OfferConfig, choose_epoch, contact_targets, fit_offer_q
+from seqrec.training.offers import choose_epoch, contact_targets, fit_offer_q
 
 S, DAY = 1_000_000, 86_400_000_000
 
@@ -158,7 +159,7 @@ def test_allowed_pairs_and_model_shapes():
     ok = allowed_pairs(held, mask)
     assert ok[0].tolist() == [[False, False], [True, True]]          # product 0 held
     assert ok[1].tolist() == mask.tolist()                            # holds everything: any allowed pair
-    net = OfferQNet(4, 6, 4, (3,), 5, OfferModelConfig(dim=8, hidden=8)).eval()
+    net = OfferQNet(4, 6, 4, (3,), 5, OfferConfig(dim=8, hidden=8, head="joint")).eval()
     h = torch.tensor([[[0, 0, 0], [0, 0, 0], [2, 1, 2], [3, 2, 0], [2, 4, 0]]])
     prof = torch.tensor([[1]])
     grid = net.all_logits(h, prof, torch.tensor([2, 3]), torch.tensor([2, 3]))

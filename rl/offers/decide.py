@@ -56,8 +56,8 @@ def q_values(model: OfferQNet, history: np.ndarray, profile: np.ndarray, batch: 
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, p, a))
 
 
-def decide(values: np.ndarray, allowed: np.ndarray, cfg: JointConfig, rng: np.random.Generator | None = None
-           ) -> np.ndarray:
+def offer_probabilities(values: np.ndarray, allowed: np.ndarray, cfg: JointConfig,
+                        rng: np.random.Generator | None = None) -> np.ndarray:
     """(B, P, A) joint probabilities of the decision layer over the allowed pairs (rl/bandits/joint.py)."""
     return joint_probabilities(values, allowed, cfg, rng=rng)
 
@@ -70,12 +70,22 @@ def logged_bandit(rows: OfferRows, n_products: int, n_nudges: int) -> LoggedBand
                         n_actions=n_products * n_nudges, source="offers")
 
 
+def evaluable(rows: OfferRows, allowed: np.ndarray) -> np.ndarray:
+    """(N, P, A) the pairs a policy is valued over on logged offers: all allowed pairs when the logger chose the
+    product; else (the customer chose it) the allowed nudges of the logged product only."""
+    if rows.product_chosen:
+        return allowed
+    same = (np.arange(allowed.shape[1])[None] == (rows.item - FIRST_ITEM)[:, None])            # (N, P)
+    out = allowed & same[:, :, None]
+    return np.where(out.any(axis=(1, 2), keepdims=True), out, allowed)
+
+
 def policy_value(rows: OfferRows, values: np.ndarray, allowed: np.ndarray, cfg: JointConfig,
                  estimator: str = "snips", resamples: int = 0, level: float = 0.95, seed: int = 0) -> Estimate:
-    """Off-policy value of the decision policy (cfg over `values` (N, P, A)) on logged offers, by SNIPS or DR
-    (DR's reward model: the values themselves, so only with gamma 0 is it a reward model)."""
+    """Off-policy value of the decision policy (cfg over `values` (N, P, A), over the `evaluable` pairs) on logged
+    offers, by SNIPS or DR (DR's reward model: the values themselves, so only with gamma 0 is it one)."""
     n, p, a = values.shape
-    pi = decide(values, allowed, cfg, np.random.default_rng(seed)).reshape(n, p * a)
+    pi = offer_probabilities(values, evaluable(rows, allowed), cfg, np.random.default_rng(seed)).reshape(n, p * a)
     keep = ((rows.item - FIRST_ITEM >= 0) & (rows.item - FIRST_ITEM < p)
             & (rows.nudge - FIRST_NUDGE >= 0) & (rows.nudge - FIRST_NUDGE < a))
     log = logged_bandit(rows, p, a)

@@ -17,43 +17,16 @@ columns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from seqrec.rl.offers.config import OfferConfig
 from torch import nn
-
-from seqrec.core.config import check_choice, check_int, check_real
-
-HEADS = ("additive", "joint")
-
-
-@dataclass(frozen=True)
-class OfferModelConfig:
-    """Width and depth of the offer Q network."""
-
-    dim: int = 32           # D: token, state and embedding width
-    hidden: int = 64        # the scoring MLP's hidden width
-    blocks: int = 1         # self-attention blocks over the history (0: a bag of events)
-    heads: int = 1
-    dropout: float = 0.1
-    head: str = "additive"  # additive: logit = f(s, p) + g(s, a) + b(p, a); joint: one MLP over (s, p, a)
-
-    def __post_init__(self) -> None:
-        check_choice("offers.head", self.head, HEADS)
-        check_int("offers.dim", self.dim, 2)
-        check_int("offers.hidden", self.hidden, 1)
-        check_int("offers.blocks", self.blocks, 0)
-        check_int("offers.heads", self.heads, 1)
-        check_real("offers.dropout", self.dropout, 0.0, 0.9)
-        if self.dim % self.heads:
-            raise ValueError(f"offers.dim ({self.dim}) must be a multiple of offers.heads ({self.heads})")
 
 
 class OfferQNet(nn.Module):
     """Q(s, p, a) for candidate (product, nudge) pairs (see the module docstring)."""
 
     def __init__(self, n_items: int, n_events: int, n_nudges: int, profile_sizes: tuple[int, ...], window: int,
-                 cfg: OfferModelConfig, nudge_family: torch.Tensor | None = None, scale: float = 1.0) -> None:
+                 cfg: OfferConfig, nudge_family: torch.Tensor | None = None, scale: float = 1.0) -> None:
         super().__init__()
         d = cfg.dim
         self.cfg, self.window, self.scale, self.n_events = cfg, window, float(scale), n_events

@@ -31,9 +31,9 @@ from seqrec.core.config import ConfigError, check_choice, check_int, check_real,
 from seqrec.datasets.schema import EVENT_TYPES
 from seqrec.rl.bandits.joint import JointConfig
 from seqrec.rl.bandits.policies import BanditConfig
+from seqrec.rl.offers.config import OfferConfig
 from seqrec.rl.ope.estimators import ESTIMATORS
 from seqrec.runs.file_config import ENCODER_PLACEHOLDERS, bandit_table, check_model_tables
-from seqrec.training.offers import OfferConfig
 
 POLICIES = ("random", "rules")
 LEARNERS = ("offers", "pipeline")

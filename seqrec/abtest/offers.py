@@ -23,7 +23,7 @@ from seqrec.campaign.records import CampaignLog, Contacts
 from seqrec.campaign.simulator import Simulator
 from seqrec.datasets.offers import EventHistory, OfferVocab, offer_rows
 from seqrec.rl.bandits.joint import JointConfig
-from seqrec.rl.offers.decide import allowed_pairs, decide, q_values
+from seqrec.rl.offers.decide import allowed_pairs, offer_probabilities, q_values
 from seqrec.training.offers import FittedOffers, OfferConfig, fit_offer_q, save_offers
 
 
@@ -51,7 +51,7 @@ class OfferPolicy:
 
     def probabilities(self, contacts: Contacts) -> np.ndarray:
         allowed = allowed_pairs(contacts.held, self.sim.nudge_mask)                          # (B, P, A)
-        return decide(self.values(contacts), allowed, self.decision, self.rng)
+        return offer_probabilities(self.values(contacts), allowed, self.decision, self.rng)
 
 
 def train_offers(sim: Simulator, log: CampaignLog, cfg: OfferConfig, rewards: dict[str, float],

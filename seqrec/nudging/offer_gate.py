@@ -12,7 +12,14 @@ import pyarrow as pa
 
 from seqrec.datasets.offers import offer_rows
 from seqrec.rl.bandits.joint import JointConfig
-from seqrec.rl.offers.decide import allowed_pairs, bought_before, decide, logged_bandit, q_values
+from seqrec.rl.offers.decide import (
+    allowed_pairs,
+    bought_before,
+    evaluable,
+    logged_bandit,
+    offer_probabilities,
+    q_values,
+)
 from seqrec.rl.ope.compare import compare_policies
 from seqrec.rl.ope.estimators import OpeConfig
 from seqrec.rl.ope.models import CellMeanModel
@@ -44,12 +51,13 @@ def offer_gate(table: pa.Table, rewards: dict[str, float], folder: Path, decisio
     inside = (rows.item >= 2) & (rows.item < 2 + p) & (rows.nudge >= 2) & (rows.nudge < 2 + a)
     rows = rows.take(np.flatnonzero(inside))
     values = q_values(fitted.model, rows.history, rows.profile)                               # (N, P, A)
-    allowed = allowed_pairs(bought_before(rows.history, p), mask)
-    pi = decide(values, allowed, decision).reshape(len(rows), -1)
+    allowed = evaluable(rows, allowed_pairs(bought_before(rows.history, p), mask))
+    pi = offer_probabilities(values, allowed, decision).reshape(len(rows), -1)
     log = logged_bandit(rows, p, a)
     c = compare_policies(log, pi, None, estimator, config or OpeConfig(), CellMeanModel(by_position=False))
     return {"estimator": c.estimator, "estimate": c.new, "low": c.new_low, "high": c.new_high,
             "decision": "go" if c.difference_low > 0 else "no-go", "level": c.level, "offers": c.n,
+            "decides": "product and nudge" if rows.product_chosen else "the nudge of the logged product",
             "held_out_only": restricted,
             "current": {"policy": "logged", "estimate": c.current, "low": c.current_low, "high": c.current_high},
             "difference": {"estimate": c.difference, "low": c.difference_low, "high": c.difference_high}}
@@ -59,7 +67,8 @@ def gate_lines(g: dict) -> list[str]:
     """The gate as printed by `seqrec ope`."""
     pct = lambda x: f"{100 * x:.2f}%"   # noqa: E731
     d = g["difference"]
-    return [f"offers: {g['offers']:,}" + (" (customers the learner never trained on)" if g["held_out_only"] else ""),
+    return [f"offers: {g['offers']:,}" + (" (customers the learner never trained on)" if g["held_out_only"] else "")
+            + f"; the policy decides {g['decides']}",
             f"new policy ({g['estimator']}): {pct(g['estimate'])} [{pct(g['low'])}, {pct(g['high'])}]",
             f"current (logged) policy: {pct(g['current']['estimate'])} [{pct(g['current']['low'])}, "
             f"{pct(g['current']['high'])}]",

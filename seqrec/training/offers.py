@@ -18,21 +18,28 @@ import copy
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seqrec.core.config import check_choice, check_int, check_real
 from seqrec.core.io import atomic_write_json
-from seqrec.datasets.offers import FIRST_NUDGE, OfferRows, OfferSpec, OfferVocab
+from seqrec.datasets.offers import FIRST_NUDGE, OfferRows, OfferVocab
 from seqrec.datasets.schema import FIRST_ITEM
 from seqrec.rl.bandits.joint import JointConfig
-from seqrec.rl.offers.decide import allowed_pairs, bought_before, grid, logged_bandit, policy_value, q_values
-from seqrec.rl.offers.model import OfferModelConfig, OfferQNet
+from seqrec.rl.offers.config import OfferConfig
+from seqrec.rl.offers.decide import (
+    allowed_pairs,
+    bought_before,
+    evaluable,
+    grid,
+    logged_bandit,
+    policy_value,
+    q_values,
+)
+from seqrec.rl.offers.model import OfferQNet
 from seqrec.rl.ope.compare import compare_policies
 from seqrec.rl.ope.data import LoggedBandit
 from seqrec.rl.ope.estimators import OpeConfig
@@ -40,55 +47,7 @@ from seqrec.rl.ope.models import Predictions
 from seqrec.training.checkpoints import load_checkpoint, save_checkpoint
 from seqrec.training.loop import Evaluation, Schedule, fit
 
-SELECT = ("snips", "dr", "loss")
 SELECT_RESAMPLES = 200   # bootstrap resamples of the paired comparison that may pick an earlier epoch
-
-
-@dataclass(frozen=True)
-class OfferConfig:
-    """The `[offers]` table: how offers are read, the network, and its fitting."""
-
-    history: int = 20
-    attribution_hours: float = 168.0
-    profile: tuple[str, ...] = ()
-    dim: int = 32
-    hidden: int = 64
-    blocks: int = 1
-    heads: int = 1
-    dropout: float = 0.1
-    head: str = "additive"          # additive | joint (rl/offers/model.py)
-    gamma: float = 0.0              # per-contact discount; 0 = the contextual bandit
-    epochs: int = 6
-    batch_size: int = 256
-    lr: float = 0.003
-    weight_decay: float = 0.0
-    cql_alpha: float = 0.0          # conservative term's weight; 0 = none (a uniformly exploring log needs none)
-    valid_fraction: float = 0.2     # customers held out for selection
-    select: str = "snips"           # snips | dr | loss: what picks the epoch
-    refit: bool = False             # refit the chosen epochs on every customer (the gate then has no held-out rows)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "profile", tuple(self.profile))
-        self.model()
-        check_real("offers.gamma", self.gamma, 0.0, 0.99)
-        check_int("offers.epochs", self.epochs, 1)
-        check_int("offers.batch_size", self.batch_size, 1)
-        check_real("offers.lr", self.lr, 0.0, 10.0, open_low=True)
-        check_real("offers.weight_decay", self.weight_decay, 0.0, 10.0)
-        check_real("offers.cql_alpha", self.cql_alpha, 0.0, 100.0)
-        check_real("offers.valid_fraction", self.valid_fraction, 0.0, 0.9)
-        check_choice("offers.select", self.select, SELECT)
-        check_int("offers.seed", self.seed, 0)
-
-    def model(self) -> OfferModelConfig:
-        return OfferModelConfig(self.dim, self.hidden, self.blocks, self.heads, self.dropout, self.head)
-
-    def spec(self, rewards: Mapping[str, float]) -> OfferSpec:
-        return OfferSpec(self.history, self.attribution_hours, dict(rewards), self.profile)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -140,7 +99,8 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
 
     greedy = JointConfig(kind="greedy", epsilon=0.0)
     valid = rows.take(valid_rows) if len(valid_rows) else None
-    valid_allowed = allowed_pairs(bought_before(valid.history, p), mask) if valid is not None else None
+    valid_allowed = (evaluable(valid, allowed_pairs(bought_before(valid.history, p), mask)) if valid is not None
+                     else None)
     seen: list[tuple[dict, dict, np.ndarray]] = []      # per epoch: metrics, weights, greedy action per valid row
 
     def evaluate(model: OfferQNet) -> Evaluation:
@@ -275,4 +235,4 @@ def _network(vocab: OfferVocab, cfg: OfferConfig, nudge_family: np.ndarray | Non
     """A fresh offer Q network for a vocabulary (nudge families: padding and unknown in families of their own)."""
     family = None if nudge_family is None else torch.as_tensor(np.r_[[-2, -1], np.asarray(nudge_family, np.int64)])
     return OfferQNet(vocab.n_items, vocab.n_events, vocab.n_nudges, tuple(len(v) for _, v in vocab.profile),
-                     cfg.history, cfg.model(), family, scale)
+                     cfg.history, cfg, family, scale)
