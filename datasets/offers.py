@@ -3,11 +3,11 @@ event-typed history before each, the response attributed to it, and the same cus
 
 An offer is an event carrying a nudge and its propensity (the simulator's and the SDK's offer view). Its
 joint propensity is P(product) * P(nudge | product): `propensity` times `product_propensity` when the log has
-that column (else the nudge's propensity alone: the product is then the customer's, not the system's
-choice, and a policy is valued on its nudge for the logged product only: `OfferRows.product_chosen` False).
-The reward is the largest reward-table value (purchase 1.0, cart 0.6, like 0.4, view 0.2 by default) among the customer's later events on
-the offered product within `attribution_hours` and before the customer's next offer; the offer's own event does
-not count. The history is the customer's last W events strictly before the offer, as (item, event type, nudge)
+that column (else the nudge's propensity alone: the product is then the customer's, not the system's choice,
+and a policy is valued on its nudge for the logged product only: `OfferRows.product_chosen` False). The reward
+is the largest reward-table value (purchase 1.0, cart 0.6, like 0.4, view 0.2 by default) among the
+customer's later events on the offered product within `attribution_hours` and before the customer's next
+offer; the offer's own event does not count. The history is the customer's last W events strictly before the offer, as (item, event type, nudge)
 codes, newest last, zero-padded on the left: what a decision made at that moment could have seen.
 
 Codes (all small integers, 0 = padding): items PAD/OOV/FIRST_ITEM as in datasets/schema.py; event types
