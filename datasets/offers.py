@@ -7,8 +7,9 @@ that column (else the nudge's propensity alone: the product is then the customer
 and a policy is valued on its nudge for the logged product only: `OfferRows.product_chosen` False). The reward
 is the largest reward-table value (purchase 1.0, cart 0.6, like 0.4, view 0.2 by default) among the
 customer's later events on the offered product within `attribution_hours` and before the customer's next
-offer; the offer's own event does not count. The history is the customer's last W events strictly before the offer, as (item, event type, nudge)
-codes, newest last, zero-padded on the left: what a decision made at that moment could have seen.
+offer; the offer's own event does not count. The history is the customer's last W events strictly before the
+offer, as (item, event type, nudge) codes, newest last, zero-padded on the left: what a decision made at that
+moment could have seen.
 
 Codes (all small integers, 0 = padding): items PAD/OOV/FIRST_ITEM as in datasets/schema.py; event types
 1 + index (0 padding, the last code for types outside the vocabulary); nudges 0 = none, 1 = unknown, 2.. arms;
