@@ -125,15 +125,18 @@ def test_policy_value_by_hand():
     assert est.value == pytest.approx(rows.reward[hit].sum() / hit.sum())   # SNIPS: equal weights 4 on the hits
 
 
-def test_choose_epoch_takes_an_earlier_epoch_only_when_clearly_better():
+def test_choose_epoch_takes_the_best_value_only_when_clearly_better():
     rows, action = uniform_log(4000, 1)
     log = logged_bandit(rows, 2, 2)
     good, bad = np.full(4000, 2), np.full(4000, 0)                   # joint actions: (1, 0) pays 0.6, (0, 0) 0.1
     cfg = OpeConfig(resamples=200, seed=0)
-    assert choose_epoch(log, [bad, good, bad], np.array([0.1, 0.6, 0.1]), "snips", cfg) == 1
-    assert choose_epoch(log, [bad, good, good], np.array([0.1, 0.61, 0.6]), "snips", cfg) == 2   # a tie: the last
-    assert choose_epoch(log, [bad, good, bad], np.array([0.1, 0.6, 0.1]), "dr", cfg) == 1
-    assert choose_epoch(log, [bad, good, bad], np.array([-0.5, -0.3, -0.4]), "loss", cfg) == 1
+    loss = np.array([0.30, 0.31, 0.29])                               # epoch 2 has the lowest held-out loss
+    # epoch 1's policy is worth 0.6 against epoch 2's 0.1: far beyond chance, the value overrules the loss
+    assert choose_epoch(log, [bad, good, bad], np.array([0.1, 0.6, 0.1]), loss, "snips", cfg) == 1
+    assert choose_epoch(log, [bad, good, bad], np.array([0.1, 0.6, 0.1]), loss, "dr", cfg) == 1
+    # the same policy at epochs 1 and 2 (a higher estimate is noise): the lowest loss stands
+    assert choose_epoch(log, [bad, good, good], np.array([0.1, 0.61, 0.6]), loss, "snips", cfg) == 2
+    assert choose_epoch(log, [bad, good, bad], np.array([0.1, 0.6, 0.1]), loss, "loss", cfg) == 2
 
 
 def test_fit_learns_the_best_offer_and_reports_the_chosen_epoch():

@@ -123,10 +123,10 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
     info = {"train_offers": int(len(train_rows)), "valid_offers": int(len(valid_rows)), "select": cfg.select,
             "epochs": result["step"], "refit": False}
     if valid is not None:
-        key = {"snips": "snips", "dr": "dr", "loss": "loss"}[cfg.select]
-        values = np.array([m[key] if key != "loss" else -m[key] for m, _, _ in seen])
+        values = np.array([m[cfg.select] if cfg.select != "loss" else np.nan for m, _, _ in seen])
+        losses = np.array([m["loss"] for m, _, _ in seen])
         log = logged_bandit(valid, p, a)
-        chosen = choose_epoch(log, [act for _, _, act in seen], values, cfg.select,
+        chosen = choose_epoch(log, [act for _, _, act in seen], values, losses, cfg.select,
                               OpeConfig(resamples=SELECT_RESAMPLES, seed=cfg.seed))
         model.load_state_dict(seen[chosen][1])
         info.update(best_epoch=chosen + 1, valid=seen[chosen][0], per_epoch=[m for m, _, _ in seen])
@@ -137,19 +137,24 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
     return FittedOffers(model.eval(), vocab, cfg, info, held_out)
 
 
-def choose_epoch(log: LoggedBandit, actions: list[np.ndarray], values: np.ndarray, select: str,
-                 config: OpeConfig) -> int:
-    """Index of the chosen epoch: by held-out loss, the lowest; by off-policy value, the epoch of the highest
-    estimate only when its greedy policy beats the last epoch's by more than chance (the paired bootstrap
-    interval of the difference lies above 0), else the last: consecutive estimates differ by noise of a few
-    points on a uniformly exploring log, and a noisy pick would return an undertrained network."""
-    best, last = int(np.argmax(values)), len(values) - 1
-    if select == "loss" or best == last:
-        return best
-    one_hot = [np.eye(log.n_actions)[actions[i]] for i in (best, last)]                  # (N, A) each
+def choose_epoch(log: LoggedBandit, actions: list[np.ndarray], values: np.ndarray, losses: np.ndarray,
+                 select: str, config: OpeConfig) -> int:
+    """Index of the chosen epoch. By held-out loss: the lowest. By off-policy value (snips, dr): the epoch of the
+    highest estimate when its greedy policy beats the lowest-loss epoch's beyond chance (the paired bootstrap
+    interval of the difference lies above 0), else the lowest-loss epoch. On a uniformly exploring log a greedy
+    policy's estimate has a standard error of a few points, more than epochs differ by: a plain arg-max of the
+    estimates would pick an epoch by noise, while the loss (a proper score of the same predictions) is precise;
+    the value decides where it can tell the policies apart."""
+    base = int(np.argmin(losses))
+    if select == "loss":
+        return base
+    best = int(np.argmax(values))
+    if best == base:
+        return base
+    one_hot = [np.eye(log.n_actions)[actions[i]] for i in (best, base)]                  # (N, A) each
     c = compare_policies(log, one_hot[0], one_hot[1], select, config,
                          Predictions(np.zeros((log.n, log.n_actions))) if select == "dr" else None)
-    return best if c.difference_low > 0 else last
+    return best if c.difference_low > 0 else base
 
 
 def _train(build, rows: OfferRows, cfg: OfferConfig, mask: np.ndarray, scale: float, epochs: int,
