@@ -162,9 +162,39 @@ def test_allowed_pairs_and_model_shapes():
     ok = allowed_pairs(held, mask)
     assert ok[0].tolist() == [[False, False], [True, True]]          # product 0 held
     assert ok[1].tolist() == mask.tolist()                            # holds everything: any allowed pair
-    net = OfferQNet(4, 6, 4, (3,), 5, OfferConfig(dim=8, hidden=8, head="joint")).eval()
+    for head in ("joint", "additive"):
+        check_grid_equals_pairs(head)
+
+
+def check_grid_equals_pairs(head: str) -> None:
+    torch.manual_seed(0)
+    net = OfferQNet(4, 6, 4, (3,), 5, OfferConfig(dim=8, hidden=8, head=head)).eval()
+    with torch.no_grad():
+        for p in net.parameters():           # every weight random, the zero-initialised wide terms included
+            p.normal_()
     h = torch.tensor([[[0, 0, 0], [0, 0, 0], [2, 1, 2], [3, 2, 0], [2, 4, 0]]])
     prof = torch.tensor([[1]])
     grid = net.all_logits(h, prof, torch.tensor([2, 3]), torch.tensor([2, 3]))
     pairs = net.logits(h, prof, torch.tensor([[2, 2, 3, 3]]), torch.tensor([[2, 3, 2, 3]]))
     torch.testing.assert_close(grid.reshape(1, 4), pairs)             # the grid path equals the pair path
+
+
+def test_an_ensemble_saves_loads_and_averages_its_members(tmp_path):
+    from seqrec.training.offers import load_offers, save_offers
+
+    rows, _ = uniform_log(600, 3)
+    vocab = OfferVocab(("p0", "p1"), ("n0", "n1"))
+    cfg = OfferConfig(history=2, dim=8, hidden=8, blocks=0, epochs=1, seed=5, ensemble=2)
+    fitted = fit_offer_q(rows, vocab, cfg)
+    assert len(fitted.info["members"]) == 2 and len(fitted.model.members) == 2
+    h, prof = torch.zeros((3, 2, 3), dtype=torch.long), torch.zeros((3, 0), dtype=torch.long)
+    items, nudges = torch.tensor([2, 3]), torch.tensor([2, 3])
+    with torch.no_grad():
+        each = [m.all_logits(h, prof, items, nudges) for m in fitted.model.members]
+        assert not torch.equal(each[0], each[1])                             # seeds 5 and 6: two different fits
+        torch.testing.assert_close(fitted.model.all_logits(h, prof, items, nudges), (each[0] + each[1]) / 2)
+        save_offers(tmp_path / "offers", fitted)
+        loaded, mask = load_offers(tmp_path / "offers")
+        torch.testing.assert_close(loaded.model.all_logits(h, prof, items, nudges),
+                                   fitted.model.all_logits(h, prof, items, nudges))
+    assert mask.all() and np.array_equal(loaded.held_out.astype(str), fitted.held_out.astype(str))

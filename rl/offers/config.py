@@ -28,6 +28,8 @@ class OfferConfig:
     heads: int = 1
     dropout: float = 0.1
     head: str = "additive"          # additive | joint (rl/offers/model.py)
+    wide: bool = True               # wide terms: a weight per (profile level, product) and (profile level, nudge)
+    ensemble: int = 1               # networks fitted with seeds seed, seed + 1, ...; Q from their mean logit
     gamma: float = 0.0              # per-contact discount; 0 = the contextual bandit
     epochs: int = 6
     batch_size: int = 256
@@ -47,9 +49,12 @@ class OfferConfig:
         check_int("offers.heads", self.heads, 1)
         check_real("offers.dropout", self.dropout, 0.0, 0.9)
         check_choice("offers.head", self.head, HEADS)
+        if not isinstance(self.wide, bool):
+            raise ValueError(f"offers.wide must be true or false; got {self.wide!r}")
         if self.dim % self.heads:
             raise ValueError(f"offers.dim ({self.dim}) must be a multiple of offers.heads ({self.heads})")
         check_real("offers.gamma", self.gamma, 0.0, 0.99)
+        check_int("offers.ensemble", self.ensemble, 1, 64)
         check_int("offers.epochs", self.epochs, 1)
         check_int("offers.batch_size", self.batch_size, 1)
         check_real("offers.lr", self.lr, 0.0, 10.0, open_low=True)

@@ -12,7 +12,7 @@ import torch
 from seqrec.datasets.offers import FIRST_NUDGE, OfferRows
 from seqrec.datasets.schema import FIRST_ITEM, PURCHASE
 from seqrec.rl.bandits.joint import JointConfig, joint_probabilities
-from seqrec.rl.offers.model import OfferQNet
+from seqrec.rl.offers.model import OfferEnsemble, OfferQNet
 from seqrec.rl.ope.data import LoggedBandit
 from seqrec.rl.ope.estimators import DR, SNIPS, Estimate, OpeConfig
 from seqrec.rl.ope.models import Predictions
@@ -43,10 +43,11 @@ def allowed_pairs(held: np.ndarray, nudge_mask: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def q_values(model: OfferQNet, history: np.ndarray, profile: np.ndarray, batch: int = 512) -> np.ndarray:
+def q_values(model: OfferQNet | OfferEnsemble, history: np.ndarray, profile: np.ndarray,
+             batch: int = 512) -> np.ndarray:
     """(B, P, A) Q value of every (product, nudge) pair for each customer."""
     model.eval()
-    items, nudges = grid(model.item.num_embeddings, model.nudge.num_embeddings)
+    items, nudges = grid(model.n_items, model.n_nudges)
     out = []
     for lo in range(0, len(history), batch):
         h = torch.from_numpy(history[lo:lo + batch])

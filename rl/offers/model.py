@@ -52,6 +52,15 @@ class OfferQNet(nn.Module):
             self.score_nudge = nn.Sequential(nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 1))
             self.pair_bias = nn.Embedding(n_items * n_nudges, 1)
             nn.init.zeros_(self.pair_bias.weight)
+        # wide terms: a scalar per (profile level, product) and per (profile level, nudge), as a logistic model's
+        # segment x product and segment x nudge terms: the interactions the data pins down best, learnt directly
+        self.n_items, self.n_nudges = n_items, n_nudges
+        self.wide_product = nn.ModuleList(nn.Embedding((n + 1) * n_items, 1) for n in profile_sizes) \
+            if cfg.wide else nn.ModuleList()
+        self.wide_nudge = nn.ModuleList(nn.Embedding((n + 1) * n_nudges, 1) for n in profile_sizes) \
+            if cfg.wide else nn.ModuleList()
+        for emb in (*self.wide_product, *self.wide_nudge):
+            nn.init.zeros_(emb.weight)
 
     def encode(self, history: torch.Tensor, profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) state and (B, W, D) token memory of histories (B, W, 3) and profiles (B, C)."""
@@ -73,17 +82,23 @@ class OfferQNet(nn.Module):
                nudges: torch.Tensor) -> torch.Tensor:
         """(B, K) logit of each candidate pair: items, nudges (B, K) codes."""
         h, memory = self.encode(history, profile)
-        return self.logits_from(h, memory, history, items, nudges)
-
-    def logits_from(self, h: torch.Tensor, memory: torch.Tensor, history: torch.Tensor, items: torch.Tensor,
-                    nudges: torch.Tensor) -> torch.Tensor:
-        """(B, K) logits from an encoded state h (B, D) and memory (B, W, D) for pairs items, nudges (B, K)."""
         prod, nud = self.product_part(h, memory, history, items), self.nudge_part(h, history, nudges)
+        wide = self.wide(profile, items, nudges)                                 # (B, K)
         if self.cfg.head == "additive":
-            pair = self.pair_bias(items * self.nudge.num_embeddings + nudges).squeeze(-1)
-            return self.score(prod).squeeze(-1) + self.score_nudge(nud).squeeze(-1) + pair     # (B, K)
+            pair = self.pair_bias(items * self.n_nudges + nudges).squeeze(-1)
+            return self.score(prod).squeeze(-1) + self.score_nudge(nud).squeeze(-1) + pair + wide   # (B, K)
         z = prod + nud + self.by_pair(self.item(items) * self.nudge(nudges))
-        return self.score(z).squeeze(-1)                                         # (B, K)
+        return self.score(z).squeeze(-1) + wide                                 # (B, K)
+
+    def wide(self, profile: torch.Tensor, items: torch.Tensor, nudges: torch.Tensor) -> torch.Tensor:
+        """(B, K) the wide terms of pairs items, nudges (B, K) (0 without them); items or nudges may also be
+        (B, K) with the other (B, 1) or (1, K) broadcastable."""
+        out = torch.zeros(())
+        for c, emb in enumerate(self.wide_product):
+            out = out + emb(profile[:, c:c + 1] * self.n_items + items).squeeze(-1)
+        for c, emb in enumerate(self.wide_nudge):
+            out = out + emb(profile[:, c:c + 1] * self.n_nudges + nudges).squeeze(-1)
+        return out
 
     def product_part(self, h: torch.Tensor, memory: torch.Tensor, history: torch.Tensor,
                      items: torch.Tensor) -> torch.Tensor:
@@ -128,9 +143,37 @@ class OfferQNet(nn.Module):
         h, memory = self.encode(history, profile)
         prod = self.product_part(h, memory, history, items[None].expand(b, -1))      # (B, P, H)
         nud = self.nudge_part(h, history, nudges[None].expand(b, -1))                 # (B, A, H)
+        wide = torch.zeros(())
+        if self.cfg.wide:
+            wide_p = sum((emb(profile[:, c:c + 1] * self.n_items + items[None]).squeeze(-1)
+                          for c, emb in enumerate(self.wide_product)), torch.zeros(b, len(items)))   # (B, P)
+            wide_a = sum((emb(profile[:, c:c + 1] * self.n_nudges + nudges[None]).squeeze(-1)
+                          for c, emb in enumerate(self.wide_nudge)), torch.zeros(b, len(nudges)))  # (B, A)
+            wide = wide_p[:, :, None] + wide_a[:, None]                                   # (B, P, A)
         if self.cfg.head == "additive":
-            pair = self.pair_bias(items[:, None] * self.nudge.num_embeddings + nudges[None]).squeeze(-1)   # (P, A)
+            pair = self.pair_bias(items[:, None] * self.n_nudges + nudges[None]).squeeze(-1)   # (P, A)
             return (self.score(prod).squeeze(-1)[:, :, None] + self.score_nudge(nud).squeeze(-1)[:, None]
-                    + pair[None])
+                    + pair[None] + wide)
         pair = self.by_pair(self.item(items)[:, None] * self.nudge(nudges)[None])     # (P, A, H)
-        return self.score(prod[:, :, None] + nud[:, None] + pair[None]).squeeze(-1)
+        return self.score(prod[:, :, None] + nud[:, None] + pair[None]).squeeze(-1) + wide
+
+
+class OfferEnsemble(nn.Module):
+    """The mean logit of several offer Q networks fitted with different seeds: each member's decisions carry the
+    noise of its own fit, and the mean's ranking of offers is steadier than any one's."""
+
+    def __init__(self, members: list[OfferQNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.scale, self.n_items, self.n_nudges = members[0].scale, members[0].n_items, members[0].n_nudges
+
+    def logits(self, history: torch.Tensor, profile: torch.Tensor, items: torch.Tensor,
+               nudges: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.logits(history, profile, items, nudges) for m in self.members]).mean(0)
+
+    def all_logits(self, history: torch.Tensor, profile: torch.Tensor, items: torch.Tensor,
+                   nudges: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.all_logits(history, profile, items, nudges) for m in self.members]).mean(0)
+
+    def values(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.sigmoid(logits)

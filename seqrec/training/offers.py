@@ -15,6 +15,7 @@ customer. Shapes: N offers, W history, P products, A nudges.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -39,7 +40,7 @@ from seqrec.rl.offers.decide import (
     policy_value,
     q_values,
 )
-from seqrec.rl.offers.model import OfferQNet
+from seqrec.rl.offers.model import OfferEnsemble, OfferQNet
 from seqrec.rl.ope.compare import compare_policies
 from seqrec.rl.ope.data import LoggedBandit
 from seqrec.rl.ope.estimators import OpeConfig
@@ -54,7 +55,7 @@ SELECT_RESAMPLES = 200   # bootstrap resamples of the paired comparison that may
 class FittedOffers:
     """A fitted offer Q network with its vocabulary and what selection saw."""
 
-    model: OfferQNet
+    model: OfferQNet | OfferEnsemble
     vocab: OfferVocab
     config: OfferConfig
     info: dict = field(default_factory=dict)
@@ -103,7 +104,7 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
                      else None)
     seen: list[tuple[dict, dict, np.ndarray]] = []      # per epoch: metrics, weights, greedy action per valid row
 
-    def evaluate(model: OfferQNet) -> Evaluation:
+    def evaluate(model: OfferQNet | OfferEnsemble) -> Evaluation:
         q = q_values(model, valid.history, valid.profile)                       # (N, P, A)
         logits = torch.logit(torch.from_numpy(q / scale).clamp(1e-6, 1 - 1e-6))
         taken = logits[torch.arange(len(valid)), torch.from_numpy(valid.item - FIRST_ITEM),
@@ -118,23 +119,36 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
         return Evaluation(metrics, None if math.isnan(chosen) else chosen,
                           {f"offers/valid_{k}": v for k, v in metrics.items()})
 
-    model, result = _train(build, rows.take(train_rows) if valid is not None else rows, cfg, mask, scale,
-                           cfg.epochs, evaluate if valid is not None else None)
-    info = {"train_offers": int(len(train_rows)), "valid_offers": int(len(valid_rows)), "select": cfg.select,
-            "epochs": result["step"], "refit": False}
-    if valid is not None:
-        values = np.array([m[cfg.select] if cfg.select != "loss" else np.nan for m, _, _ in seen])
-        losses = np.array([m["loss"] for m, _, _ in seen])
-        log = logged_bandit(valid, p, a)
-        chosen = choose_epoch(log, [act for _, _, act in seen], values, losses, cfg.select,
-                              OpeConfig(resamples=SELECT_RESAMPLES, seed=cfg.seed))
-        model.load_state_dict(seen[chosen][1])
-        info.update(best_epoch=chosen + 1, valid=seen[chosen][0], per_epoch=[m for m, _, _ in seen])
-        if cfg.refit:
-            model, _ = _train(build, rows, cfg, mask, scale, chosen + 1, None)
-            info["refit"] = True
+    members, infos = [], []
+    for k in range(cfg.ensemble):                  # each member its own seed of initialisation and order
+        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + k)
+        seen.clear()
+        model, result = _train(build, rows.take(train_rows) if valid is not None else rows, member_cfg, mask,
+                               scale, cfg.epochs, evaluate if valid is not None else None)
+        info = {"train_offers": int(len(train_rows)), "valid_offers": int(len(valid_rows)), "select": cfg.select,
+                "epochs": result["step"], "refit": False}
+        if valid is not None:
+            values = np.array([m[cfg.select] if cfg.select != "loss" else np.nan for m, _, _ in seen])
+            losses = np.array([m["loss"] for m, _, _ in seen])
+            log = logged_bandit(valid, p, a)
+            chosen = choose_epoch(log, [act for _, _, act in seen], values, losses, cfg.select,
+                                  OpeConfig(resamples=SELECT_RESAMPLES, seed=cfg.seed))
+            model.load_state_dict(seen[chosen][1])
+            info.update(best_epoch=chosen + 1, valid=seen[chosen][0], per_epoch=[m for m, _, _ in seen])
+            if cfg.refit:
+                model, _ = _train(build, rows, member_cfg, mask, scale, chosen + 1, None)
+                info["refit"] = True
+        members.append(model.eval())
+        infos.append(info)
+    info = dict(infos[0])
+    net: OfferQNet | OfferEnsemble = members[0]
+    if cfg.ensemble > 1:
+        net = OfferEnsemble(members).eval()
+        info["members"] = infos
+        if valid is not None:   # the ensemble's own held-out figures
+            info["valid"] = evaluate(net).metrics
     held_out = np.unique(np.asarray(rows.user)[valid_rows]) if valid is not None and not cfg.refit else np.zeros(0)
-    return FittedOffers(model.eval(), vocab, cfg, info, held_out)
+    return FittedOffers(net, vocab, cfg, info, held_out)
 
 
 def choose_epoch(log: LoggedBandit, actions: list[np.ndarray], values: np.ndarray, losses: np.ndarray,
@@ -168,7 +182,7 @@ def _train(build, rows: OfferRows, cfg: OfferConfig, mask: np.ndarray, scale: fl
         order = torch.Generator().manual_seed(cfg.seed)
         hist, prof = torch.from_numpy(rows.history), torch.from_numpy(rows.profile)
         item, nudge = torch.from_numpy(rows.item), torch.from_numpy(rows.nudge)
-        items, nudges = grid(model.item.num_embeddings, model.nudge.num_embeddings)
+        items, nudges = grid(model.n_items, model.n_nudges)
         pmask = torch.from_numpy(mask)
 
         def targets() -> torch.Tensor:
@@ -228,7 +242,8 @@ def load_offers(folder: Path) -> tuple[FittedOffers, np.ndarray]:
     raw["profile"] = tuple(raw["profile"])
     cfg = OfferConfig(**raw)
     family = note.get("nudge_family")
-    net = _network(vocab, cfg, None if family is None else np.asarray(family), note["max_reward"] / (1 - cfg.gamma))
+    net = _saved_network(vocab, cfg, None if family is None else np.asarray(family),
+                         note["max_reward"] / (1 - cfg.gamma))
     net.load_state_dict(load_checkpoint(folder / "model.pt", "cpu")["model"])
     mask = note.get("nudge_mask")
     p, a = len(vocab.items), len(vocab.nudges)
@@ -241,3 +256,11 @@ def _network(vocab: OfferVocab, cfg: OfferConfig, nudge_family: np.ndarray | Non
     family = None if nudge_family is None else torch.as_tensor(np.r_[[-2, -1], np.asarray(nudge_family, np.int64)])
     return OfferQNet(vocab.n_items, vocab.n_events, vocab.n_nudges, tuple(len(v) for _, v in vocab.profile),
                      cfg.history, cfg, family, scale)
+
+
+def _saved_network(vocab: OfferVocab, cfg: OfferConfig, nudge_family: np.ndarray | None,
+                   scale: float) -> OfferQNet | OfferEnsemble:
+    """The module a saved learner's weights load into: one network, or the ensemble of cfg.ensemble."""
+    if cfg.ensemble == 1:
+        return _network(vocab, cfg, nudge_family, scale)
+    return OfferEnsemble([_network(vocab, cfg, nudge_family, scale) for _ in range(cfg.ensemble)])
