@@ -252,7 +252,11 @@ def offer_rows(table: pa.Table, vocab: OfferVocab, spec: OfferSpec) -> OfferRows
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy(zero_copy_only=False)
+    """One column as numpy (dictionary columns, as a prepared folder stores them, decoded; nulls as None)."""
+    col = table.column(name)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    return col.to_numpy(zero_copy_only=False)
 
 
 def _times(table: pa.Table) -> np.ndarray:
