@@ -4,17 +4,16 @@ offers and says why not otherwise; `seqrec ope` with its folder prints the gate;
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-
-from seqrec.cli.main import main
-from seqrec.core.config import ConfigError
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
+
+from seqrec.cli.main import main
+from seqrec.core.config import ConfigError
 from seqrec.runs.config import load_run_config, saved_config
 from seqrec.runs.train import train
 
