@@ -10,7 +10,7 @@ offer) and of earlier showings of the same nudge and of its family (wear-off). W
 default) the product's and the nudge's inputs go through their own MLPs and f is the sum of the two plus a
 learnt bias per (product, nudge) pair: the response is additive on the logit scale in what is offered and how
 it is presented (each effect still depends on the whole state), which needs far fewer rows than a free
-three-way interaction.
+three-way interaction. With `wide`, f also has a weight per (profile level, product) and (profile level, nudge).
 Shapes: B customers, W history, D width, K candidate (product, nudge) pairs, P products, A nudges, C profile
 columns.
 """
