@@ -29,6 +29,7 @@ class OfferConfig:
     dropout: float = 0.1
     head: str = "additive"          # additive | joint (rl/offers/model.py)
     wide: bool = True               # wide terms: a weight per (profile level, product) and (profile level, nudge)
+    wide_l2: float = 1.0            # their ridge penalty (in rows) when fitted first, to convergence
     ensemble: int = 1               # networks fitted with seeds seed, seed + 1, ...; Q from their mean logit
     gamma: float = 0.0              # per-contact discount; 0 = the contextual bandit
     epochs: int = 6
@@ -55,6 +56,7 @@ class OfferConfig:
             raise ValueError(f"offers.dim ({self.dim}) must be a multiple of offers.heads ({self.heads})")
         check_real("offers.gamma", self.gamma, 0.0, 0.99)
         check_int("offers.ensemble", self.ensemble, 1, 64)
+        check_real("offers.wide_l2", self.wide_l2, 0.0, 1e9)
         check_int("offers.epochs", self.epochs, 1)
         check_int("offers.batch_size", self.batch_size, 1)
         check_real("offers.lr", self.lr, 0.0, 10.0, open_low=True)

@@ -61,6 +61,15 @@ class OfferQNet(nn.Module):
             if cfg.wide else nn.ModuleList()
         for emb in (*self.wide_product, *self.wide_nudge):
             nn.init.zeros_(emb.weight)
+        if cfg.wide and cfg.head == "additive":   # the deep parts start at 0: the network starts as its wide model
+            for last in (self.score[-1], self.score_nudge[-1]):
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
+
+    def wide_parameters(self) -> list[nn.Parameter]:
+        """The wide model's parameters (wide terms and pair biases): a logistic model, fitted first."""
+        pair = [self.pair_bias.weight] if self.cfg.head == "additive" else []
+        return [*(e.weight for e in (*self.wide_product, *self.wide_nudge)), *pair]
 
     def encode(self, history: torch.Tensor, profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) state and (B, W, D) token memory of histories (B, W, 3) and profiles (B, C)."""
@@ -93,7 +102,7 @@ class OfferQNet(nn.Module):
     def wide(self, profile: torch.Tensor, items: torch.Tensor, nudges: torch.Tensor) -> torch.Tensor:
         """(B, K) the wide terms of pairs items, nudges (B, K) (0 without them); items or nudges may also be
         (B, K) with the other (B, 1) or (1, K) broadcastable."""
-        out = torch.zeros(())
+        out = torch.zeros(torch.broadcast_shapes(items.shape, nudges.shape, (profile.shape[0], 1)))
         for c, emb in enumerate(self.wide_product):
             out = out + emb(profile[:, c:c + 1] * self.n_items + items).squeeze(-1)
         for c, emb in enumerate(self.wide_nudge):

@@ -211,12 +211,36 @@ def _train(build, rows: OfferRows, cfg: OfferConfig, mask: np.ndarray, scale: fl
                 total += float(loss.detach()) * len(idx)
             return {"offers/loss": total / len(rows)}
 
+        if cfg.wide and cfg.head == "additive":   # epoch 0: the wide model alone, fitted to convergence
+            fit_wide(model, hist, prof, item, nudge, targets(), cfg.wide_l2)
+            if evaluate is not None:
+                evaluate(model)
         if evaluate is None:
             for step in range(epochs):
                 epoch(step)
             return model, {"step": epochs}
         result = fit(epoch, lambda: evaluate(model), Schedule(epochs, eval_every=1))
     return model, result.as_dict()
+
+
+def fit_wide(model: OfferQNet, hist: torch.Tensor, prof: torch.Tensor, item: torch.Tensor, nudge: torch.Tensor,
+             y: torch.Tensor, l2: float) -> None:
+    """The wide model (a logistic regression: profile level x product and x nudge weights and a bias per pair)
+    fitted by L-BFGS to convergence on all rows while the deep parts are still 0 (their last layers start at 0):
+    a convex fit that the deep parts then refine. l2: ridge penalty in units of rows. (B = N rows here.)"""
+    params = model.wide_parameters()
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=200, tolerance_grad=1e-7, line_search_fn="strong_wolfe")
+    n = len(y)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        z = model.wide(prof, item[:, None], nudge[:, None]).squeeze(1) \
+            + model.pair_bias(item * model.n_nudges + nudge).squeeze(-1)                  # (N,)
+        loss = F.binary_cross_entropy_with_logits(z, y) + l2 / n * sum(p.pow(2).sum() for p in params)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
 
 
 def save_offers(folder: Path, fitted: FittedOffers, nudge_mask: np.ndarray | None = None,
