@@ -146,7 +146,7 @@ def test_fit_learns_the_best_offer_and_reports_the_chosen_epoch():
                       refit=False)
     fitted = fit_offer_q(rows, vocab, cfg)
     info = fitted.info
-    assert len(info["per_epoch"]) == 3 and 1 <= info["best_epoch"] <= 3
+    assert len(info["per_epoch"]) == 3 and 1 <= info["best_epoch"] <= 3      # the joint head: no wide-first epoch 0
     assert info["valid"] == info["per_epoch"][info["best_epoch"] - 1]
     with torch.no_grad():
         q = fitted.model.values(fitted.model.all_logits(torch.zeros((1, 2, 3), dtype=torch.long),
@@ -198,3 +198,19 @@ def test_an_ensemble_saves_loads_and_averages_its_members(tmp_path):
         torch.testing.assert_close(loaded.model.all_logits(h, prof, items, nudges),
                                    fitted.model.all_logits(h, prof, items, nudges))
     assert mask.all() and np.array_equal(loaded.held_out.astype(str), fitted.held_out.astype(str))
+
+
+def test_the_wide_model_is_fitted_first_and_is_epoch_zero():
+    rows, _ = uniform_log(3000, 4)
+    rows = OfferRows(rows.user, rows.time_us, rows.item, rows.nudge, rows.propensity, rows.reward, rows.history,
+                     (np.arange(len(rows)) % 2 + 1)[:, None], rows.next_row, rows.contact, rows.source_row)
+    vocab = OfferVocab(("p0", "p1"), ("n0", "n1"), profile=(("segment", ("a", "b")),))
+    cfg = OfferConfig(history=2, dim=8, hidden=8, blocks=0, epochs=2, seed=0, select="loss")
+    fitted = fit_offer_q(rows, vocab, cfg)
+    per = fitted.info["per_epoch"]
+    assert len(per) == 3 and fitted.info["best_epoch"] == int(np.argmin([m["loss"] for m in per]))
+    # epoch 0 is a logistic model of pairs: its loss on the held-out rows is that of the pair rates, near the
+    # entropy of the truth (0.6 for one pair in four, 0.1 otherwise)
+    p = np.where((rows.item == 3) & (rows.nudge == 2), 0.6, 0.1)
+    entropy = float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
+    assert per[0]["loss"] == pytest.approx(entropy, abs=0.03)

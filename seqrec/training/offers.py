@@ -134,9 +134,10 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
             chosen = choose_epoch(log, [act for _, _, act in seen], values, losses, cfg.select,
                                   OpeConfig(resamples=SELECT_RESAMPLES, seed=cfg.seed))
             model.load_state_dict(seen[chosen][1])
-            info.update(best_epoch=chosen + 1, valid=seen[chosen][0], per_epoch=[m for m, _, _ in seen])
+            first = 0 if wide_first(cfg) else 1           # per_epoch[0] is the wide model alone when fitted first
+            info.update(best_epoch=chosen + first, valid=seen[chosen][0], per_epoch=[m for m, _, _ in seen])
             if cfg.refit:
-                model, _ = _train(build, rows, member_cfg, mask, scale, chosen + 1, None)
+                model, _ = _train(build, rows, member_cfg, mask, scale, chosen + first, None)
                 info["refit"] = True
         members.append(model.eval())
         infos.append(info)
@@ -211,7 +212,7 @@ def _train(build, rows: OfferRows, cfg: OfferConfig, mask: np.ndarray, scale: fl
                 total += float(loss.detach()) * len(idx)
             return {"offers/loss": total / len(rows)}
 
-        if cfg.wide and cfg.head == "additive":   # epoch 0: the wide model alone, fitted to convergence
+        if wide_first(cfg):   # epoch 0: the wide model alone, fitted to convergence
             fit_wide(model, hist, prof, item, nudge, targets(), cfg.wide_l2)
             if evaluate is not None:
                 evaluate(model)
@@ -221,6 +222,11 @@ def _train(build, rows: OfferRows, cfg: OfferConfig, mask: np.ndarray, scale: fl
             return model, {"step": epochs}
         result = fit(epoch, lambda: evaluate(model), Schedule(epochs, eval_every=1))
     return model, result.as_dict()
+
+
+def wide_first(cfg: OfferConfig) -> bool:
+    """Whether fitting starts with the wide model alone (wide terms with the additive head)."""
+    return cfg.wide and cfg.head == "additive"
 
 
 def fit_wide(model: OfferQNet, hist: torch.Tensor, prof: torch.Tensor, item: torch.Tensor, nudge: torch.Tensor,
