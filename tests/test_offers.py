@@ -137,6 +137,9 @@ def test_choose_epoch_takes_the_best_value_only_when_clearly_better():
     # the same policy at epochs 1 and 2 (a higher estimate is noise): the lowest loss stands
     assert choose_epoch(log, [bad, good, good], np.array([0.1, 0.61, 0.6]), loss, "snips", cfg) == 2
     assert choose_epoch(log, [bad, good, bad], np.array([0.1, 0.6, 0.1]), loss, "loss", cfg) == 2
+    # from a given base (the wide model, epoch 0): a later epoch of the same policy is no reason to move
+    assert choose_epoch(log, [good, good, bad], np.array([0.6, 0.62, 0.1]), loss, "snips", cfg, base=0) == 0
+    assert choose_epoch(log, [bad, good, bad], np.array([0.1, 0.6, 0.1]), loss, "snips", cfg, base=0) == 1
 
 
 def test_fit_learns_the_best_offer_and_reports_the_chosen_epoch():

@@ -59,8 +59,11 @@ class OfferQNet(nn.Module):
             if cfg.wide else nn.ModuleList()
         self.wide_nudge = nn.ModuleList(nn.Embedding((n + 1) * n_nudges, 1) for n in profile_sizes) \
             if cfg.wide else nn.ModuleList()
-        for emb in (*self.wide_product, *self.wide_nudge):
-            nn.init.zeros_(emb.weight)
+        self.wide_history = nn.Linear(2 * n_events, 1, bias=False)   # what the customer did with the product
+        self.wide_shown = nn.Linear(2, 1, bias=False)                  # earlier showings of the nudge, its family
+        for w in (*(e.weight for e in (*self.wide_product, *self.wide_nudge)), self.wide_history.weight,
+                  self.wide_shown.weight):
+            nn.init.zeros_(w)
         if cfg.wide and cfg.head == "additive":   # the deep parts start at 0: the network starts as its wide model
             for last in (self.score[-1], self.score_nudge[-1]):
                 nn.init.zeros_(last.weight)
@@ -69,7 +72,8 @@ class OfferQNet(nn.Module):
     def wide_parameters(self) -> list[nn.Parameter]:
         """The wide model's parameters (wide terms and pair biases): a logistic model, fitted first."""
         pair = [self.pair_bias.weight] if self.cfg.head == "additive" else []
-        return [*(e.weight for e in (*self.wide_product, *self.wide_nudge)), *pair]
+        return [*(e.weight for e in (*self.wide_product, *self.wide_nudge)), self.wide_history.weight,
+                self.wide_shown.weight, *pair]
 
     def encode(self, history: torch.Tensor, profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) state and (B, W, D) token memory of histories (B, W, 3) and profiles (B, C)."""
@@ -92,22 +96,54 @@ class OfferQNet(nn.Module):
         """(B, K) logit of each candidate pair: items, nudges (B, K) codes."""
         h, memory = self.encode(history, profile)
         prod, nud = self.product_part(h, memory, history, items), self.nudge_part(h, history, nudges)
-        wide = self.wide(profile, items, nudges)                                 # (B, K)
+        wide = self.wide(profile, history, items, nudges)                        # (B, K)
         if self.cfg.head == "additive":
             pair = self.pair_bias(items * self.n_nudges + nudges).squeeze(-1)
             return self.score(prod).squeeze(-1) + self.score_nudge(nud).squeeze(-1) + pair + wide   # (B, K)
         z = prod + nud + self.by_pair(self.item(items) * self.nudge(nudges))
         return self.score(z).squeeze(-1) + wide                                 # (B, K)
 
-    def wide(self, profile: torch.Tensor, items: torch.Tensor, nudges: torch.Tensor) -> torch.Tensor:
-        """(B, K) the wide terms of pairs items, nudges (B, K) (0 without them); items or nudges may also be
-        (B, K) with the other (B, 1) or (1, K) broadcastable."""
-        out = torch.zeros(torch.broadcast_shapes(items.shape, nudges.shape, (profile.shape[0], 1)))
+    def wide(self, profile: torch.Tensor, history: torch.Tensor, items: torch.Tensor,
+             nudges: torch.Tensor) -> torch.Tensor:
+        """(B, K) the wide terms of pairs items, nudges (B, K) (0 without them)."""
+        return self.wide_products(profile, history, items) + self.wide_nudges(profile, history, nudges)
+
+    def wide_products(self, profile: torch.Tensor, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B, K) wide terms of products items (B, K): profile level x product weights and a linear read of the
+        customer's events on the product (by type, offered or not)."""
+        if not self.cfg.wide:
+            return torch.zeros(items.shape)
+        out = self.wide_history(torch.log1p(self.product_counts(history, items))).squeeze(-1)
         for c, emb in enumerate(self.wide_product):
             out = out + emb(profile[:, c:c + 1] * self.n_items + items).squeeze(-1)
+        return out
+
+    def wide_nudges(self, profile: torch.Tensor, history: torch.Tensor, nudges: torch.Tensor) -> torch.Tensor:
+        """(B, K) wide terms of nudges (B, K): profile level x nudge weights and earlier showings (wear-off)."""
+        if not self.cfg.wide:
+            return torch.zeros(nudges.shape)
+        out = self.wide_shown(self.shown_counts(history, nudges)).squeeze(-1)
         for c, emb in enumerate(self.wide_nudge):
             out = out + emb(profile[:, c:c + 1] * self.n_nudges + nudges).squeeze(-1)
         return out
+
+    def product_counts(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B, K, 2 E) the customer's events on each product by event type and offered (1) or not (0)."""
+        b, k = items.shape
+        hist_item, hist_event, hist_nudge = history.unbind(-1)                   # (B, W) each
+        same = (hist_item[:, None, :] == items[:, :, None]) & (hist_item > 0)[:, None]   # (B, K, W)
+        kind = hist_event * 2 + (hist_nudge > 0).long()                          # (B, W)
+        counts = torch.zeros(b, k, 2 * self.n_events)
+        counts.scatter_add_(2, kind[:, None, :].expand(b, k, -1), same.float())
+        return counts
+
+    def shown_counts(self, history: torch.Tensor, nudges: torch.Tensor) -> torch.Tensor:
+        """(B, K, 2) log(1 + earlier showings) of each nudge and of its family."""
+        hist_nudge = history[..., 2]                                             # (B, W)
+        shown = (hist_nudge > 0)[:, None, :]                                     # (B, 1, W)
+        same = ((hist_nudge[:, None, :] == nudges[:, :, None]) & shown).sum(-1)  # (B, K)
+        fam = ((self.family[hist_nudge][:, None, :] == self.family[nudges][:, :, None]) & shown).sum(-1)
+        return torch.log1p(torch.stack([same, fam], dim=2).float())
 
     def product_part(self, h: torch.Tensor, memory: torch.Tensor, history: torch.Tensor,
                      items: torch.Tensor) -> torch.Tensor:
@@ -115,15 +151,11 @@ class OfferQNet(nn.Module):
         b, k = items.shape
         d = h.shape[1]
         e = self.item(items)                                                     # (B, K, D)
-        hist_item, hist_event, hist_nudge = history.unbind(-1)                   # (B, W) each
-        keep = hist_item > 0
-        same = (hist_item[:, None, :] == items[:, :, None]) & keep[:, None]      # (B, K, W)
+        keep = history[..., 0] > 0                                               # (B, W)
         att = (e @ memory.transpose(1, 2)) / d ** 0.5                            # (B, K, W)
         w = torch.softmax(att.masked_fill(~keep[:, None], -1e4), dim=-1) * keep[:, None]   # none where no history
         read = w @ memory                                                        # (B, K, D)
-        kind = hist_event * 2 + (hist_nudge > 0).long()                          # (B, W): type, offered or not
-        counts = torch.zeros(b, k, 2 * self.n_events, dtype=h.dtype)
-        counts.scatter_add_(2, kind[:, None, :].expand(b, k, -1), same.to(h.dtype))
+        counts = self.product_counts(history, items)                             # (B, K, 2 E)
         hk = h[:, None].expand(b, k, d)
         return self.by_product(torch.cat([hk, e, hk * e, read, torch.log1p(counts)], dim=2))
 
@@ -132,13 +164,8 @@ class OfferQNet(nn.Module):
         same nudge and of its family (wear-off)."""
         b, k = nudges.shape
         g = self.nudge(nudges)                                                   # (B, K, D)
-        hist_nudge = history[..., 2]                                             # (B, W)
-        shown = (hist_nudge > 0)[:, None, :]                                     # (B, 1, W)
-        same = ((hist_nudge[:, None, :] == nudges[:, :, None]) & shown).sum(-1)  # (B, K)
-        fam = ((self.family[hist_nudge][:, None, :] == self.family[nudges][:, :, None]) & shown).sum(-1)
-        counts = torch.log1p(torch.stack([same, fam], dim=2).to(h.dtype))       # (B, K, 2)
         hk = h[:, None].expand(b, k, -1)
-        return self.by_nudge(torch.cat([g, hk * g, counts], dim=2))
+        return self.by_nudge(torch.cat([g, hk * g, self.shown_counts(history, nudges)], dim=2))
 
     def values(self, logits: torch.Tensor) -> torch.Tensor:
         """Q values of logits: scale * sigmoid."""
@@ -152,13 +179,8 @@ class OfferQNet(nn.Module):
         h, memory = self.encode(history, profile)
         prod = self.product_part(h, memory, history, items[None].expand(b, -1))      # (B, P, H)
         nud = self.nudge_part(h, history, nudges[None].expand(b, -1))                 # (B, A, H)
-        wide = torch.zeros(())
-        if self.cfg.wide:
-            wide_p = sum((emb(profile[:, c:c + 1] * self.n_items + items[None]).squeeze(-1)
-                          for c, emb in enumerate(self.wide_product)), torch.zeros(b, len(items)))   # (B, P)
-            wide_a = sum((emb(profile[:, c:c + 1] * self.n_nudges + nudges[None]).squeeze(-1)
-                          for c, emb in enumerate(self.wide_nudge)), torch.zeros(b, len(nudges)))  # (B, A)
-            wide = wide_p[:, :, None] + wide_a[:, None]                                   # (B, P, A)
+        wide = (self.wide_products(profile, history, items[None].expand(b, -1))[:, :, None]
+                + self.wide_nudges(profile, history, nudges[None].expand(b, -1))[:, None])   # (B, P, A)
         if self.cfg.head == "additive":
             pair = self.pair_bias(items[:, None] * self.n_nudges + nudges[None]).squeeze(-1)   # (P, A)
             return (self.score(prod).squeeze(-1)[:, :, None] + self.score_nudge(nud).squeeze(-1)[:, None]

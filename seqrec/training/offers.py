@@ -132,7 +132,8 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
             losses = np.array([m["loss"] for m, _, _ in seen])
             log = logged_bandit(valid, p, a)
             chosen = choose_epoch(log, [act for _, _, act in seen], values, losses, cfg.select,
-                                  OpeConfig(resamples=SELECT_RESAMPLES, seed=cfg.seed))
+                                  OpeConfig(resamples=SELECT_RESAMPLES, seed=cfg.seed),
+                                  0 if wide_first(cfg) else None)
             model.load_state_dict(seen[chosen][1])
             first = 0 if wide_first(cfg) else 1           # per_epoch[0] is the wide model alone when fitted first
             info.update(best_epoch=chosen + first, valid=seen[chosen][0], per_epoch=[m for m, _, _ in seen])
@@ -153,16 +154,17 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
 
 
 def choose_epoch(log: LoggedBandit, actions: list[np.ndarray], values: np.ndarray, losses: np.ndarray,
-                 select: str, config: OpeConfig) -> int:
+                 select: str, config: OpeConfig, base: int | None = None) -> int:
     """Index of the chosen epoch. By held-out loss: the lowest. By off-policy value (snips, dr): the epoch of the
-    highest estimate when its greedy policy beats the lowest-loss epoch's beyond chance (the paired bootstrap
-    interval of the difference lies above 0), else the lowest-loss epoch. On a uniformly exploring log a greedy
-    policy's estimate has a standard error of a few points, more than epochs differ by: a plain arg-max of the
-    estimates would pick an epoch by noise, while the loss (a proper score of the same predictions) is precise;
-    the value decides where it can tell the policies apart."""
-    base = int(np.argmin(losses))
+    highest estimate when its greedy policy beats the `base` epoch's beyond chance (the paired bootstrap interval
+    of the difference lies above 0), else `base` (default: the lowest-loss epoch; the fit passes epoch 0, the
+    wide model alone, when it fits one first). On a uniformly exploring log a greedy policy's estimate has a
+    standard error of a few points, more than epochs differ by, so a plain arg-max would pick by noise; and a
+    lower loss is no better decision (the deep parts lower it most by predicting who buys anything, not which
+    offer), so more capacity is taken only where the value shows it pays."""
     if select == "loss":
-        return base
+        return int(np.argmin(losses))
+    base = int(np.argmin(losses)) if base is None else base
     best = int(np.argmax(values))
     if best == base:
         return base
@@ -240,7 +242,7 @@ def fit_wide(model: OfferQNet, hist: torch.Tensor, prof: torch.Tensor, item: tor
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        z = model.wide(prof, item[:, None], nudge[:, None]).squeeze(1) \
+        z = model.wide(prof, hist, item[:, None], nudge[:, None]).squeeze(1) \
             + model.pair_bias(item * model.n_nudges + nudge).squeeze(-1)                  # (N,)
         loss = F.binary_cross_entropy_with_logits(z, y) + l2 / n * sum(p.pow(2).sum() for p in params)
         loss.backward()
