@@ -187,7 +187,7 @@ def test_an_ensemble_saves_loads_and_averages_its_members(tmp_path):
 
     rows, _ = uniform_log(600, 3)
     vocab = OfferVocab(("p0", "p1"), ("n0", "n1"))
-    cfg = OfferConfig(history=2, dim=8, hidden=8, blocks=0, epochs=1, seed=5, ensemble=2)
+    cfg = OfferConfig(history=2, dim=8, hidden=8, blocks=0, epochs=1, seed=5, ensemble=2, head="joint")
     fitted = fit_offer_q(rows, vocab, cfg)
     assert len(fitted.info["members"]) == 2 and len(fitted.model.members) == 2
     h, prof = torch.zeros((3, 2, 3), dtype=torch.long), torch.zeros((3, 0), dtype=torch.long)
