@@ -15,6 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from seqrec.core.faults import kill_point
+
 from . import sessions as S
 from .manifest import SPLITS
 from .scatter import BUCKET_THREADS
@@ -91,6 +93,7 @@ def emit(out: Path, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table,
             if writer is None:
                 writer = pq.ParquetWriter(out / "events.parquet", events.schema, **PARQUET_OPTIONS)
             writer.write_table(events)
+            kill_point("prepare.emit")  # a test hook (seqrec/core/faults.py)
     for f in files:
         for a in f.values():
             a.close()

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from seqrec.core.faults import kill_point
+
 from .inputs import FileStats
 from .readers import BadRows, InputError, SourceSpec, read_file
 from .validate import EventTypes, Validator
@@ -80,6 +82,7 @@ class Scatter:
                                                          kept.schema)
                         self.buckets.add(b)
                     writers[(b, k)].write_table(part)
+                    kill_point("scatter.write")  # a test hook (seqrec/core/faults.py)
         finally:
             for w in writers.values():
                 w.close()

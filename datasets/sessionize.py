@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from seqrec.core.faults import kill_point
+
 from . import sessions as S
 from .duplicates import find_duplicates, id_codes
 from .scatter import BUCKET_THREADS, bucket_paths, read_bucket
@@ -41,6 +43,7 @@ def sessionize(work: Path, buckets: list[int], schema: pa.Schema, n_types: int, 
             if r["item_counts"] is not None:
                 item_counts.append(r["item_counts"])
             per_bucket.append({"bucket": r["bucket"], "path": r["path"], "sessions": r["sessions"]})
+            kill_point("prepare.sessions")  # a test hook (seqrec/core/faults.py)
     # only rows in kept sessions count toward the vocabulary
     stats = {"items_seen": distinct_items(item_counts), "events_by_type": events_by_type,
              "sessions_before": int(sessions_before), "sessions_after": int(sessions_after),

@@ -20,6 +20,7 @@ from typing import TypeVar
 import pyarrow.parquet as pq
 import torch
 
+from seqrec.core.faults import kill_point
 from seqrec.core.io import atomic_write, atomic_write_json
 from seqrec.core.progress import ProgressLines, TickingBar
 from seqrec.datasets.scatter import bucket_paths
@@ -103,6 +104,7 @@ class LocalEngine:
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema, **PARQUET)
                 writer.write_table(table)
+                kill_point("score.part")  # a test hook (seqrec/core/faults.py)
                 rows += table.num_rows
                 first = table.column("rank").to_numpy() == 1
                 scored += int(first.sum())

@@ -23,9 +23,12 @@ the number of sessions scored beside it (measured: batches of 1 to 3 sessions, a
 Ray Data splits and merges blocks and batches as it likes; a row that is a whole batch survives any split,
 so every session is scored in exactly the local engine's batch, on any number of actors.
 
-Resources: a local Ray (no address) gets this machine's cores. The actors together ask for at most all CPUs
-but one, and at most half a CPU each (`actor_cpus`): actors that each asked for a whole CPU could take every
-CPU of a small cluster, leaving none for the read and write tasks, and the job would hang.
+Resources: a local Ray (no address) gets this machine's cores. The actors together ask for at most the CPUs of
+the smallest node but one, and at most half a CPU each (`actor_cpus`): actors that each asked for a whole CPU
+could take every CPU of a small cluster, leaving none for the read and write tasks (each asks for a whole CPU
+on one node), and the job would hang. Counted per node, not over the cluster: on two 1-CPU nodes, an actor of
+half a CPU on each left no node a whole CPU, and the job hung (tests/test_multinode.py); so wherever Ray puts
+the actors, every node keeps a whole CPU.
 
 Resume: a killed job started again re-uses pass 1 and the batch files already written (a note per bucket)
 and redoes the Ray stage whole. Paths: on a cluster, the run folder (and its prepared data) and OUT must be
@@ -56,6 +59,7 @@ import ray
 import ray.data
 import torch
 
+from seqrec.core.faults import kill_point
 from seqrec.core.io import atomic_write, atomic_write_json
 from seqrec.datasets.scatter import bucket_paths
 from seqrec.datasets.sessions import gap_us
@@ -93,11 +97,12 @@ class RayConfig:
             raise ValueError(f"cpus_per_actor must be in (0, 1], got {self.cpus_per_actor!r}")
 
 
-def actor_cpus(cluster_cpus: float, actors: int, most: float = 0.5) -> float:
-    """CPUs each of `actors` actors asks for: at most `most`, and all of them together at most the cluster's
-    CPUs but one, so at least one whole CPU stays free for Ray Data's read and write tasks (0 on a 1-CPU Ray:
-    then the actors ask for nothing, and Ray does not hold tasks back for them)."""
-    return round(min(most, max(cluster_cpus - 1.0, 0.0) / actors), 4)
+def actor_cpus(node_cpus: float, actors: int, most: float = 0.5) -> float:
+    """CPUs each of `actors` actors asks for: at most `most`, and all of them together at most the CPUs of the
+    smallest node but one, so that, even with every actor on one node, each node keeps a whole CPU for Ray
+    Data's read and write tasks (0 with a 1-CPU node: then the actors ask for nothing, and Ray does not hold
+    tasks back for them)."""
+    return round(min(most, max(node_cpus - 1.0, 0.0) / actors), 4)
 
 
 # ---------------------------------------------------------------------------------------------- batch rows
@@ -134,7 +139,8 @@ class SessionScorer:
         if self.bundle.config_hash != config_hash:
             raise RuntimeError(f"{socket.gethostname()}: {run} differs from the driver's (config hash "
                                f"{self.bundle.config_hash}, driver {config_hash}): every node needs the same run")
-        note = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "ready": time.time()}
+        note = {"host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "started": started, "ready": time.time()}
         atomic_write_json(Path(ready_dir) / f"{uuid.uuid4().hex}.json", note)
 
     def __call__(self, batches: pa.Table) -> pa.Table:
@@ -199,6 +205,7 @@ class RayEngine:
                                            compression="zstd"))
                 result = {"sessions_in": states.num_rows, "duplicates": duplicates}
                 atomic_write_json(note, result)
+                kill_point("score.batched")  # a test hook (seqrec/core/faults.py)
                 for p in bucket_paths(work, b):
                     p.unlink()
             add_totals(totals, {"sessions_in": result["sessions_in"], "duplicates": result["duplicates"]})
@@ -221,7 +228,8 @@ class RayEngine:
         try:
             cpus = float(ray.cluster_resources().get("CPU", 1.0))
             actors = cfg.workers or max(1, int(cpus))
-            per_actor = actor_cpus(cpus, actors, self.config.cpus_per_actor)
+            node_cpus = min((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]), default=cpus)
+            per_actor = actor_cpus(node_cpus, actors, self.config.cpus_per_actor)
             ctx.enable_progress_bars = progress if progress is not None else sys.stderr.isatty()
             if not ctx.enable_progress_bars:
                 log.setLevel(logging.WARNING)  # Ray Data's execution plan and per-run lines
@@ -247,7 +255,8 @@ class RayEngine:
             for i, path in enumerate(sorted(raw.glob("*.parquet"))):
                 os.replace(path, job.out / SCORES / f"part-{i:05d}.parquet")
             info = {"address": self.config.address or "local", "cpus": cpus, "actors": actors,
-                    "cpus_per_actor": per_actor, "batches": batches, "nodes": len({n["host"] for n in notes})}
+                    "cpus_per_actor": per_actor, "batches": batches, "nodes": len({n["host"] for n in notes}),
+                    "ray_nodes": len({n["node"] for n in notes})}  # nodes: machines; ray_nodes: Ray nodes
         finally:
             ctx.enable_progress_bars = bars
             log.setLevel(level)
