@@ -29,7 +29,8 @@ class OfferConfig:
     dropout: float = 0.1
     head: str = "additive"          # additive | joint (rl/offers/model.py)
     wide: bool = True               # wide terms: a weight per (profile level, product) and (profile level, nudge)
-    wide_l2: float = 1.0            # their ridge penalty (in rows) when fitted first, to convergence
+    wide_l2: float = 100.0          # their ridge penalty (in rows) when fitted first, to convergence
+    cross: tuple[str, ...] = ()     # profile columns crossed with products and nudges (default: all of profile)
     ensemble: int = 1               # networks fitted with seeds seed, seed + 1, ...; Q from their mean logit
     gamma: float = 0.0              # per-contact discount; 0 = the contextual bandit
     epochs: int = 6
@@ -44,6 +45,10 @@ class OfferConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "profile", tuple(self.profile))
+        object.__setattr__(self, "cross", tuple(self.cross))
+        missing = [c for c in self.cross if c not in self.profile]
+        if missing:
+            raise ValueError(f"offers.cross names {missing}, not in offers.profile {list(self.profile)}")
         check_int("offers.dim", self.dim, 2)
         check_int("offers.hidden", self.hidden, 1)
         check_int("offers.blocks", self.blocks, 0)

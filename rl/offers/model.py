@@ -26,7 +26,8 @@ class OfferQNet(nn.Module):
     """Q(s, p, a) for candidate (product, nudge) pairs (see the module docstring)."""
 
     def __init__(self, n_items: int, n_events: int, n_nudges: int, profile_sizes: tuple[int, ...], window: int,
-                 cfg: OfferConfig, nudge_family: torch.Tensor | None = None, scale: float = 1.0) -> None:
+                 cfg: OfferConfig, nudge_family: torch.Tensor | None = None, scale: float = 1.0,
+                 cross: tuple[int, ...] | None = None) -> None:
         super().__init__()
         d = cfg.dim
         self.cfg, self.window, self.scale, self.n_events = cfg, window, float(scale), n_events
@@ -55,14 +56,18 @@ class OfferQNet(nn.Module):
         # wide terms: a scalar per (profile level, product) and per (profile level, nudge), as a logistic model's
         # segment x product and segment x nudge terms: the interactions the data pins down best, learnt directly
         self.n_items, self.n_nudges = n_items, n_nudges
-        self.wide_product = nn.ModuleList(nn.Embedding((n + 1) * n_items, 1) for n in profile_sizes) \
-            if cfg.wide else nn.ModuleList()
-        self.wide_nudge = nn.ModuleList(nn.Embedding((n + 1) * n_nudges, 1) for n in profile_sizes) \
-            if cfg.wide else nn.ModuleList()
+        # (cross: the profile columns crossed with products and nudges; default all)
+        self.cross = tuple(range(len(profile_sizes))) if cross is None else tuple(cross)
+        sizes = [profile_sizes[c] for c in self.cross] if cfg.wide else []
+        self.wide_product = nn.ModuleList(nn.Embedding((n + 1) * n_items, 1) for n in sizes)
+        self.wide_nudge = nn.ModuleList(nn.Embedding((n + 1) * n_nudges, 1) for n in sizes)
+        # the profile's main effects: who buys anything (a base rate no decision changes), so that the crosses
+        # above carry only how offers differ for the customer
+        self.wide_main = nn.ModuleList(nn.Embedding(n + 1, 1) for n in profile_sizes) if cfg.wide else nn.ModuleList()
         self.wide_history = nn.Linear(2 * n_events, 1, bias=False)   # what the customer did with the product
         self.wide_shown = nn.Linear(2, 1, bias=False)                  # earlier showings of the nudge, its family
-        for w in (*(e.weight for e in (*self.wide_product, *self.wide_nudge)), self.wide_history.weight,
-                  self.wide_shown.weight):
+        for w in (*(e.weight for e in (*self.wide_product, *self.wide_nudge, *self.wide_main)),
+                  self.wide_history.weight, self.wide_shown.weight):
             nn.init.zeros_(w)
         if cfg.wide and cfg.head == "additive":   # the deep parts start at 0: the network starts as its wide model
             for last in (self.score[-1], self.score_nudge[-1]):
@@ -70,10 +75,14 @@ class OfferQNet(nn.Module):
                 nn.init.zeros_(last.bias)
 
     def wide_parameters(self) -> list[nn.Parameter]:
-        """The wide model's parameters (wide terms and pair biases): a logistic model, fitted first."""
-        pair = [self.pair_bias.weight] if self.cfg.head == "additive" else []
+        """The wide model's parameters, a logistic model fitted first: the penalised ones (crosses, history and
+        showing weights) and the unpenalised ones (main effects of the profile, biases per pair)."""
+        return self.wide_penalised() + [e.weight for e in self.wide_main] + (
+            [self.pair_bias.weight] if self.cfg.head == "additive" else [])
+
+    def wide_penalised(self) -> list[nn.Parameter]:
         return [*(e.weight for e in (*self.wide_product, *self.wide_nudge)), self.wide_history.weight,
-                self.wide_shown.weight, *pair]
+                self.wide_shown.weight]
 
     def encode(self, history: torch.Tensor, profile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) state and (B, W, D) token memory of histories (B, W, 3) and profiles (B, C)."""
@@ -114,8 +123,10 @@ class OfferQNet(nn.Module):
         if not self.cfg.wide:
             return torch.zeros(items.shape)
         out = self.wide_history(torch.log1p(self.product_counts(history, items))).squeeze(-1)
-        for c, emb in enumerate(self.wide_product):
+        for c, emb in zip(self.cross, self.wide_product):
             out = out + emb(profile[:, c:c + 1] * self.n_items + items).squeeze(-1)
+        for c, emb in enumerate(self.wide_main):        # the main effects once per pair: with the product's part
+            out = out + emb(profile[:, c:c + 1]).squeeze(-1)
         return out
 
     def wide_nudges(self, profile: torch.Tensor, history: torch.Tensor, nudges: torch.Tensor) -> torch.Tensor:
@@ -123,7 +134,7 @@ class OfferQNet(nn.Module):
         if not self.cfg.wide:
             return torch.zeros(nudges.shape)
         out = self.wide_shown(self.shown_counts(history, nudges)).squeeze(-1)
-        for c, emb in enumerate(self.wide_nudge):
+        for c, emb in zip(self.cross, self.wide_nudge):
             out = out + emb(profile[:, c:c + 1] * self.n_nudges + nudges).squeeze(-1)
         return out
 

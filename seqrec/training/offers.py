@@ -235,8 +235,9 @@ def fit_wide(model: OfferQNet, hist: torch.Tensor, prof: torch.Tensor, item: tor
              y: torch.Tensor, l2: float) -> None:
     """The wide model (a logistic regression: profile level x product and x nudge weights and a bias per pair)
     fitted by L-BFGS to convergence on all rows while the deep parts are still 0 (their last layers start at 0):
-    a convex fit that the deep parts then refine. l2: ridge penalty in units of rows. (B = N rows here.)"""
-    params = model.wide_parameters()
+    a convex fit that the deep parts then refine. l2: ridge penalty in units of rows, on every weight but the
+    profile's main effects and the pair biases (the intercepts). (B = N rows here.)"""
+    params, penalised = model.wide_parameters(), model.wide_penalised()   # never the main effects and pair biases
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=200, tolerance_grad=1e-7, line_search_fn="strong_wolfe")
     n = len(y)
 
@@ -244,7 +245,7 @@ def fit_wide(model: OfferQNet, hist: torch.Tensor, prof: torch.Tensor, item: tor
         opt.zero_grad(set_to_none=True)
         z = model.wide(prof, hist, item[:, None], nudge[:, None]).squeeze(1) \
             + model.pair_bias(item * model.n_nudges + nudge).squeeze(-1)                  # (N,)
-        loss = F.binary_cross_entropy_with_logits(z, y) + l2 / n * sum(p.pow(2).sum() for p in params)
+        loss = F.binary_cross_entropy_with_logits(z, y) + l2 / n * sum(p.pow(2).sum() for p in penalised)
         loss.backward()
         return loss
 
@@ -271,7 +272,7 @@ def load_offers(folder: Path) -> tuple[FittedOffers, np.ndarray]:
     note = json.loads((folder / "offers.json").read_text())
     vocab = OfferVocab.from_dict(note["vocab"])
     raw = dict(note["config"])
-    raw["profile"] = tuple(raw["profile"])
+    raw["profile"], raw["cross"] = tuple(raw["profile"]), tuple(raw.get("cross", ()))
     cfg = OfferConfig(**raw)
     family = note.get("nudge_family")
     net = _saved_network(vocab, cfg, None if family is None else np.asarray(family),
@@ -286,8 +287,10 @@ def load_offers(folder: Path) -> tuple[FittedOffers, np.ndarray]:
 def _network(vocab: OfferVocab, cfg: OfferConfig, nudge_family: np.ndarray | None, scale: float) -> OfferQNet:
     """A fresh offer Q network for a vocabulary (nudge families: padding and unknown in families of their own)."""
     family = None if nudge_family is None else torch.as_tensor(np.r_[[-2, -1], np.asarray(nudge_family, np.int64)])
+    names = [name for name, _ in vocab.profile]
+    cross = tuple(names.index(c) for c in cfg.cross) if cfg.cross else None
     return OfferQNet(vocab.n_items, vocab.n_events, vocab.n_nudges, tuple(len(v) for _, v in vocab.profile),
-                     cfg.history, cfg, family, scale)
+                     cfg.history, cfg, family, scale, cross)
 
 
 def _saved_network(vocab: OfferVocab, cfg: OfferConfig, nudge_family: np.ndarray | None,
