@@ -5,8 +5,10 @@ the difference lies above 0; no-go otherwise (not shown better, or shown worse).
 
 Only customers the learner never trained on count (`held_out`: those its selection held out): on the rows it
 was fitted to, a flexible model picks the offers that happened to sell, and the estimate would be optimistic
-by points. The test wave comes one contact later than the logged wave (one more contact's fatigue): the
-estimate is of the policy on the logged wave's customers as they were then."""
+by points. With `refit` the deployed network also learnt from them; the gate then values the network fitted
+before the refit (without them), a slightly weaker policy: a conservative estimate. The test wave comes one
+contact later than the logged wave (one more contact's fatigue): the estimate is of the policy on the logged
+wave's customers as they were then."""
 
 from __future__ import annotations
 

@@ -245,7 +245,8 @@ def _run(cfg: AbTestConfig, out: Path, calibration: str | Path | None, progress:
         fitted, offers_info = train_offers(sim, training, offer_cfg, dict(cfg.training.rewards), out / "training")
         timings["offers_train_s"] = clock() - t
         decision = dataclasses.replace(cfg.decision, seed=cfg.seed)
-        gate_policy = OfferPolicy(sim, fitted, decision, cfg.seed)
+        gate_fitted = dataclasses.replace(fitted, model=fitted.gate_model) if fitted.gate_model is not None else fitted
+        gate_policy = OfferPolicy(sim, gate_fitted, decision, cfg.seed)
         gate_policy.observe(training.events)
         gate = run_gate(sim, training, gate_policy, RulePolicy(sim, cfg.arm_a.epsilon), waves, cfg.gate, cfg.level,
                         cfg.seed, fitted.held_out if len(fitted.held_out) else None)

@@ -60,6 +60,7 @@ class FittedOffers:
     config: OfferConfig
     info: dict = field(default_factory=dict)
     held_out: np.ndarray = field(default_factory=lambda: np.zeros(0))   # customers selection held out (as logged)
+    gate_model: OfferQNet | OfferEnsemble | None = None   # with refit: the network before it (never saw held_out)
 
 
 def split_customers(rows: OfferRows, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +120,7 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
         return Evaluation(metrics, None if math.isnan(chosen) else chosen,
                           {f"offers/valid_{k}": v for k, v in metrics.items()})
 
-    members, infos = [], []
+    members, infos, selected = [], [], []         # selected: the members before a refit, for the gate
     for k in range(cfg.ensemble):                  # each member its own seed of initialisation and order
         member_cfg = dataclasses.replace(cfg, seed=cfg.seed + k)
         seen.clear()
@@ -138,6 +139,7 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
             first = 0 if wide_first(cfg) else 1           # per_epoch[0] is the wide model alone when fitted first
             info.update(best_epoch=chosen + first, valid=seen[chosen][0], per_epoch=[m for m, _, _ in seen])
             if cfg.refit:
+                selected.append(model.eval())
                 model, _ = _train(build, rows, member_cfg, mask, scale, chosen + first, None)
                 info["refit"] = True
         members.append(model.eval())
@@ -149,8 +151,11 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
         info["members"] = infos
         if valid is not None:   # the ensemble's own held-out figures
             info["valid"] = evaluate(net).metrics
-    held_out = np.unique(np.asarray(rows.user)[valid_rows]) if valid is not None and not cfg.refit else np.zeros(0)
-    return FittedOffers(net, vocab, cfg, info, held_out)
+    held_out = np.unique(np.asarray(rows.user)[valid_rows]) if valid is not None else np.zeros(0)
+    gate_model = None
+    if selected:   # refit on every customer: the gate values the network fitted without the held-out ones
+        gate_model = selected[0] if len(selected) == 1 else OfferEnsemble(selected).eval()
+    return FittedOffers(net, vocab, cfg, info, held_out, gate_model)
 
 
 def choose_epoch(log: LoggedBandit, actions: list[np.ndarray], values: np.ndarray, losses: np.ndarray,
@@ -264,7 +269,7 @@ def save_offers(folder: Path, fitted: FittedOffers, nudge_mask: np.ndarray | Non
         "nudge_mask": None if nudge_mask is None else np.asarray(nudge_mask, bool).tolist(),
         "nudge_family": None if nudge_family is None else np.asarray(nudge_family, int).tolist(),
         "max_reward": float(max_reward), "rewards": None if rewards is None else dict(rewards),
-        "held_out": np.asarray(fitted.held_out).tolist()})
+        "held_out": [] if fitted.config.refit else np.asarray(fitted.held_out).tolist()})
 
 
 def load_offers(folder: Path) -> tuple[FittedOffers, np.ndarray]:
