@@ -39,7 +39,7 @@ POLICIES = ("random", "rules")
 LEARNERS = ("offers", "pipeline")
 REWARD_MODELS = ("ridge", "cell_mean")
 USER_FEATURES = ("segment", "age_band", "job", "poutcome", "housing", "loan")   # simulator columns on every event
-OFFER_PROFILE = ("segment", "age_band", "job", "marital", "education", "housing", "loan", "poutcome")
+OFFER_PROFILE = ("segment", "age_band", "job", "marital", "education", "housing", "loan", "poutcome", "month")
 
 # Arm B's run when [model] says nothing: SASRec-SQN with the papers' discount, two-tower candidates from the
 # customers' segment and profile, the Q head re-ranking them. Short: the whole test runs in minutes on 2 cores.
