@@ -167,7 +167,12 @@ def test_shipped_config_loads_and_explains_its_numbers():
     (lambda d: d["arm_a"].update(rules="mine"), "unknown key arm_a.rules; valid keys in [arm_a]: epsilon"),
     (lambda d: d["arm_b"]["bandit"].update(kind="oracle"), "kind must be one of epsilon_greedy"),
     (lambda d: d["arm_b"]["bandit"].update(seed=1), "arm_b.bandit.seed comes from the top-level seed"),
-    (lambda d: d["arm_b"].update(warm=True), "unknown key arm_b.warm; valid keys in [arm_b]: bandit, warm_start"),
+    (lambda d: d["arm_b"].update(warm=True),
+     "unknown key arm_b.warm; valid keys in [arm_b]: bandit, learner, reference_pipeline, warm_start"),
+    (lambda d: d.update(offers={"epochs": 0}), "offers.epochs"),
+    (lambda d: d.update(offers={"seed": 1}), "offers.seed comes from the top-level seed"),
+    (lambda d: d.update(decision={"kind": "psychic"}), "decision"),
+    (lambda d: d.update(gate={"estimator": "ips"}), "gate.estimator must be one of snips, dr"),
     (lambda d: d["ope"].update(target="psychic"), "ope.target must be one of random, rules"),
     (lambda d: d["ope"].update(estimators=["ips", "magic"]), "ope.estimators must list some of ips, snips, dm, dr"),
     (lambda d: d["ope"].update(reward_model="forest"), "ope.reward_model must be one of ridge, cell_mean"),
@@ -307,6 +312,8 @@ def _tiny_config(tmp_path: Path, uci_file: Path, contacts: int = 250) -> Path:
     d["train"].update(max_steps=12, eval_every=6, batch_size=64)
     d["retrieval"].update(max_steps=6, eval_every=3)
     d["ope"].update(resamples=30)
+    d.setdefault("offers", {}).update(epochs=2, history=8)
+    d.setdefault("gate", {}).update(resamples=30)
     lines = [f"{k} = {json.dumps(v)}" for k, v in d.items() if not isinstance(v, dict)]
     for table, body in d.items():
         if isinstance(body, dict):
@@ -354,7 +361,17 @@ def test_tiny_abtest_writes_report_metrics_and_plots(tiny):
     c = m["comparison"]
     assert c["difference"] == pytest.approx(b["cr"] - a["cr"])
     assert c["paired"]["difference"] == pytest.approx(b["cr"] - a["cr"]) and c["paired"]["customers"] == 250
-    assert m["bandit"]["updates"] == 250                                    # learnt online, from the test wave only
+    # arm B is the offer learner: its joint decision layer, no online nudge bandit; the gate before the test
+    assert m["learner"] == "offers" and m["bandit"]["joint"] and m["bandit"]["updates"] == 0
+    g = m["gate"]
+    assert {"estimator", "estimate", "low", "high", "decision"} <= set(g) and g["decision"] in ("go", "no-go")
+    assert g["low"] <= g["estimate"] <= g["high"] and g["held_out_only"] and 0 < g["contacts"] < 300
+    assert (g["decision"] == "go") == (g["difference"]["low"] > 0)
+    assert g["difference"]["estimate"] == pytest.approx(g["estimate"] - g["current"]["estimate"])
+    assert "## The gate (before the test)" in report and "offer Q (arm B)" in report
+    assert set(m["references"]["rank_agreement"]) == {"two_tower", "supervised", "q", "offer_q"}
+    assert m["offers"]["offers"] == 300 and 0 <= m["offers"]["best_epoch"] <= m["offers"]["epochs"]   # 0: wide
+    assert (out / "training" / "offers" / "offers.json").exists()
     assert m["training"]["contacts"] == 300 and m["config"]["seed"] == 3
     assert m["references"]["oracle_cr"] >= max(a["expected_cr"], b["expected_cr"], m["references"]["random_cr"])
     assert m["ope"]["overlap"] and "| IPS |" in report and "## Nudge uptake per family" in report

@@ -10,7 +10,11 @@ Tables (the shipped file, experiments/configs/abtest.toml, says what each number
   [bandit]      arm B's nudge bandit (seqrec.rl.bandits.policies.BanditConfig; LinUCB on the customer context
                 too); the older [arm_b.bandit] means the same
   [arm_a]       the rule-based campaign: epsilon (0 = the rules as written)
-  [arm_b]       warm_start
+  [arm_b]       learner (offers: the offer-level Q learner; pipeline: two-tower + Q re-rank + nudge bandit),
+                reference_pipeline, warm_start
+  [offers]      the offer-level Q learner (seqrec.training.offers.OfferConfig): history, network, fitting
+  [decision]    arm B's decision layer over the joint (product, nudge) action (seqrec.rl.bandits.joint.JointConfig)
+  [gate]        the go / no-go estimate before the test: estimator, resamples
   [ope]         the off-policy check: logging and target policies, contacts, estimators, reward model, resamples
 
 An unknown key stops with a ConfigError naming it and the valid keys of its table.
@@ -25,13 +29,17 @@ from typing import Any
 
 from seqrec.core.config import ConfigError, check_choice, check_int, check_real, from_dict, load_toml
 from seqrec.datasets.schema import EVENT_TYPES
+from seqrec.rl.bandits.joint import JointConfig
 from seqrec.rl.bandits.policies import BanditConfig
+from seqrec.rl.offers.config import OfferConfig
 from seqrec.rl.ope.estimators import ESTIMATORS
 from seqrec.runs.file_config import ENCODER_PLACEHOLDERS, bandit_table, check_model_tables
 
 POLICIES = ("random", "rules")
+LEARNERS = ("offers", "pipeline")
 REWARD_MODELS = ("ridge", "cell_mean")
 USER_FEATURES = ("segment", "age_band", "job", "poutcome", "housing", "loan")   # simulator columns on every event
+OFFER_PROFILE = ("segment", "age_band", "job", "marital", "education", "housing", "loan", "poutcome", "month")
 
 # Arm B's run when [model] says nothing: SASRec-SQN with the papers' discount, two-tower candidates from the
 # customers' segment and profile, the Q head re-ranking them. Short: the whole test runs in minutes on 2 cores.
@@ -84,14 +92,32 @@ class ArmA:
 
 @dataclass(frozen=True)
 class ArmB:
-    """The learnt pipeline's nudge bandit, which learns online from the test's purchases."""
+    """Arm B: the offer-level Q learner (product and nudge jointly), or the older pipeline (two-tower + Q re-rank
+    with a nudge bandit that learns online from the test's purchases)."""
 
-    warm_start: bool = False    # fit the bandit on the training log's nudges (IPS) before the test
+    learner: str = "offers"     # offers | pipeline
+    reference_pipeline: bool = True   # with learner = offers, also train the pipeline for the rank-agreement table
+    warm_start: bool = False    # pipeline: fit the bandit on the training log's nudges (IPS) before the test
     bandit: BanditConfig = field(default_factory=lambda: BanditConfig(kind="epsilon_greedy", epsilon=0.1))
 
     def __post_init__(self) -> None:
-        if not isinstance(self.warm_start, bool):
-            raise ValueError(f"arm_b.warm_start must be true or false; got {self.warm_start!r}")
+        check_choice("arm_b.learner", self.learner, LEARNERS)
+        for name in ("warm_start", "reference_pipeline"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"arm_b.{name} must be true or false; got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The go / no-go before the test: arm B's decision policy valued off-policy on the training campaign's last
+    wave, against the current policy (arm A's rules), with bootstrap intervals."""
+
+    estimator: str = "snips"    # snips | dr (DR's reward model: ridge per offer on the customer's features)
+    resamples: int = 1000       # bootstrap resamples of the intervals (the difference's are paired)
+
+    def __post_init__(self) -> None:
+        check_choice("gate.estimator", self.estimator, ("snips", "dr"))
+        check_int("gate.resamples", self.resamples, 1)
 
 
 @dataclass(frozen=True)
@@ -137,6 +163,10 @@ class AbTestConfig:
     arm_a: ArmA = field(default_factory=ArmA)
     arm_b: ArmB = field(default_factory=ArmB)
     ope: OpeCheck = field(default_factory=OpeCheck)
+    offers: OfferConfig = field(default_factory=lambda: OfferConfig(profile=OFFER_PROFILE))
+    decision: JointConfig = field(default_factory=lambda: JointConfig(kind="epsilon_greedy", epsilon=0.02))
+    gate: Gate = field(default_factory=Gate)
+    simulator_set: tuple[tuple[str, Any], ...] = ()   # overrides of simulator keys ("population.taste_sd", 1.0)
     source: str = "<memory>"    # the TOML file, for errors and the report
     base_dir: str = "."
 
@@ -162,6 +192,8 @@ class AbTestConfig:
             v = getattr(self, f.name)
             if f.name == "model":
                 out[f.name] = copy.deepcopy(v)
+            elif f.name == "simulator_set":
+                out[f.name] = {k: x for k, x in v}
             elif hasattr(v, "__dataclass_fields__"):
                 out[f.name] = _plain(v)
             else:
@@ -178,7 +210,9 @@ def _plain(obj: Any) -> Any:
     return list(obj) if isinstance(obj, tuple) else obj
 
 
-TOP_KEYS = (*(f.name for f in fields(AbTestConfig) if f.name not in ("source", "base_dir")), *RUN_TABLES, "bandit")
+DECISION_TABLES = ("offers", "decision", "gate")
+TOP_KEYS = (*(f.name for f in fields(AbTestConfig) if f.name not in ("source", "base_dir", "simulator_set")),
+            *RUN_TABLES, "bandit")
 
 
 def load_abtest_config(path: str | Path) -> AbTestConfig:
@@ -207,7 +241,7 @@ def _build(data: dict[str, Any], source: str, base_dir: str) -> AbTestConfig:
         raise ConfigError(f"unknown key {unknown[0]}; valid top-level keys: {', '.join(TOP_KEYS)}")
     if "simulator" not in data:
         raise ConfigError("missing key simulator (the simulator TOML, e.g. \"campaign_sim.toml\")")
-    tables = ("training", "model", "arm_a", "arm_b", "ope", *RUN_TABLES, "bandit")
+    tables = ("training", "model", "arm_a", "arm_b", "ope", *RUN_TABLES, "bandit", *DECISION_TABLES)
     top = {k: v for k, v in data.items() if k not in tables}
     for k, v in top.items():
         want, kinds = {"simulator": ("text", str), "level": ("a number", (int, float))}.get(k, ("an integer", int))
@@ -229,8 +263,17 @@ def _build(data: dict[str, Any], source: str, base_dir: str) -> AbTestConfig:
     arm_b = replace(arm_b, bandit=bandit)
     ope = from_dict(OpeCheck, _table("ope", data.get("ope", {})), "ope")
     model = _model(_run_tables(data))
-    return AbTestConfig(**top, training=training, model=model, arm_a=arm_a, arm_b=arm_b, ope=ope,
-                        source=source, base_dir=base_dir)
+    offers_raw = {"profile": list(OFFER_PROFILE), **_table("offers", data.get("offers", {}))}
+    if "seed" in offers_raw:
+        raise ConfigError("offers.seed comes from the top-level seed; leave it out")
+    offers = from_dict(OfferConfig, offers_raw, "offers")
+    decision_raw = {"kind": "epsilon_greedy", "epsilon": 0.02, **_table("decision", data.get("decision", {}))}
+    if "seed" in decision_raw:
+        raise ConfigError("decision.seed comes from the top-level seed; leave it out")
+    decision = from_dict(JointConfig, decision_raw, "decision")
+    gate = from_dict(Gate, _table("gate", data.get("gate", {})), "gate")
+    return AbTestConfig(**top, training=training, model=model, arm_a=arm_a, arm_b=arm_b, ope=ope, offers=offers,
+                        decision=decision, gate=gate, source=source, base_dir=base_dir)
 
 
 def _run_tables(data: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -268,3 +311,35 @@ def _model(given_tables: tuple[dict[str, Any], str]) -> dict[str, dict[str, Any]
     if model["head"].get("variant", "ce") == "ce" and model["rerank"].get("w_q", 0.0):
         raise ConfigError(f"{where}rerank.w_q needs a Q head: {where}head.variant must not be 'ce'")
     return model
+
+
+def parse_sim_set(items: list[str]) -> tuple[tuple[str, Any], ...]:
+    """`--sim-set KEY=VALUE` flags -> (dotted key, TOML value) pairs, e.g. population.taste_sd=1.0 or
+    nudges.odds_ratio.social_appeal=1.2; a ConfigError naming the flag when one does not parse."""
+    import tomllib
+
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not all(key.strip().split(".")):
+            raise ConfigError(f"--sim-set {item!r}: expected KEY=VALUE with a dotted KEY (population.taste_sd=1.0)")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"--sim-set {item!r}: the value is not a TOML value ({e})") from None
+        out.append((key.strip(), value))
+    return tuple(out)
+
+
+def apply_sim_set(data: dict[str, Any], pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """The simulator's parsed TOML with each dotted key set (tables created or replaced along the path)."""
+    data = copy.deepcopy(data)
+    for key, value in pairs:
+        *path, last = key.split(".")
+        node = data
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return data

@@ -119,6 +119,12 @@ class Phased:
         pi[rows[0]], pi[rows[1]] = parts
         return pi
 
+    def observe(self, events) -> None:
+        """Both phases' policies see every logged event (the bank's log holds the training campaign too)."""
+        for policy in (self.before, self.after):
+            if hasattr(policy, "observe"):
+                policy.observe(events)
+
     def update(self, contacts: Contacts, decisions: Decisions, purchased: np.ndarray) -> None:
         rows = np.flatnonzero(contacts.previous_contacts >= self.waves)
         if len(rows) and hasattr(self.after, "update"):

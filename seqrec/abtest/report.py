@@ -17,6 +17,11 @@ from seqrec.campaign.simulator import Simulator
 from seqrec.datasets.synthetic import NUDGE_FAMILIES
 
 ARM_NAMES = {"A": "A: rules (segment products, fixed nudge)", "B": "B: pipeline (two-tower + Q re-rank, bandit nudge)"}
+OFFERS_NAME = "B: offer-level Q learner (product and nudge jointly)"
+
+
+def arm_name(arm: str, m: dict) -> str:
+    return OFFERS_NAME if arm == "B" and m.get("learner") == "offers" else ARM_NAMES[arm]
 PAPER = ("Kristiana et al. (2025) report CR = 10.5% for the rule-based campaign against 52.87% for their AI "
          "pipeline in their own simulation")
 CURVE_POINTS = 100   # points of the cumulative curves kept in metrics.json
@@ -175,22 +180,29 @@ def report_markdown(m: dict) -> str:
         f"- **Training campaign**: {cfg['training']['waves']} wave(s) of the `{cfg['training']['policy']}` policy"
         + (f" (epsilon {cfg['training']['epsilon']:g})" if cfg['training']['policy'] == 'rules' else "")
         + f", {tr['contacts']:,} contacts, {tr['purchases']:,} purchases ({_pct(tr['conversion'])} a contact). "
-        f"Its log ({tr['events']:,} events, one sequence per customer) trained arm B: "
-        f"{model['encoder']['kind']} (dim {model['encoder']['dim']}) with the {model['head']['variant']} head, "
-        f"{model['train']['max_steps']} steps (best {tr['select_metric']} = {_num(tr['best'])} at step "
-        f"{tr['best_step']}), then the two-tower ({model['retrieval']['max_steps']} steps; user features "
-        f"{', '.join(model['retrieval'].get('user_categorical', [])) or 'none'}).",
+        + (f"Its log ({tr['events']:,} events, one sequence per customer) trained the pipeline: "
+           f"{model['encoder']['kind']} (dim {model['encoder']['dim']}) with the {model['head']['variant']} head, "
+           f"{model['train']['max_steps']} steps (best {tr['select_metric']} = {_num(tr['best'])} at step "
+           f"{tr['best_step']}), then the two-tower ({model['retrieval']['max_steps']} steps; user features "
+           f"{', '.join(model['retrieval'].get('user_categorical', [])) or 'none'})"
+           + (" (for the rank-agreement figures; arm B is the offer learner)." if m.get("learner") == "offers"
+              else ".") if "events" in tr else "")
+        + (offers_sentence(m["offers"], cfg["offers"]) if m.get("offers") else ""),
         f"- **Test wave**: {m['test_contacts']:,} contacts per arm, one per customer, the same customers at the "
         "same times with the same random numbers in both arms; decisions in batches of "
         f"{cfg['batch_size']} (the bandit learns between batches).",
         "- **Arm A**: the simulator's `[rules]`: per segment the first listed product not held, one fixed nudge"
         + (f", epsilon {cfg['arm_a']['epsilon']:g}" if cfg['arm_a']['epsilon'] else "") + ".",
-        f"- **Arm B**: {model['rerank']['candidates']} two-tower candidates among the products the customer does "
-        f"not hold, re-ranked by the blend w_tt = {model['rerank']['w_tt']:g}, w_sup = {model['rerank']['w_sup']:g},"
-        f" w_q = {model['rerank']['w_q']:g}; nudge by a {m['bandit']['kind']} bandit (epsilon "
-        f"{m['bandit']['epsilon']:g}, "
-        f"{'warm-started on the training log' if m['bandit']['warm_start'] else 'cold start'}) updated online "
-        f"with each batch's purchases ({m['bandit']['updates']:,} updates).",
+        (f"- **Arm B**: the offer-level Q learner's {m['bandit']['kind']} decision (epsilon "
+         f"{m['bandit']['epsilon']:g}) over every (product, nudge) pair the customer may be offered (products not "
+         "held, nudges allowed with the product), from the customer's logged events and profile; the joint "
+         "propensity of each decision is logged." if m.get("learner") == "offers" else
+         f"- **Arm B**: {model['rerank']['candidates']} two-tower candidates among the products the customer does "
+         f"not hold, re-ranked by the blend w_tt = {model['rerank']['w_tt']:g}, w_sup = {model['rerank']['w_sup']:g},"
+         f" w_q = {model['rerank']['w_q']:g}; nudge by a {m['bandit']['kind']} bandit (epsilon "
+         f"{m['bandit']['epsilon']:g}, "
+         f"{'warm-started on the training log' if m['bandit']['warm_start'] else 'cold start'}) updated online "
+         f"with each batch's purchases ({m['bandit']['updates']:,} updates)."),
         "", "## Conversion", "",
         f"CR = purchases through recommendations / customers contacted x 100. Interval: Wilson score, {level}. "
         "Expected CR: the exact mean purchase probability of the offers made (the simulator's), beside the sampled.",
@@ -198,7 +210,7 @@ def report_markdown(m: dict) -> str:
         f"| arm | customers | purchases | CR | {level} interval | expected CR |", "|---|---|---|---|---|---|",
     ]
     for arm, a in m["arms"].items():
-        lines.append(f"| {ARM_NAMES[arm]} | {a['users']:,} | {a['purchases']:,} | {_pct(a['cr'])} | "
+        lines.append(f"| {arm_name(arm, m)} | {a['users']:,} | {a['purchases']:,} | {_pct(a['cr'])} | "
                      f"[{_pct(a['cr_low'])}, {_pct(a['cr_high'])}] | {_pct(a['expected_cr'])} |")
     pr = cmp_["paired"]
     lines += [
@@ -211,6 +223,7 @@ def report_markdown(m: dict) -> str:
         f"[{_pp(pr['low'])}, {_pp(pr['high'])}], z = {pr['z']:.2f}, {_p(pr['p_value'])} (the arms are not "
         "independent samples here, so the two-proportion test above is conservative).",
         "", *references_markdown(m["references"]),
+        *(gate_markdown(m["gate"], m["arms"]["B"], level) if m.get("gate") else []),
         "", "## Nudge uptake per family", "",
         "| arm | family | shown | share of contacts | purchases | conversion | expected conversion |",
         "|---|---|---|---|---|---|---|",
@@ -240,13 +253,39 @@ def report_markdown(m: dict) -> str:
 def references_markdown(r: dict) -> list[str]:
     """What only the simulator knows about the test contacts."""
     agree = r["rank_agreement"]
-    names = {"two_tower": "two-tower", "supervised": "supervised", "q": "Q"}
+    names = {"two_tower": "two-tower", "supervised": "supervised", "q": "Q", "offer_q": "offer Q (arm B)"}
     scores = ", ".join(f"{names.get(k, k)} {v:+.2f}" for k, v in agree.items() if math.isfinite(v))
     return [f"Known only to the simulator, on the same test contacts: random offers (uniform over the products "
             f"not held and their allowed nudges) would convert {_pct(r['random_cr'])} and the best offer for every "
             f"contact (an oracle that knows each customer's tastes) {_pct(r['oracle_cr'])}, both expected values. "
             f"Arm B's product scores against the true purchase probability of the products a customer does not "
             f"hold (Spearman's rank correlation per contact, averaged): {scores}."]
+
+
+def offers_sentence(o: dict, cfg: dict) -> str:
+    """How the offer learner was fitted, for the training bullet."""
+    return (f" The offer-level Q learner trained on its {o['offers']:,} offers (reward mean {_pct(o['reward_mean'])}; "
+            f"gamma {cfg['gamma']:g}, {cfg['head']} head, history {cfg['history']}): "
+            f"{o['train_offers']:,} offers of {100 * (1 - cfg['valid_fraction']):.0f}% of the customers, epoch "
+            f"{o.get('best_epoch')} of {o['epochs']} chosen by {o['select']} on the others' {o['valid_offers']:,}.")
+
+
+def gate_markdown(g: dict, b: dict, level: str) -> list[str]:
+    """The go / no-go made before the test, beside what the test then measured."""
+    d = g["difference"]
+    who = "the customers the learner never trained on" if g.get("held_out_only") else "every customer"
+    return ["", "## The gate (before the test)", "",
+            f"Off-policy estimate ({g['estimator'].upper()}) of arm B's decision policy on the training campaign's "
+            f"last wave ({g['contacts']:,} contacts of {who}), against the rules on the same contacts, "
+            f"{level} bootstrap intervals (paired for the difference):", "",
+            "| policy | estimate | interval |", "|---|---|---|",
+            f"| B (new) | {_pct(g['estimate'])} | [{_pct(g['low'])}, {_pct(g['high'])}] |",
+            f"| A (rules, current) | {_pct(g['current']['estimate'])} | [{_pct(g['current']['low'])}, "
+            f"{_pct(g['current']['high'])}] |",
+            f"| B - A | {_pp(d['estimate'])} | [{_pp(d['low'])}, {_pp(d['high'])}] |", "",
+            f"Decision: **{g['decision']}** (go when the difference's interval lies above 0). Then measured in the "
+            f"test wave: B converted {_pct(b['cr'])} (expected {_pct(b['expected_cr'])}); the test wave is one "
+            "contact later than the logged wave, so one more contact's fatigue lowers it."]
 
 
 def _num(x: float | None) -> str:

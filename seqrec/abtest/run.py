@@ -32,16 +32,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from seqrec.abtest.config import AbTestConfig
+from seqrec.abtest.config import AbTestConfig, apply_sim_set
+from seqrec.abtest.gate import run_gate
+from seqrec.abtest.offers import OfferPolicy, train_offers
 from seqrec.abtest.ope import run_ope_check
 from seqrec.abtest.policy import Phased, PipelineProducts
 from seqrec.abtest.report import arm_summary, comparison, write_outputs
 from seqrec.abtest.stats import rank_agreement
-from seqrec.campaign.config import load_sim_config
+from seqrec.campaign.config import load_sim_config, sim_config_from_dict
 from seqrec.campaign.policies import BanditNudgePolicy, RandomPolicy, RulePolicy, make_policy
 from seqrec.campaign.records import CampaignLog, Contacts
 from seqrec.campaign.simulator import Simulator
-from seqrec.core.config import ConfigError
+from seqrec.core.config import ConfigError, load_toml
 from seqrec.rl.bandits.fit import fit_offline
 from seqrec.rl.bandits.policies import CONTEXTUAL_KINDS
 
@@ -49,8 +51,14 @@ MARKER = "abtest_config.json"   # written first in OUT: a folder holding it may 
 
 
 def build_simulator(cfg: AbTestConfig, calibration: str | Path | None = None) -> Simulator:
-    """The simulator of cfg.simulator with the test's population size and seed."""
-    sim_cfg = load_sim_config(cfg.simulator_path)
+    """The simulator of cfg.simulator (with its `simulator_set` overrides) with the test's population size and seed."""
+    if cfg.simulator_set:
+        path = cfg.simulator_path
+        data = apply_sim_set(load_toml(path), cfg.simulator_set)
+        sim_cfg = sim_config_from_dict(data, f"{path} (with {', '.join(k for k, _ in cfg.simulator_set)} set)",
+                                       str(path.resolve().parent))
+    else:
+        sim_cfg = load_sim_config(cfg.simulator_path)
     population = dataclasses.replace(sim_cfg.population, seed=cfg.seed,
                                      **({"size": cfg.customers} if cfg.customers else {}))
     return Simulator(dataclasses.replace(sim_cfg, population=population), calibration=calibration)
@@ -142,18 +150,35 @@ def make_bandit(cfg: AbTestConfig, sim: Simulator, log: CampaignLog):
     return bandit
 
 
-def reference_values(sim: Simulator, products: PipelineProducts, ctx: Contacts) -> dict:
+def bandit_summary(cfg: AbTestConfig, sim: Simulator, arm_b) -> dict:
+    """metrics.json["bandit"]: arm B's nudge bandit, or (offer learner) its joint decision layer."""
+    if cfg.arm_b.learner == "offers":
+        d = arm_b.decision
+        return {"kind": d.kind, "epsilon": d.epsilon if d.kind == "epsilon_greedy" else 0.0, "warm_start": False,
+                "updates": 0, "arms": list(sim.arms), "values": None, "joint": True}
+    return {"kind": arm_b.bandit.config.kind, "epsilon": arm_b.bandit.config.effective_epsilon,
+            "warm_start": cfg.arm_b.warm_start, "updates": int(arm_b.bandit.updates), "arms": list(sim.arms),
+            "values": None if arm_b.bandit.dim else [float(v) for v in arm_b.bandit.values()], "joint": False}
+
+
+def reference_values(sim: Simulator, products: PipelineProducts | None, ctx: Contacts,
+                     offers: OfferPolicy | None = None) -> dict:
     """What only the simulator knows about the test contacts: exact CR of random offers and of the best offer per
     contact, and how well each of arm B's product scores ranks the products by their true purchase probability
-    (Spearman per contact over the products not held, nudge uniform over the allowed arms, averaged)."""
+    (Spearman per contact over the products not held, nudge uniform over the allowed arms, averaged). The offer
+    learner's product score is its Q averaged over the product's allowed nudges ("offer_q"); it sees each
+    contact's history as it stood before the test wave (`offers` holds the events up to the test)."""
     truth = sim.expected_rewards(ctx)                                                          # (N, P, A)
     nudge = sim.nudge_mask / sim.nudge_mask.sum(axis=1, keepdims=True)                         # (P, A)
     by_product = (truth * nudge[None]).sum(axis=2)                                             # (N, P)
     scores: dict[str, list[np.ndarray]] = {}
     for lo in range(0, len(ctx), 4096):
-        part = products.scores(ctx.take(np.arange(lo, min(lo + 4096, len(ctx)))))
+        part_ctx = ctx.take(np.arange(lo, min(lo + 4096, len(ctx))))
+        part = {k: v.numpy() for k, v in products.scores(part_ctx).items()} if products is not None else {}
+        if offers is not None:
+            part["offer_q"] = (offers.values(part_ctx) * nudge[None]).sum(axis=2)
         for k, v in part.items():
-            scores.setdefault(k, []).append(v.numpy())
+            scores.setdefault(k, []).append(v)
     return {"random_cr": sim.true_value(RandomPolicy(sim), ctx), "oracle_cr": float(truth.max(axis=(1, 2)).mean()),
             "rank_agreement": {k: rank_agreement(np.concatenate(v), by_product, ~ctx.held) for k, v in scores.items()}}
 
@@ -208,12 +233,32 @@ def _run(cfg: AbTestConfig, out: Path, calibration: str | Path | None, progress:
 
     t = clock()
     say(f"training arm B on {len(training.purchased):,} logged contacts ({training.events.num_rows:,} events)")
-    products, train_info = train_pipeline(cfg, sim, training, out / "training", progress)
+    products, train_info = None, {}
+    if cfg.arm_b.learner == "pipeline" or cfg.arm_b.reference_pipeline:
+        products, train_info = train_pipeline(cfg, sim, training, out / "training", progress)
     timings["prepare_and_train_s"] = clock() - t
+    gate, offers_info = None, None
+    if cfg.arm_b.learner == "offers":
+        t = clock()
+        offer_cfg = dataclasses.replace(cfg.offers, seed=cfg.seed)
+        say("training the offer-level Q learner on the same log")
+        fitted, offers_info = train_offers(sim, training, offer_cfg, dict(cfg.training.rewards), out / "training")
+        timings["offers_train_s"] = clock() - t
+        decision = dataclasses.replace(cfg.decision, seed=cfg.seed)
+        gate_fitted = dataclasses.replace(fitted, model=fitted.gate_model) if fitted.gate_model is not None else fitted
+        gate_policy = OfferPolicy(sim, gate_fitted, decision, cfg.seed)
+        gate_policy.observe(training.events)
+        gate = run_gate(sim, training, gate_policy, RulePolicy(sim, cfg.arm_a.epsilon), waves, cfg.gate, cfg.level,
+                        cfg.seed, fitted.held_out if len(fitted.held_out) else None)
+        say(f"gate: {gate['estimator']} {100 * gate['estimate']:.2f}% [{100 * gate['low']:.2f}, "
+            f"{100 * gate['high']:.2f}] against the rules' {100 * gate['current']['estimate']:.2f}%: "
+            f"{gate['decision']}")
+        arm_b = OfferPolicy(sim, fitted, decision, cfg.seed)
 
     t = clock()
     say(f"test wave: {test_contacts:,} contacts per arm")
-    arm_b = BanditNudgePolicy(sim, products, make_bandit(cfg, sim, training))
+    if cfg.arm_b.learner == "pipeline":
+        arm_b = BanditNudgePolicy(sim, products, make_bandit(cfg, sim, training))
     policies = {"A": Phased(logger, RulePolicy(sim, cfg.arm_a.epsilon), waves), "B": Phased(logger, arm_b, waves)}
     total = waves * customers + test_contacts
     logs, rows = {}, {}
@@ -238,7 +283,7 @@ def _run(cfg: AbTestConfig, out: Path, calibration: str | Path | None, progress:
     timings["ope_check_s"] = clock() - t
 
     arms = {arm: arm_summary(sim, logs[arm], rows[arm], batch, cfg.level) for arm in logs}
-    references = reference_values(sim, products, ctx)
+    references = reference_values(sim, products, ctx, arm_b if cfg.arm_b.learner == "offers" else None)
     metrics = {
         "command": command, "config": cfg.to_dict(), "source": cfg.source, "customers": customers,
         "test_contacts": test_contacts,
@@ -248,9 +293,10 @@ def _run(cfg: AbTestConfig, out: Path, calibration: str | Path | None, progress:
         "arms": {arm: s["metrics"] for arm, s in arms.items()},
         "comparison": comparison(arms["A"]["metrics"], arms["B"]["metrics"], logs["A"].purchased[rows["A"]],
                                  logs["B"].purchased[rows["B"]], cfg.level),
-        "bandit": {"kind": arm_b.bandit.config.kind, "epsilon": arm_b.bandit.config.effective_epsilon,
-                   "warm_start": cfg.arm_b.warm_start, "updates": int(arm_b.bandit.updates), "arms": list(sim.arms),
-                   "values": None if arm_b.bandit.dim else [float(v) for v in arm_b.bandit.values()]},
+        "learner": cfg.arm_b.learner,
+        "bandit": bandit_summary(cfg, sim, arm_b),
+        "offers": offers_info,
+        "gate": gate,
         "references": references,
         "ope": ope.as_dict(),
     }

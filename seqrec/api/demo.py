@@ -16,8 +16,9 @@ from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.engines import ScoreJob
 from seqrec.serve.local import LocalEngine
 
-# SASRec-SQN with the papers' width and discount, two-tower candidates with the log's user and item features,
-# short enough for a first run on two cores.
+# SASRec-SQN with the papers' width and discount, two-tower candidates with the log's user and item features, and
+# the offer-level Q learner on the log's nudged views (their nudge and propensity: docs/offers.md), short enough
+# for a first run on two cores.
 DEMO_RUN = {
     "encoder": {"kind": "sasrec", "dim": 64, "blocks": 1, "heads": 1, "dropout": 0.1},
     "head": {"variant": "sqn", "gamma": 0.5},
@@ -25,6 +26,7 @@ DEMO_RUN = {
     "retrieval": {"enabled": True, "init": "learner", "random_negatives": 256, "max_steps": 200,
                   "eval_every": 100, "log_every": 50, "user_categorical": ["user_segment"],
                   "item_categorical": ["item_category"]},
+    "offers": {"profile": ["user_segment"], "history": 20, "epochs": 3, "blocks": 0},
 }
 
 
@@ -46,6 +48,7 @@ def run_demo(out: Path, events: int = 200_000, seed: int = 0, steps: int | None 
     raw["train"]["seed"] = seed
     if steps is not None:
         raw["train"].update(max_steps=steps, eval_every=max(1, steps // 2))
+        raw["offers"].update(epochs=max(1, min(3, steps // 100)))
         raw["retrieval"].update(max_steps=max(1, steps // 2), eval_every=max(1, steps // 4))
     cfg = run_config(raw, [], str(data))
     train(cfg, run, resume=(run / "checkpoints" / "last.pt").exists(), progress=progress)

@@ -94,7 +94,8 @@ class CampaignLog:
 
 @runtime_checkable
 class Policy(Protocol):
-    """Chooses (product, nudge) for contacts. Optional: `update(contacts, decisions, purchased)` to learn."""
+    """Chooses (product, nudge) for contacts. Optional: `update(contacts, decisions, purchased)` to learn, and
+    `observe(events)` to see each batch's logged events (a policy that keeps its own event history)."""
 
     def probabilities(self, contacts: Contacts) -> np.ndarray:
         """(B, P, A) joint probability of offering product p with arm a; each row sums to 1."""

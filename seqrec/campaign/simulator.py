@@ -388,7 +388,8 @@ class Simulator:
         """Run a campaign of `contacts` contacts (see `schedule`) with `policy`, from the population's initial state.
 
         The policy decides `batch_size` contacts at a time (default campaign.batch_size), each decision drawn from its
-        probabilities; its `update(contacts, decisions, purchased)`, when it has one, runs after each batch. `rng`
+        probabilities; after each batch its `observe(events)` sees the batch's logged events (as an SDK log would
+        deliver them) and its `update(contacts, decisions, purchased)` the outcomes, for the methods it has. `rng`
         is split into three streams (schedule, decisions, responses), so policies run with equally seeded rngs meet
         the same customers at the same times with the same random numbers. Session ids count from first_session.
         """
@@ -406,6 +407,8 @@ class Simulator:
                 ctx = Contacts(who, previous[who].copy(), t, held[who].copy(), shown[who].copy(), history[who].copy())
                 dec = self._draw(policy, ctx, decision_rng)
                 res = self.respond(ctx, dec, response_rng, session)
+                if hasattr(policy, "observe"):
+                    policy.observe(res.events)
                 if hasattr(policy, "update"):
                     policy.update(ctx, dec, res.purchased)
                 held[who[res.purchased], dec.product[res.purchased]] = True

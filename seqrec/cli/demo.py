@@ -13,7 +13,8 @@ def add_parser(sub: Any) -> None:
     """Add the `demo` subcommand to the subparsers `sub`."""
     dm = sub.add_parser("demo", help="the main job on built-in data: generate, prepare, train, score",
                         description="Generate the built-in synthetic log, prepare it, train SASRec-SQN with two-tower "
-                                    "candidates and the nudge bandit, score every session; prints where the "
+                                    "candidates, the nudge bandit and the offer-level Q learner, score every "
+                                    "session; prints where the "
                                     "TensorBoard logs and the scored files are. Re-running re-uses finished stages.")
     dm.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for everything (default runs/demo)")
     dm.add_argument("--events", type=int, default=200_000, help="events to generate (default 200000)")
@@ -33,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     print(score_summary(r["manifest"], r["scored"]))
     print(f"events: {r['events']}   prepared: {r['data']}   run: {r['run']}")
     print(f"TensorBoard: tensorboard --logdir {r['run']}   (learner in tb/, two-tower in retrieval/tb/)")
+    if (r["run"] / "offers" / "offers.json").exists():
+        print(f"offer learner: {r['run'] / 'offers'}   (its gate: seqrec ope --log {r['data']} --policy "
+              f"{r['run'] / 'offers'})")
     print(f"scored sessions: {r['scored'] / 'scores'} (Parquet parts; manifest.json and quarantine.parquet in "
           f"{r['scored']})")
     return 0

@@ -21,6 +21,7 @@ from seqrec.models.encoders import EncoderConfig
 from seqrec.retrieval.config import IndexConfig, RerankConfig, TwoTowerConfig, check_retrieval
 from seqrec.rl.bandits.policies import BanditConfig
 from seqrec.rl.d3rlpy_bridge.config import D3rlpyConfig
+from seqrec.rl.offers.config import OfferConfig
 from seqrec.rl.qlearning.losses import HeadConfig
 from seqrec.rl.qlearning.recipe import RECIPE_KEYS
 from seqrec.runs.file_config import (
@@ -30,6 +31,7 @@ from seqrec.runs.file_config import (
     bandit_dict,
     check_run_file,
     check_sections,
+    offers_table,
     prepare_table,
     run_bandit_config,
     score_config,
@@ -58,6 +60,7 @@ class RunConfig:
     bandit: BanditConfig = field(default_factory=BanditConfig)  # the nudge bandit (fit_run_bandit; scoring)
     score: ScoreConfig = field(default_factory=ScoreConfig)     # `seqrec score`'s defaults for this run
     prepare: dict[str, Any] = field(default_factory=dict)       # the file's [prepare] table as given (a record)
+    offers: OfferConfig | None = None   # the offer-level Q learner (docs/offers.md), trained when the log has offers
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -84,6 +87,8 @@ class RunConfig:
             d["bandit"] = bandit_dict(self.bandit)
         if self.score != ScoreConfig():
             d["score"] = asdict(self.score)
+        if self.offers is not None:
+            d["offers"] = {k: v for k, v in self.offers.to_dict().items() if k != "seed"}
         return d
 
 
@@ -140,13 +145,13 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
 
 
 def _later_sections(d: dict[str, Any]) -> dict[str, Any]:
-    """The [retrieval], [index], [rerank], [bandit], [score] and [prepare] tables of a TOML dict or config.json
-    as RunConfig fields (absent: the defaults)."""
+    """The [retrieval], [index], [rerank], [bandit], [score], [prepare] and [offers] tables of a TOML dict or
+    config.json as RunConfig fields (absent: the defaults)."""
     return {"retrieval": from_dict(TwoTowerConfig, d.get("retrieval", {}), "retrieval"),
             "index": from_dict(IndexConfig, d.get("index", {}), "index"),
             "rerank": from_dict(RerankConfig, d.get("rerank", {}), "rerank"),
             "bandit": run_bandit_config(d.get("bandit", {})), "score": score_config(d.get("score", {})),
-            "prepare": dict(d.get("prepare", {}))}
+            "prepare": dict(d.get("prepare", {})), "offers": offers_table(d.get("offers"))}
 
 
 def _check_algorithm_sections(algorithm: Any, raw: dict[str, Any]) -> None:

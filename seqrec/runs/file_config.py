@@ -18,11 +18,12 @@ from seqrec.datasets.adapters import SOURCES
 from seqrec.datasets.prepare import PrepareConfig
 from seqrec.rl.bandits.policies import CONTEXTUAL_KINDS, KINDS, BanditConfig
 from seqrec.rl.d3rlpy_bridge.config import D3RLPY_ALGORITHMS
+from seqrec.rl.offers.config import OfferConfig
 from seqrec.runs.score_config import ScoreConfig
 
 ALGORITHMS = ("seqrec", *D3RLPY_ALGORITHMS)  # seqrec: our own heads ([head] variant); else d3rlpy's algorithm
 SECTIONS = ("data", "prepare", "encoder", "head", "train", "d3rlpy", "retrieval", "index", "rerank", "bandit",
-            "score")
+            "score", "offers")
 MODEL_SECTIONS = ("encoder", "head", "train", "d3rlpy", "retrieval", "index", "rerank")
 TOP_LEVEL_KEYS = ("algorithm",)
 READER_KEYS = ("map", "sep", "header", "format", "time_unit", "event_type", "event_map")  # [prepare]'s reader options
@@ -58,6 +59,7 @@ def check_run_file(raw: dict[str, Any], models: bool = True) -> None:
     prepare_table(raw.get("prepare", {}))
     run_bandit_config(raw.get("bandit", {}))
     score_config(raw.get("score", {}))
+    offers_table(raw.get("offers"))
     if models:
         check_model_tables(raw)
 
@@ -151,3 +153,13 @@ def score_config(table: dict[str, Any], base: ScoreConfig | None = None) -> Scor
     merged = {**(asdict(base) if base is not None else {}), **table}
     return from_dict(ScoreConfig, merged, "score")
 
+
+
+def offers_table(table: dict[str, Any] | None) -> OfferConfig | None:
+    """A run's [offers] table -> the offer learner's config (None: no table, no offer learner); its seed comes
+    from the run's [train] seed."""
+    if table is None:
+        return None
+    if "seed" in table:
+        raise ConfigError("offers.seed comes from the run's train.seed; leave it out")
+    return from_dict(OfferConfig, dict(table), "offers")

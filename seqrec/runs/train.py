@@ -138,6 +138,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
         result["retrieval"] = train_retrieval(cfg, out, resume, progress)
     if main:  # the nudge bandit, fitted offline on the training split's logged nudges (seqrec/nudging/fit.py)
         result["bandit"] = fit_run_bandit(cfg.data, out, t_cfg.seed, config=cfg.bandit)
+    if main and cfg.offers is not None:  # the offer-level Q learner, when the log carries offers (RUN/offers)
+        from seqrec.runs.offers import train_run_offers
+
+        result["offers"] = train_run_offers(cfg, out)
     return result
 
 
