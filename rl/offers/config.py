@@ -40,7 +40,7 @@ class OfferConfig:
     cql_alpha: float = 0.0          # conservative term's weight; 0 = none (a uniformly exploring log needs none)
     valid_fraction: float = 0.2     # customers held out for selection
     select: str = "snips"           # snips | dr | loss: what picks the epoch
-    refit: bool = False             # refit the chosen epochs on every customer (the gate then has no held-out rows)
+    refit: bool = False             # refit the chosen epochs on every customer (the gate values the fit before it)
     seed: int = 0
 
     def __post_init__(self) -> None:

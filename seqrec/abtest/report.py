@@ -169,7 +169,7 @@ def report_markdown(m: dict) -> str:
     """report.md from the metrics (everything in it is in metrics.json too)."""
     cfg, tr, cmp_ = m["config"], m["training"], m["comparison"]
     level = f"{100 * cfg['level']:g}%"
-    lines = ["# A/B test: rule-based campaign (A) against the learnt pipeline (B)", ""]
+    lines = ["# A/B test: rule-based campaign (A) against the learnt decisions (B)", ""]
     if m.get("command"):
         lines += ["```bash", m["command"], "```", ""]
     model = cfg["model"]
