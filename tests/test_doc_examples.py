@@ -41,6 +41,7 @@ CONFIG_OVERRIDES: dict[tuple[str, str, str], str] = {
     ("abtest.toml", "train", "max_steps"): "12", ("abtest.toml", "train", "eval_every"): "6",
     ("abtest.toml", "train", "batch_size"): "64", ("abtest.toml", "retrieval", "max_steps"): "6",
     ("abtest.toml", "retrieval", "eval_every"): "3", ("abtest.toml", "ope", "resamples"): "100",
+    ("abtest.toml", "offers", "epochs"): "1", ("abtest.toml", "gate", "resamples"): "100",
 }
 # placeholders a page uses for "your file": page -> {word: what the test's folder has}
 PLACEHOLDERS: dict[str, dict[str, str]] = {"docs/config.md": {"EVENTS": "events.parquet"}}
@@ -80,6 +81,10 @@ SETUP: dict[str, list[str]] = {
                       "share=0.3 --out data/app",
                       "train --config experiments/configs/sasrec_sqn.toml --data data/app --out runs/app"],
     "docs/train.md": [PREPARE_YC],
+    "docs/offers.md": ["prepare --input events.parquet --out data/app",          # a prepared log with offers
+                       "abtest --config experiments/configs/abtest.toml --out runs/abtest"],
+    "docs/results/training.md": [PREPARE_YC, "train --config experiments/configs/sasrec.toml --data data/yc "
+                                             "--out runs/rx_yc/sasrec-seed0"],
 }
 
 # a page whose file of some name must be another format: page -> {name: file of inputs/ copied over it}
@@ -112,6 +117,9 @@ user_state, reward = rng.normal(size=64), 1.0
 available = catalogue.mask(category="health")
 states, masks = rng.normal(size=(5, 64)), np.ones((5, len(catalogue.ids)), bool)
 events_table = pq.read_table("events.parquet")
+P, A, d = 3, 4, 5                                   # the joint (product, nudge) block: 6 customers
+values, allowed = rng.random((6, P, A)), np.ones((6, P, A), bool)
+x, rewards = rng.normal(size=(6, d)), rng.random(6)
 """,
     "docs/retrieval.md": """
 from pathlib import Path
@@ -246,6 +254,8 @@ def write_inputs(d: Path) -> None:
     taobao.to_csv(d / "new_events.csv", header=False, index=False)
     yc = pd.DataFrame({"SessionId": df.session, "ItemId": df.item_id, "Time": sec + 0.25})
     yc.to_csv(d / "yoochoose-clicks-100k_train_full.txt", sep="\t", index=False)
+    last = yc.groupby("SessionId").tail(1)                   # the LOO protocol's second file: held-out events
+    last.assign(Time=last.Time + 1.0).to_csv(d / "yoochoose-clicks-100k_test.txt", sep="\t", index=False)
     iso = df["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     pd.DataFrame({"s": df.session, "t": iso, "i": df.item_id, "c": 0}).to_csv(
         d / "yoochoose-clicks.dat", header=False, index=False)
