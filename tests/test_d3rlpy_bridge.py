@@ -9,10 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.manifest import load_transitions, read_manifest
-from seqrec.datasets.prepare import PrepareConfig, prepare
-from seqrec.datasets.synthetic import SyntheticConfig, write_events
 from seqrec.rl.d3rlpy_bridge.bridge import (
     D3rlpyLearner,
     SequenceEncoderFactory,
@@ -27,6 +24,7 @@ from seqrec.rl.d3rlpy_bridge.bridge import (
     to_observations,
 )
 from seqrec.rl.d3rlpy_bridge.config import D3RLPY_ALGORITHMS, D3rlpyConfig
+from synthetic_data import prepared_log
 
 from seqrec.models.encoders import EncoderConfig
 from seqrec.training.sampler import EpochSampler, to_batch
@@ -37,9 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
-    write_events(SyntheticConfig(users=150, items=40, seed=3), d / "events.parquet")
-    prepare([d / "events.parquet"], lambda p: source_spec("events", p), PrepareConfig(), d / "prepared")
-    return d / "prepared"
+    return prepared_log(d)
 
 
 def _enc(num_items: int = 42, kind: str = "sasrec") -> EncoderConfig:

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.prepare import PrepareConfig, prepare
-from seqrec.datasets.synthetic import SyntheticConfig, write_events
+from synthetic_data import prepared_log
 
 from seqrec.cli.main import main
 from seqrec.core.config import ConfigError
@@ -47,9 +45,7 @@ log_every = 10
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
-    write_events(SyntheticConfig(users=150, items=40, seed=3), d / "events.parquet")
-    prepare([d / "events.parquet"], lambda p: source_spec("events", p), PrepareConfig(), d / "prepared")
-    return d / "prepared"
+    return prepared_log(d)
 
 
 @pytest.fixture

@@ -23,11 +23,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.prepare import PrepareConfig, prepare
-from seqrec.datasets.synthetic import SyntheticConfig, write_events
 from seqrec.rl.qlearning.learner import Learner
 from seqrec.rl.qlearning.losses import HeadConfig
+from synthetic_data import prepared_log
 
 from seqrec.cli.main import main
 from seqrec.core.config import ConfigError
@@ -61,9 +59,7 @@ TIMEOUT = 240  # seconds a launch may take before the test fails (a hang would o
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
-    write_events(SyntheticConfig(users=150, items=40, seed=3), d / "events.parquet")
-    prepare([d / "events.parquet"], lambda p: source_spec("events", p), PrepareConfig(), d / "prepared")
-    return d / "prepared"
+    return prepared_log(d)
 
 
 @pytest.fixture(scope="module")

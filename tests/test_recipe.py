@@ -9,9 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.prepare import PrepareConfig, prepare
-from seqrec.datasets.synthetic import SyntheticConfig, write_events
 from seqrec.rl.qlearning.learner import step_generator
 from seqrec.rl.qlearning.losses import HeadConfig
 from seqrec.rl.qlearning.supervised import (
@@ -24,6 +21,7 @@ from seqrec.rl.qlearning.supervised import (
     smoothing_sampled,
     supervised_loss,
 )
+from synthetic_data import prepared_log
 
 import seqrec
 from seqrec.models.repeat import CopyState
@@ -144,9 +142,7 @@ def test_patience_must_be_a_count_of_steps():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
-    write_events(SyntheticConfig(users=150, items=40, seed=3), d / "events.parquet")
-    prepare([d / "events.parquet"], lambda p: source_spec("events", p), PrepareConfig(), d / "prepared")
-    return d / "prepared"
+    return prepared_log(d)
 
 
 def test_a_copy_run_with_the_recipe_trains_stops_early_evaluates_and_scores_through_the_seam(data, tmp_path):

@@ -13,12 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.manifest import load_transitions
-from seqrec.datasets.prepare import PrepareConfig, prepare
-from seqrec.datasets.synthetic import SyntheticConfig, write_events
 from seqrec.rl.qlearning.learner import Learner
 from seqrec.rl.qlearning.losses import HeadConfig
+from synthetic_data import prepared_log
 
 from seqrec.cli.main import main
 from seqrec.core.config import ConfigError
@@ -50,9 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
-    write_events(SyntheticConfig(users=150, items=40, seed=3), d / "events.parquet")
-    prepare([d / "events.parquet"], lambda p: source_spec("events", p), PrepareConfig(), d / "prepared")
-    return d / "prepared"
+    return prepared_log(d)
 
 
 def test_blend_zscores_each_score_over_the_valid_candidates_by_hand():

@@ -9,11 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from seqrec.datasets.adapters import source_spec
-from seqrec.datasets.prepare import PrepareConfig, prepare
-from seqrec.datasets.synthetic import SyntheticConfig, write_events
 from seqrec.rl.qlearning.learner import Learner
 from seqrec.rl.qlearning.losses import HeadConfig
+from synthetic_data import prepared_log
 
 import seqrec.retrieval.tower_training as tt
 from seqrec.core.config import ConfigError
@@ -27,9 +25,7 @@ from seqrec.retrieval.two_tower import TwoTower, in_batch_softmax_loss, load_two
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
-    write_events(SyntheticConfig(users=150, items=40, seed=3), d / "events.parquet")
-    prepare([d / "events.parquet"], lambda p: source_spec("events", p), PrepareConfig(), d / "prepared")
-    return d / "prepared"
+    return prepared_log(d)
 
 
 # Three users and their positives, D = 2, temperature 0.5: logits = user . item / 0.5
