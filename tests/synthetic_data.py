@@ -15,3 +15,24 @@ def prepared_log(folder: Path) -> Path:
     write_events(SyntheticConfig(users=150, items=40, seed=3), folder / "events.parquet")
     prepare([folder / "events.parquet"], lambda p: source_spec("events", p), PrepareConfig(), folder / "prepared")
     return folder / "prepared"
+
+
+def ddp_run(max_steps: int) -> str:
+    """A run file with dropout 0 and SQN (no negatives): ranks of a distributed run compute the one-process update
+    up to summation order (seqrec/training/distributed.py)."""
+    return f"""
+[encoder]
+kind = "sasrec"
+dim = 16
+dropout = 0.0
+
+[head]
+variant = "sqn"
+
+[train]
+batch_size = 32
+lr = 0.01
+max_steps = {max_steps}
+eval_every = 20
+log_every = 10
+"""

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from seqrec.rl.qlearning.learner import Learner
 from seqrec.rl.qlearning.losses import HeadConfig
-from synthetic_data import prepared_log
+from synthetic_data import ddp_run, prepared_log
 
 from seqrec.cli.main import main
 from seqrec.core.config import ConfigError
@@ -36,22 +36,7 @@ from seqrec.training import distributed
 from seqrec.training.metrics import RankingMetrics
 
 # dropout 0 and SQN (no negatives): a 2-rank step computes the 1-process step's update, up to summation order
-CONFIG = """
-[encoder]
-kind = "sasrec"
-dim = 16
-dropout = 0.0
-
-[head]
-variant = "sqn"
-
-[train]
-batch_size = 32
-lr = 0.01
-max_steps = 120
-eval_every = 20
-log_every = 10
-"""
+CONFIG = ddp_run(120)
 STEPS = 120
 TIMEOUT = 240  # seconds a launch may take before the test fails (a hang would otherwise block CI)
 

@@ -23,6 +23,7 @@ import torch
 from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
+from synthetic_data import ddp_run
 
 from seqrec.cli.main import main
 from seqrec.runs.config import load_run_config
@@ -139,22 +140,7 @@ def test_two_node_ray_cluster_scores_the_local_engines_rows(score_world, tmp_pat
 # ---------------------------------------------------------------------------------------------- torchrun
 
 # dropout 0 and SQN: two ranks compute the one-process update up to summation order (seqrec/training/distributed.py)
-CONFIG = """
-[encoder]
-kind = "sasrec"
-dim = 16
-dropout = 0.0
-
-[head]
-variant = "sqn"
-
-[train]
-batch_size = 32
-lr = 0.01
-max_steps = 40
-eval_every = 20
-log_every = 10
-"""
+CONFIG = ddp_run(40)
 
 
 @pytest.mark.slow
