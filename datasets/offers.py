@@ -115,8 +115,8 @@ class OfferVocab:
         if nudges is None:
             nud = _column(table, "nudge_id") if "nudge_id" in table.column_names else np.array([], object)
             nudges = sorted(set(nud[pd.notna(nud)].astype(str)))
-        levels = tuple((c, tuple(sorted(set(_column(table, c)[pd.notna(_column(table, c))].astype(str)))))
-                       for c in profile)
+        levels = tuple((c, tuple(sorted(set(v[pd.notna(v)].astype(str))))) for c, v in
+                       ((c, _column(table, c)) for c in profile))
         return OfferVocab(items, tuple(nudges), EVENT_TYPES, levels)
 
 

@@ -63,10 +63,16 @@ def offer_probabilities(values: np.ndarray, allowed: np.ndarray, cfg: JointConfi
     return joint_probabilities(values, allowed, cfg, rng=rng)
 
 
+def in_grid(rows: OfferRows, n_products: int, n_nudges: int) -> np.ndarray:
+    """(N,) whether each logged offer is a pair of the P x A grid (not an unknown item or nudge)."""
+    p, a = rows.item - FIRST_ITEM, rows.nudge - FIRST_NUDGE
+    return (p >= 0) & (p < n_products) & (a >= 0) & (a < n_nudges)
+
+
 def logged_bandit(rows: OfferRows, n_products: int, n_nudges: int) -> LoggedBandit:
     """Logged offers as a bandit log over P * A joint actions (rows whose offer lies outside the grid dropped)."""
     p, a = rows.item - FIRST_ITEM, rows.nudge - FIRST_NUDGE
-    ok = (p >= 0) & (p < n_products) & (a >= 0) & (a < n_nudges)
+    ok = in_grid(rows, n_products, n_nudges)
     return LoggedBandit(p[ok] * n_nudges + a[ok], rows.reward[ok], rows.propensity[ok],
                         n_actions=n_products * n_nudges, source="offers")
 
@@ -87,8 +93,7 @@ def policy_value(rows: OfferRows, values: np.ndarray, allowed: np.ndarray, cfg: 
     offers, by SNIPS or DR (DR's reward model: the values themselves, so only with gamma 0 is it one)."""
     n, p, a = values.shape
     pi = offer_probabilities(values, evaluable(rows, allowed), cfg, np.random.default_rng(seed)).reshape(n, p * a)
-    keep = ((rows.item - FIRST_ITEM >= 0) & (rows.item - FIRST_ITEM < p)
-            & (rows.nudge - FIRST_NUDGE >= 0) & (rows.nudge - FIRST_NUDGE < a))
+    keep = in_grid(rows, p, a)
     log = logged_bandit(rows, p, a)
     config = OpeConfig(resamples=resamples, level=level, seed=seed, min_ess=0.0, min_ess_fraction=0.0)
     if estimator == "snips":

@@ -46,7 +46,8 @@ class OfferQNet(nn.Module):
         # their concatenation): the (state, product) part, the (state, nudge) part and the (product, nudge) part
         self.by_product = nn.Linear(4 * d + 2 * n_events, cfg.hidden)          # h, e, h*e, read, counts
         self.by_nudge = nn.Linear(2 * d + 2, cfg.hidden, bias=False)            # g, h*g, shown counts
-        self.by_pair = nn.Linear(d, cfg.hidden, bias=False)                     # e*g
+        if cfg.head == "joint":
+            self.by_pair = nn.Linear(d, cfg.hidden, bias=False)                 # e*g
         self.score = nn.Sequential(nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
                                    nn.Linear(cfg.hidden, 1))
         if cfg.head == "additive":   # the product's and the nudge's parts each to a logit; a bias per pair

@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from seqrec.abtest.config import Gate
+from seqrec.abtest.ope import joint_log
 from seqrec.campaign.records import CampaignLog, Policy
 from seqrec.campaign.simulator import Simulator
 from seqrec.rl.ope.compare import compare_policies
-from seqrec.rl.ope.data import LoggedBandit
 from seqrec.rl.ope.estimators import OpeConfig
 from seqrec.rl.ope.models import RidgeModel
 
@@ -33,10 +33,8 @@ def run_gate(sim: Simulator, log: CampaignLog, new: Policy, current: Policy, wav
     rows = np.flatnonzero(last)
     if not len(rows):
         raise ValueError("the gate has no logged contacts to evaluate on: no held-out customer in the last wave")
-    ctx, d = log.contacts.take(rows), log.decisions
-    bandit = LoggedBandit(d.product[rows] * sim.n_arms + d.nudge[rows], log.purchased[rows].astype(np.float64),
-                          d.product_propensity[rows] * d.propensity[rows], n_actions=sim.n_products * sim.n_arms,
-                          context=sim.context_features(ctx), source="training campaign")
+    ctx = log.contacts.take(rows)
+    bandit = joint_log(sim, log).subset(rows)                                            # (N,) over P * A
     pi_new = sim.check_probabilities(new, ctx).reshape(len(rows), -1)                     # (N, P * A)
     pi_cur = sim.check_probabilities(current, ctx).reshape(len(rows), -1)
     config = OpeConfig(resamples=cfg.resamples, level=level, seed=seed % 2**32)

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
 
 from seqrec.abtest.policy import customer_features
 from seqrec.campaign.records import CampaignLog, Contacts
@@ -46,8 +44,7 @@ class OfferPolicy:
     def values(self, contacts: Contacts) -> np.ndarray:
         """(B, P, A) Q of every (product, nudge) pair for each contact."""
         hist = self.history.before(contacts.customer, contacts.time_us)                      # (B, W, 3)
-        with torch.random.fork_rng(devices=[]):
-            return q_values(self.fitted.model, hist, self.profile[contacts.customer])
+        return q_values(self.fitted.model, hist, self.profile[contacts.customer])
 
     def probabilities(self, contacts: Contacts) -> np.ndarray:
         allowed = allowed_pairs(contacts.held, self.sim.nudge_mask)                          # (B, P, A)
@@ -57,11 +54,7 @@ class OfferPolicy:
 def train_offers(sim: Simulator, log: CampaignLog, cfg: OfferConfig, rewards: dict[str, float],
                  folder: Path) -> tuple[FittedOffers, dict]:
     """Fit the offer Q learner on the campaign's event log; its checkpoint, vocabulary and config in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    events = folder / "events.parquet"
-    if not events.exists():
-        pq.write_table(log.events.drop_columns(["session_id"]), events)
-    table = pq.read_table(events)
+    table = log.events.drop_columns(["session_id"])   # the log as train_pipeline writes it (one sequence a customer)
     vocab = OfferVocab.fit(table, cfg.profile, nudges=sim.arms, items=sim.product_ids)
     rows = offer_rows(table, vocab, cfg.spec(rewards))
     fitted = fit_offer_q(rows, vocab, cfg, nudge_mask=sim.nudge_mask, nudge_family=sim.arm_family,

@@ -92,13 +92,13 @@ def _dates(time_us: np.ndarray) -> np.ndarray:
     return np.asarray(time_us, dtype=np.int64).astype("datetime64[us]")
 
 
-def plot_conversion(path: Path, series: dict[str, dict]) -> None:
+def plot_conversion(path: Path, series: dict[str, dict], names: dict[str, str] = ARM_NAMES) -> None:
     """Cumulative CR of each arm over the test wave (sampled, and the exact expectation dashed)."""
     fig = _figure(8, 4.5)
     ax = fig.add_subplot()
     for (arm, s), colour in zip(series.items(), ("tab:blue", "tab:orange")):
         t = _dates(s["time_us"])
-        ax.plot(t, 100 * s["cum"], color=colour, label=f"{ARM_NAMES[arm]}")
+        ax.plot(t, 100 * s["cum"], color=colour, label=names[arm])
         ax.plot(t, 100 * s["cum_expected"], color=colour, linestyle="--", linewidth=1,
                 label=f"{arm}: expected (exact)")
     settled = [100 * np.r_[s["cum"][len(s["cum"]) // 50:], s["cum_expected"][len(s["cum"]) // 50:]]
@@ -326,6 +326,7 @@ def ope_markdown(o: dict, level: str) -> list[str]:
 
 def write_outputs(out: Path, metrics: dict, arms: dict[str, dict], sim: Simulator) -> None:
     """OUT/report.md and the two PNGs."""
-    plot_conversion(out / "cumulative_conversion.png", {arm: s["series"] for arm, s in arms.items()})
+    plot_conversion(out / "cumulative_conversion.png", {arm: s["series"] for arm, s in arms.items()},
+                    {arm: arm_name(arm, metrics) for arm in arms})
     plot_shares(out / "bandit_arm_shares.png", arms["B"]["series"], sim)
     (out / "report.md").write_text(report_markdown(metrics))

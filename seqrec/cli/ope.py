@@ -68,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
     rewards = parse_rewards(args.rewards) if args.rewards else None
     spec = None
     if not args.log.is_dir():
-        sep = "\t" if args.sep in ("\\t", "tab") else args.sep
-        spec = source_spec("events", args.log, columns=parse_map(args.map) if args.map else (), fmt=args.format,
-                           sep=sep, time_unit=args.time_unit)
+        spec = log_spec(args)
     loaded = load_log(args.log, arms, spec, rewards, catalogue if args.available == "catalogue" else None)
     policy, what = resolve_policy(args.policy, loaded, bandit)
     with warnings.catch_warnings(record=True) as caught:
@@ -122,9 +120,7 @@ def run_gate(args: argparse.Namespace, folder: Path, config: Any) -> int:
     if args.log.is_dir():
         table, found = read_prepared(args.log, rewards)
     else:
-        sep = "\t" if args.sep in ("\\t", "tab") else args.sep
-        spec = source_spec("events", args.log, columns=parse_map(args.map) if args.map else (), fmt=args.format,
-                           sep=sep, time_unit=args.time_unit)
+        spec = log_spec(args)
         from seqrec.datasets.schema import DEFAULT_REWARDS
 
         table, found = read_logged_events(args.log, spec, rewards or DEFAULT_REWARDS)
@@ -136,3 +132,10 @@ def run_gate(args: argparse.Namespace, folder: Path, config: Any) -> int:
     if args.json:
         args.json.write_text(json.dumps({"log": str(args.log), "policy": args.policy, "gate": gate}, indent=1) + "\n")
     return 0
+
+
+def log_spec(args: argparse.Namespace) -> Any:
+    """The reader spec of an event file given as --log (its --map, --sep, --format, --time-unit)."""
+    sep = "\t" if args.sep in ("\\t", "tab") else args.sep
+    return source_spec("events", args.log, columns=parse_map(args.map) if args.map else (), fmt=args.format,
+                       sep=sep, time_unit=args.time_unit)

@@ -16,6 +16,7 @@ from seqrec.rl.offers.decide import (
     allowed_pairs,
     bought_before,
     evaluable,
+    in_grid,
     logged_bandit,
     offer_probabilities,
     q_values,
@@ -48,8 +49,7 @@ def offer_gate(table: pa.Table, rewards: dict[str, float], folder: Path, decisio
             raise ValueError(f"{folder}: none of the learner's held-out customers has an offer in this log")
         rows = rows.take(np.flatnonzero(keep))
     p, a = len(fitted.vocab.items), len(fitted.vocab.nudges)
-    inside = (rows.item >= 2) & (rows.item < 2 + p) & (rows.nudge >= 2) & (rows.nudge < 2 + a)
-    rows = rows.take(np.flatnonzero(inside))
+    rows = rows.take(np.flatnonzero(in_grid(rows, p, a)))
     values = q_values(fitted.model, rows.history, rows.profile)                               # (N, P, A)
     allowed = evaluable(rows, allowed_pairs(bought_before(rows.history, p), mask))
     pi = offer_probabilities(values, allowed, decision).reshape(len(rows), -1)
