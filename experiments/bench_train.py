@@ -71,7 +71,11 @@ from seqrec.training.metrics import target_ranks
 # model name -> (encoder kind, head variant)
 MODELS = {"gru4rec": ("gru", "ce"), "sasrec": ("sasrec", "ce"), "sasrec-sqn": ("sasrec", "sqn"),
           "sasrec-snqn": ("sasrec", "snqn"), "sasrec-sa2c": ("sasrec", "sa2c"),
-          "d3rlpy-dqn": ("sasrec", "d3rlpy.dqn")}
+          "d3rlpy-dqn": ("sasrec", "d3rlpy.dqn"),
+          # the repeat-aware mixture (`[head] copy = true, copy_aux = 1`, as next_item.toml): the same products
+          "sasrec-copy": ("sasrec", "ce+copy"), "gru4rec-copy": ("gru", "ce+copy"),
+          "sasrec-sqn-copy": ("sasrec", "sqn+copy")}
+COPY = "+copy"
 # catalogue-wide products per training step by head variant: (fwd, grad_state, grad_weight); see the docstring
 MATMULS = {"ce": (1, 1, 1), "sqn": (2, 1, 1), "sac": (2, 1, 1), "snqn": (3, 1, 1), "sa2c": (3, 1, 1),
            "d3rlpy.dqn": (3, 1, 1)}
@@ -174,7 +178,11 @@ def make_learner(variant: str, enc: EncoderConfig, batch: int, device: torch.dev
         from seqrec.rl.d3rlpy_bridge.config import D3rlpyConfig
 
         return D3rlpyLearner(variant, enc, D3rlpyConfig(), batch_size=batch, lr=0.005, gamma=0.5, device=device)
-    return Learner(enc, HeadConfig(variant=variant), lr=0.005).to(device)
+    if variant.endswith(COPY):
+        head = HeadConfig(variant=variant.removesuffix(COPY), copy=True, copy_aux=1.0)
+    else:
+        head = HeadConfig(variant=variant)
+    return Learner(enc, head, lr=0.005).to(device)
 
 
 def run_one(model: str, items: int, args: argparse.Namespace, device: torch.device) -> dict:
@@ -211,7 +219,7 @@ def run_one(model: str, items: int, args: argparse.Namespace, device: torch.devi
     for k, v in after.items():
         mm[k] += v
     t_mm = {k: median(v) for k, v in mm.items()}
-    counts = dict(zip(SHAPES, MATMULS[variant]))
+    counts = dict(zip(SHAPES, MATMULS[variant.removesuffix(COPY)]))
     bound_step_s = sum(counts[k] * t_mm[k] for k in SHAPES)
     # the strict bound: the forward product at the fastest of its output layouts
     best = {**t_mm, "fwd": min(t_mm["fwd"], t_mm["fwd_padded"], t_mm["fwd_blocked"])}
@@ -379,7 +387,7 @@ def main() -> None:
           "the forward product at the fastest of its three layouts (plain, rows padded as seqrec/catalogue.py writes "
           "the CE logits, or in transposed blocks as its scores_argmax computes the double-Q arg-max). Products per "
           "step: "
-          + ", ".join(f"{m} {sum(MATMULS[MODELS[m][1]])}" for m in models)
+          + ", ".join(f"{m} {sum(MATMULS[MODELS[m][1].removesuffix(COPY)])}" for m in models)
           + f". RSS after import torch: {median([r['baseline_rss_mib'] for r in rows]):,.0f} MiB (in every peak).")
     busy = [f"{r['model']} at {r['items']:,}" for r in rows if r["mm_drift"] > 0.25 and r["t_mm"]["fwd"] > 1e-3]
     if busy:
