@@ -58,7 +58,7 @@ class TwoHeadNet(nn.Module):
 
     def attend(self, items: torch.Tensor, state: torch.Tensor) -> CopyState:
         """(B, T) windows and their (B, D) states -> the copy attention and gate."""
-        return self.copy.attend(state, items, self.encoder.item_emb.weight)
+        return self.copy.attend(state, items, self.encoder.input_weight)
 
     def mixed_all(self, items: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """(B, I) the mixture's log-probabilities over the catalogue."""
@@ -164,6 +164,11 @@ class Learner(nn.Module):
 
     # The seam for serving and re-ranking: the first network is the one that recommends; callers use these
     # rather than reaching into `nets`.
+
+    def set_item_categories(self, codes: torch.Tensor) -> None:
+        """(I,) category code per item (encoder categories): every network's encoder; in the state dict."""
+        for net in self.nets:
+            net.encoder.set_item_categories(codes.to(net.encoder.item_emb.weight.device))
 
     @property
     def has_q_head(self) -> bool:

@@ -58,6 +58,7 @@ class EncoderConfig:
     tied: bool = True           # score with the input item table (SASRec's choice) instead of a second one
     item_init_norm: float = 1.0  # expected L2 norm of an item row at initialisation (N(0, norm^2 / D) entries)
     gru_residual: bool = False  # GRU4Rec: state = GRU output + the item's input embedding (a residual connection)
+    categories: int = 0         # K: item category codes 1..K-1 (0: none); an item's row is its own + its category's
 
     def __post_init__(self) -> None:
         if self.kind not in ENCODER_KINDS:
@@ -83,6 +84,10 @@ class EncoderConfig:
         if isinstance(self.item_init_norm, bool) or not isinstance(self.item_init_norm, (int, float)) \
                 or not 0.0 < self.item_init_norm < float("inf"):
             raise ValueError(f"item_init_norm must be a number > 0, got {self.item_init_norm!r}")
+        if isinstance(self.categories, bool):
+            raise ValueError("categories = true is resolved to the prepared data's count by seqrec train; "
+                             f"an encoder takes a count, got {self.categories!r}")
+        check_int("categories", self.categories, 0)
 
 
 
@@ -128,11 +133,39 @@ class SequenceEncoder(nn.Module):
                     table.weight[PAD].zero_()
         self.empty_state = nn.Parameter(torch.zeros(cfg.dim))  # (D,) the state before any item
         self.emb_dropout = Dropout(cfg.dropout)
+        self.cat_emb = None
+        if cfg.categories:  # created only with categories: other state dicts and initial draws stay as they were
+            self.cat_emb = nn.Embedding(cfg.categories, cfg.dim, padding_idx=0)
+            nn.init.zeros_(self.cat_emb.weight)  # start as the id-only model; the category rows learn from all items
+            self.register_buffer("item_category", torch.zeros(cfg.num_items, dtype=torch.long))  # (I,) codes
+
+    def set_item_categories(self, codes: torch.Tensor) -> None:
+        """(I,) category code per catalogue index (0: none), from datasets.features.item_category_codes."""
+        if self.cat_emb is None:
+            raise ValueError("this encoder has no categories (EncoderConfig.categories = 0)")
+        if codes.shape != self.item_category.shape or int(codes.max()) >= self.cfg.categories or int(codes.min()) < 0:
+            raise ValueError(f"category codes must be ({self.cfg.num_items},) in [0, {self.cfg.categories}), got "
+                             f"shape {tuple(codes.shape)}, range [{int(codes.min())}, {int(codes.max())}]")
+        self.item_category.copy_(codes)
+
+    def _with_categories(self, table: torch.Tensor) -> torch.Tensor:
+        """(I, D) id rows -> (I, D) id rows + their categories' rows (padding's stays 0: code 0 is a zero row)."""
+        return table if self.cat_emb is None else table + self.cat_emb.weight[self.item_category]
+
+    @property
+    def input_weight(self) -> torch.Tensor:
+        """The (I, D) table that embeds items: the id table plus each item's category row (categories)."""
+        return self._with_categories(self.item_emb.weight)
 
     @property
     def output_weight(self) -> torch.Tensor:
-        """The (I, D) table that scores items: the input table when tied."""
-        return self.item_emb.weight if self.out_emb is None else self.out_emb.weight
+        """The (I, D) table that scores items: the input table when tied (with categories: id + category rows)."""
+        return self._with_categories(self.item_emb.weight if self.out_emb is None else self.out_emb.weight)
+
+    def embed(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D) input rows (id + category), without building the whole table."""
+        x = self.item_emb(items)
+        return x if self.cat_emb is None else x + self.cat_emb(self.item_category[items])
 
     def _ids(self, items: torch.Tensor) -> torch.Tensor:
         """Check a (B, T) window and return it as int64 (d3rlpy hands ids over as float32)."""
@@ -226,7 +259,7 @@ class SASRec(SequenceEncoder):
         """(B, T) ids -> input (B, T, D), keep mask (B, T, 1) of real items, allowed keys (B, T, T) per query."""
         t = items.shape[1]
         keep = (items != PAD).unsqueeze(-1)  # (B, T, 1)
-        x = self.item_emb(items) + self.pos_emb(self._positions(keep.squeeze(-1)))  # (B, T, D)
+        x = self.embed(items) + self.pos_emb(self._positions(keep.squeeze(-1)))  # (B, T, D)
         x = self.emb_dropout(x) * keep  # (B, T, D) pads carry nothing
         causal = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()  # (T, T) key <= query
         eye = torch.eye(t, dtype=torch.bool, device=items.device)  # (T, T)
@@ -269,7 +302,7 @@ class GRU4Rec(SequenceEncoder):
         keep = items != PAD  # (B, T)
         order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices  # (B, T)
         front = items.gather(1, order)  # (B, T) real items first, pads after
-        x = self.emb_dropout(self.item_emb(front)) * (front != PAD).unsqueeze(-1)  # (B, T, D)
+        x = self.emb_dropout(self.embed(front)) * (front != PAD).unsqueeze(-1)  # (B, T, D)
         h, _ = self.gru(x)  # (B, T, D) outputs at trailing pads are never used
         if self.cfg.gru_residual:
             h = h + x  # (B, T, D) the item itself reaches the state (and so its own score) unrotated

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from seqrec.core.config import ConfigError, from_dict, load_toml
+from seqrec.datasets.features import FeatureError, item_category_codes
 from seqrec.datasets.manifest import data_path, read_manifest, stored_data_path
 from seqrec.models.encoders import EncoderConfig
 from seqrec.retrieval.config import IndexConfig, RerankConfig, TwoTowerConfig, check_retrieval
@@ -72,7 +73,7 @@ class RunConfig:
         prepare_table(self.prepare)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"data": self.data, "encoder": asdict(self.encoder),
+        d = {"data": self.data, "encoder": _set_keys(self.encoder, EncoderConfig(num_items=3), ("categories",)),
              "head": _set_keys(self.head, HeadConfig(), RECIPE_KEYS),
              "train": _set_keys(self.train, TrainConfig(), ("patience",))}
         if self.algorithm != "seqrec":  # runs of our own heads keep the config.json they always had
@@ -138,6 +139,15 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
     enc = {"num_items": manifest["catalogue_size"], "max_len": manifest["config"]["window"], **raw.get("encoder", {})}
     algorithm = raw.get("algorithm", "seqrec")
     _check_algorithm_sections(algorithm, raw)
+    if enc.get("categories") is True:  # the prepared data's category count (codes 1..K-1, 0 none)
+        if algorithm != "seqrec":
+            raise ConfigError('[encoder] categories applies to algorithm = "seqrec" (our heads) only')
+        try:
+            enc["categories"] = int(item_category_codes(data_dir, enc["num_items"]).max()) + 1
+        except FeatureError as e:
+            raise ConfigError(f"[encoder] categories = true: {e}") from None
+    elif enc.get("categories") is False:
+        enc["categories"] = 0
     return RunConfig(data=str(data_dir), encoder=from_dict(EncoderConfig, enc, "encoder"),
                      head=from_dict(HeadConfig, raw.get("head", {}), "head"),
                      train=from_dict(TrainConfig, raw.get("train", {}), "train"), algorithm=algorithm,

@@ -17,6 +17,7 @@ import torch
 from seqrec.core.config import ConfigError
 from seqrec.core.io import atomic_write
 from seqrec.core.lock import output_lock
+from seqrec.datasets.features import item_category_codes
 from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
 from seqrec.models.device import pick_device
 from seqrec.nudging.fit import fit_run_bandit
@@ -96,6 +97,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
         distributed.sync_gradients(learner.opts, rank.world)  # gradients averaged before each optimiser step
 
     train_arrays = load_transitions(cfg.data, "train")
+    if cfg.encoder.categories:  # each item's category code (datasets/features.py), kept in the checkpoints
+        learner.set_item_categories(torch.from_numpy(item_category_codes(cfg.data, cfg.encoder.num_items)))
     if cfg.algorithm == "seqrec" and cfg.head.sampler == "popularity":  # the sampler's distribution: target counts
         learner.set_item_counts(torch.from_numpy(np.bincount(train_arrays["action"], minlength=cfg.encoder.num_items)))
     valid_part = distributed.split_rows(load_transitions(cfg.data, "valid"), rank)  # this rank's rows (all alone)
