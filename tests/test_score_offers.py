@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import torch
 from seqrec.datasets.adapters import source_spec
@@ -19,10 +18,10 @@ from seqrec.datasets.offers import OfferVocab
 from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.schema import FIRST_ITEM
 from seqrec.datasets.synthetic import SyntheticConfig, write_events
+from seqrec.rl.offers.decide import q_values
 from test_offer_runs import RUN
 
 from seqrec.cli.main import main
-from seqrec.rl.offers.decide import q_values
 from seqrec.runs.config import load_run_config
 from seqrec.runs.train import train
 from seqrec.training.offers import load_offers
@@ -70,7 +69,8 @@ def by_hand(log: Path, first: pd.DataFrame, vocab: OfferVocab, window: int) -> t
     profile_values = {name: [] for name, _ in vocab.profile}
     for s, (user, session) in enumerate(zip(first["user_id"], first["session_id"])):
         mine = ev[(ev["user_id"] == user) & (ev["timestamp"] <= ends[(user, session)])].tail(window)
-        codes = np.stack([vocab.item_codes(mine["item_id"].to_numpy()), vocab.event_codes(mine["event_type"].to_numpy()),
+        codes = np.stack([vocab.item_codes(mine["item_id"].to_numpy()),
+                          vocab.event_codes(mine["event_type"].to_numpy()),
                           vocab.nudge_codes(mine["nudge_id"].to_numpy())], axis=1)
         hist[s, window - len(mine):] = codes
         for name in profile_values:
@@ -202,3 +202,18 @@ def test_the_offer_flags_are_checked(world, tmp_path, capsys):
     assert main(["score", "--run", str(world["run"]), "--input", str(world["log"]), "--out", str(tmp_path / "o"),
                  "--no-progress", "--offer-epsilon", "2"]) != 0
     assert "--offer-epsilon" in capsys.readouterr().err
+
+
+def test_the_ray_engine_writes_the_local_engines_offers(world, tmp_path):
+    ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[ray]'")
+    local, _ = score(world["run"], world["log"], tmp_path / "local", "--offer-epsilon", "0.3")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:   # small batches: the sessions of a customer land in several batches and actors
+        far, m = score(world["run"], world["log"], tmp_path / "ray", "--engine", "ray", "--offer-epsilon", "0.3",
+                       "--batch-size", "64")
+    finally:
+        ray.shutdown()
+    assert m["engine"] == "ray" and m["offers"]["used"]
+    key = ["user_id", "session_id", "session_start", "rank"]
+    pd.testing.assert_frame_equal(far.sort_values(key).reset_index(drop=True),
+                                  local.sort_values(key).reset_index(drop=True), check_categorical=False)

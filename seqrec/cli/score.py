@@ -123,4 +123,19 @@ def run(args: argparse.Namespace) -> int:
     with output_lock(args.out, "seqrec score"):  # one writer per output folder (seqrec/core/lock.py)
         m = engine.score(ScoreJob(args.run, tuple(args.input), specs, args.out, cfg, offers), args.progress)
     print(score_summary(m, args.out))
+    line = offer_summary(m)
+    if line:
+        print(line)
     return 0
+
+
+def offer_summary(manifest: dict) -> str | None:
+    """One line on the sessions' offers of a score manifest (None when the offer learner was not used)."""
+    offers = manifest.get("offers") or {}
+    if not offers.get("used"):
+        return None
+    d = offers["decision"]
+    layer = {"greedy": "greedy", "epsilon_greedy": f"epsilon-greedy (epsilon {d['epsilon']:g})",
+             "softmax": f"softmax (temperature {d['temperature']:g})"}[d["kind"]]
+    return (f"  offers: {layer} over the offer learner's Q ({offers['learner']}: {offers['products']} products x "
+            f"{offers['nudges']} nudges) -> {', '.join(offers['columns'])}")
