@@ -65,10 +65,13 @@ class OfferScorer:
         return self.fitted.config.history
 
 
-def load_offer_scorer(run: Path, settings: OfferSettings, id_type: pa.DataType,
+def load_offer_scorer(run: Path, settings: OfferSettings | None, id_type: pa.DataType,
                       seed: int) -> tuple[OfferScorer | None, dict, dict]:
-    """(scorer or None, what enters the config hash, the manifest's "offers" entry) for a run folder."""
+    """(scorer or None, what enters the config hash, the manifest's "offers" entry) for a run folder; settings
+    None: a caller that builds no offer histories (no offers)."""
     folder = run / "offers"
+    if settings is None:
+        return None, {}, {"used": False, "reason": "not asked for by this caller"}
     if settings.use is False:
         return None, {}, {"used": False, "reason": "scored without offers (--no-offers)"}
     if not (folder / "offers.json").exists():

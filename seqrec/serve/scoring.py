@@ -212,8 +212,7 @@ def load_bundle(run: str | Path, cfg: ScoreConfig, offers: OfferSettings | None 
     else:
         arm_probs = _context_free_probabilities(bandit, arm_mask)
 
-    offer_scorer, offer_files, offer_info = load_offer_scorer(run, offers or OfferSettings(use=False),
-                                                              vocab_ids.type, cfg.seed)
+    offer_scorer, offer_files, offer_info = load_offer_scorer(run, offers, vocab_ids.type, cfg.seed)
     files.update(offer_files)   # nothing without offers: the hash of a run scored without them is unchanged
     window = int(manifest["config"]["window"])
     settings = {"format": SCORE_FORMAT, "top": cfg.top, "candidates": cfg.candidates, "checkpoint": cfg.checkpoint,
