@@ -204,6 +204,16 @@ def test_the_offer_flags_are_checked(world, tmp_path, capsys):
     assert "--offer-epsilon" in capsys.readouterr().err
 
 
+def test_offers_do_not_depend_on_batching_or_buckets(world, tmp_path):
+    one, _ = score(world["run"], world["log"], tmp_path / "one", "--offer-epsilon", "0.5")
+    many, m = score(world["run"], world["log"], tmp_path / "many", "--offer-epsilon", "0.5", "--batch-size", "7",
+                    "--bucket-rows", "300", "--workers", "2")
+    assert len(m["parts"]) > 1
+    key = ["user_id", "session_id", "rank"]
+    pd.testing.assert_frame_equal(many.sort_values(key).reset_index(drop=True),
+                                  one.sort_values(key).reset_index(drop=True), check_categorical=False)
+
+
 def test_the_ray_engine_writes_the_local_engines_offers(world, tmp_path):
     ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[ray]'")
     local, _ = score(world["run"], world["log"], tmp_path / "local", "--offer-epsilon", "0.3")
