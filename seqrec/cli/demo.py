@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from seqrec.cli.score import offer_summary
 from seqrec.cli.show import score_summary
 
 
@@ -32,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     retain_heap()
     r = run_demo(args.out, args.events, args.seed, args.steps, args.progress)
     print(score_summary(r["manifest"], r["scored"]))
+    line = offer_summary(r["manifest"])
+    if line:
+        print(line)
     print(f"events: {r['events']}   prepared: {r['data']}   run: {r['run']}")
     print(f"TensorBoard: tensorboard --logdir {r['run']}   (learner in tb/, two-tower in retrieval/tb/)")
     if (r["run"] / "offers" / "offers.json").exists():

@@ -1,4 +1,5 @@
-"""`seqrec score`: batch-score raw sessions with a trained run (top items, scores, nudge, propensity)."""
+"""`seqrec score`: batch-score raw sessions with a trained run (top items, scores, nudge, propensity, and the
+session's offer when the run has an offer learner)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from seqrec.cli.show import score_summary
-from seqrec.core.config import load_toml
+from seqrec.core.config import ConfigError, load_toml
 from seqrec.core.lock import output_lock
 from seqrec.datasets.adapters import SOURCES, source_spec
 from seqrec.datasets.readers import FORMATS, TIME_UNITS, parse_map
+from seqrec.rl.bandits.joint import JointConfig
 from seqrec.runs.file_config import check_run_file, score_config
 from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.factory import ENGINES
+from seqrec.serve.offer_settings import DECISION_KINDS, DEFAULT_DECISION, OfferSettings
 
 
 def add_parser(sub: Any) -> None:
@@ -22,7 +25,10 @@ def add_parser(sub: Any) -> None:
                         description="Read raw event logs with prepare's readers and validation (bad rows to "
                                     "OUT/quarantine.parquet), cut sessions, and write OUT/scores/part-*.parquet with "
                                     "one row per (session, rank): item, two-tower score, Q value, final score, nudge, "
-                                    "propensity, model version and config hash; then manifest.json and _COMPLETE. "
+                                    "propensity, model version and config hash (with the run's offer learner, "
+                                    "RUN/offers, also the session's offer: offer_item_id, offer_nudge_id, offer_q, "
+                                    "offer_joint_propensity, offer_product_propensity); then manifest.json and "
+                                    "_COMPLETE. "
                                     "A killed run resumes when started again with the same command.")
     sc.add_argument("--run", required=True, type=Path, help="run folder (seqrec train --out)")
     sc.add_argument("--input", required=True, nargs="+", type=Path, metavar="EVENTS", help="event file(s)")
@@ -56,6 +62,17 @@ def add_parser(sub: Any) -> None:
     sc.add_argument("--time-unit", choices=TIME_UNITS, help="unit of numeric times")
     sc.add_argument("--event-type", help="constant event type for files without an event column")
     sc.add_argument("--event-map", help="raw=type pairs, as in seqrec prepare (default: the run's prepared data's)")
+    sc.add_argument("--offers", action=argparse.BooleanOptionalAction, default=None,
+                    help="decide each session's offer with the run's offer learner (default: when the run has "
+                         "RUN/offers; --no-offers: today's rows without the offer columns)")
+    sc.add_argument("--offer-decision", choices=DECISION_KINDS, default=DEFAULT_DECISION.kind,
+                    help=f"the offers' decision layer over the allowed (product, nudge) pairs "
+                         f"(default {DEFAULT_DECISION.kind})")
+    sc.add_argument("--offer-epsilon", type=float, default=DEFAULT_DECISION.epsilon,
+                    help=f"epsilon-greedy: the share spread uniformly over the allowed pairs "
+                         f"(default {DEFAULT_DECISION.epsilon})")
+    sc.add_argument("--offer-temperature", type=float, default=DEFAULT_DECISION.temperature,
+                    help=f"softmax: the temperature, in units of Q (default {DEFAULT_DECISION.temperature})")
     sc.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="show progress bars (default: in a terminal)")
     sc.set_defaults(func=run)
@@ -76,6 +93,16 @@ def score_settings(args: argparse.Namespace) -> ScoreConfig:
     return score_config(table, base=saved_config(args.run).score)
 
 
+def offer_settings(args: argparse.Namespace) -> OfferSettings:
+    """The offer flags of a `seqrec score` call (ConfigError naming the flag when a value is out of range)."""
+    try:
+        decision = JointConfig(kind=args.offer_decision, epsilon=args.offer_epsilon,
+                               temperature=args.offer_temperature)
+    except ValueError as e:
+        raise ConfigError(f"--offer-{str(e).split(' ', 1)[0]}: {e}") from None
+    return OfferSettings(args.offers, decision)
+
+
 def run(args: argparse.Namespace) -> int:
     """seqrec score: run with parsed arguments; the exit status."""
     from seqrec.models.device import retain_heap
@@ -84,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     retain_heap()
     cfg = score_settings(args)
+    offers = offer_settings(args)
     source, event_map = reader_defaults(args.run)
     sep = "\t" if args.sep in ("\\t", "tab") else args.sep
     specs = tuple(source_spec(args.source or source, p, columns=parse_map(args.map) if args.map else (),
@@ -93,6 +121,21 @@ def run(args: argparse.Namespace) -> int:
                   for p in args.input)
     engine = make_engine(args.engine, ray_address=args.ray_address)
     with output_lock(args.out, "seqrec score"):  # one writer per output folder (seqrec/core/lock.py)
-        m = engine.score(ScoreJob(args.run, tuple(args.input), specs, args.out, cfg), args.progress)
+        m = engine.score(ScoreJob(args.run, tuple(args.input), specs, args.out, cfg, offers), args.progress)
     print(score_summary(m, args.out))
+    line = offer_summary(m)
+    if line:
+        print(line)
     return 0
+
+
+def offer_summary(manifest: dict) -> str | None:
+    """One line on the sessions' offers of a score manifest (None when the offer learner was not used)."""
+    offers = manifest.get("offers") or {}
+    if not offers.get("used"):
+        return None
+    d = offers["decision"]
+    layer = {"greedy": "greedy", "epsilon_greedy": f"epsilon-greedy (epsilon {d['epsilon']:g})",
+             "softmax": f"softmax (temperature {d['temperature']:g})"}[d["kind"]]
+    return (f"  offers: {layer} over the offer learner's Q ({offers['learner']}: {offers['products']} products x "
+            f"{offers['nudges']} nudges) -> {', '.join(offers['columns'])}")

@@ -49,9 +49,13 @@ from seqrec.datasets.scatter import Scatter, bucket_paths, read_bucket
 from seqrec.datasets.schema import QUARANTINE_SCHEMA
 from seqrec.datasets.validate import EventTypes
 from seqrec.runs.score_config import ScoreConfig
+from seqrec.serve.offer_settings import OfferSettings
+from seqrec.serve.offers import END, offer_states
 from seqrec.serve.scoring import ScoringBundle, load_bundle
+from seqrec.serve.sessions_state import session_states
 
-MANIFEST_FORMAT = 2  # 2: rows carry product_propensity and joint_propensity; a format-1 job is not reused or resumed
+MANIFEST_FORMAT = 3  # 2: rows carry product_propensity and joint_propensity; 3: and a run's offers (offer_*
+# columns, seqrec/serve/offers.py); a job of an older format is not reused or resumed
 READ_ROWS = 1 << 18  # rows per record batch read in pass 1: reading and validating a batch bounds its memory
 KEEP_COLUMNS = ("user_id", "session_id", "item_id", "event", "timestamp", "_file", "_row")
 SCORES = "scores"  # OUT/scores/ holds only the part files: one Parquet dataset, readable as a whole
@@ -67,6 +71,7 @@ class ScoreJob:
     specs: tuple[SourceSpec, ...]
     out: Path
     config: ScoreConfig = field(default_factory=ScoreConfig)
+    offers: OfferSettings = field(default_factory=OfferSettings)   # the run's offer learner: used when it has one
 
 
 class Engine(Protocol):
@@ -128,7 +133,7 @@ def begin(job: ScoreJob, engine: str, key_extra: dict, progress: bool | None) ->
     t0 = time.perf_counter()
     cfg, out = job.config, job.out
     check_inputs(list(job.inputs))
-    bundle = load_bundle(job.run, cfg)
+    bundle = load_bundle(job.run, cfg, job.offers)
     t_load = time.perf_counter() - t0
     inputs = [FileStats.of(p, s) for p, s in zip(job.inputs, job.specs)]
     specs = [{**asdict(s), "columns": dict(s.columns), "event_map": dict(s.event_map)} for s in job.specs]
@@ -176,7 +181,7 @@ def scatter_inputs(job: ScoreJob, bundle: ScoringBundle, inputs: list[FileStats]
     id_types = {"item_id": prepared["id_types"]["item_id"]} if "item_id" in prepared.get("id_types", {}) else {}
     paths = list(job.inputs)
     scatter = Scatter(work, bucket_count(paths, inputs, job.config.bucket_rows), event_types, id_types,
-                      keep=(*KEEP_COLUMNS, *bundle.user_spec.columns), batch_rows=READ_ROWS)
+                      keep=(*KEEP_COLUMNS, *bundle.input_columns), batch_rows=READ_ROWS)
     quarantine = Quarantine(work / "quarantine-read.parquet", inputs)
     total = sum(i.bytes for i in inputs)
     lines = ProgressLines.for_progress("seqrec score", progress)
@@ -200,6 +205,16 @@ def bucket_events(b: int, scatter: dict, work: Path) -> tuple[pa.Table, dict[str
     order, dup = find_duplicates(events)
     duplicates = _write_duplicates(events.take(pa.array(order[dup])), scatter, work / f"dup-{b:05d}.parquet")
     return events.take(pa.array(order[~dup])), duplicates
+
+
+def bucket_states(events: pa.Table, bundle: ScoringBundle, gap: int, event_names: list[str]) -> pa.Table:
+    """A bucket's events -> its session states (seqrec/serve/sessions_state.py), with each session's offer
+    history when the bundle has an offer learner (seqrec/serve/offers.py); `event_names`: scatter's event types."""
+    offers = bundle.offers is not None
+    states = session_states(events, bundle.window, gap, bundle.state_columns, ends=offers)
+    if offers:
+        states = offer_states(states, events, bundle.offers, event_names).drop_columns([END])
+    return states
 
 
 # ------------------------------------------------------------------------------------ finish

@@ -33,6 +33,7 @@ from seqrec.serve.engines import (
     add_totals,
     begin,
     bucket_events,
+    bucket_states,
     finish,
     new_totals,
     one_thread_each,
@@ -40,7 +41,6 @@ from seqrec.serve.engines import (
     read_json,
 )
 from seqrec.serve.scoring import ScoringBundle, score_batch
-from seqrec.serve.sessions_state import session_states
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,7 +92,7 @@ class LocalEngine:
                       gap: int, bar, pool: ThreadPoolExecutor, ahead: int) -> dict:
         """One bucket: duplicates -> work/dup-B.parquet, sessions -> states -> OUT/scores/part-B.parquet; counts."""
         events, duplicates = bucket_events(b, scatter, work)
-        states = session_states(events, bundle.window, gap, bundle.user_spec.columns)
+        states = bucket_states(events, bundle, gap, scatter["event_types"])
         del events
         name = f"{SCORES}/part-{b:05d}.parquet"
         (out / SCORES).mkdir(exist_ok=True)

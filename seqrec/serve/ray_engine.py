@@ -72,13 +72,14 @@ from seqrec.serve.engines import (
     add_totals,
     begin,
     bucket_events,
+    bucket_states,
     finish,
     new_totals,
     read_json,
     single_threaded,
 )
+from seqrec.serve.offer_settings import OfferSettings
 from seqrec.serve.scoring import load_bundle, score_batch
-from seqrec.serve.sessions_state import session_states
 
 
 @dataclass(frozen=True)
@@ -129,12 +130,13 @@ def unnest_rows(nested: pa.Table) -> pa.Table:
 class SessionScorer:
     """A Ray Data actor: loads the run once, then scores whole batches of session states."""
 
-    def __init__(self, run: str, config: ScoreConfig, config_hash: str, cwd: str, ready_dir: str) -> None:
+    def __init__(self, run: str, config: ScoreConfig, config_hash: str, cwd: str, ready_dir: str,
+                 offers: OfferSettings | None = None) -> None:
         started = time.time()
         if os.path.isdir(cwd):
             os.chdir(cwd)  # a run's relative data path means what it means on the driver
         torch.set_num_threads(1)
-        self.bundle = load_bundle(run, config)
+        self.bundle = load_bundle(run, config, offers)
         single_threaded()  # faiss too, now that load_bundle may have imported it
         if self.bundle.config_hash != config_hash:
             raise RuntimeError(f"{socket.gethostname()}: {run} differs from the driver's (config hash "
@@ -198,7 +200,7 @@ class RayEngine:
             result = read_json(note)
             if result is None:
                 events, duplicates = bucket_events(b, started.scatter, work)
-                states = session_states(events, bundle.window, gap, bundle.user_spec.columns)
+                states = bucket_states(events, bundle, gap, started.scatter["event_types"])
                 del events
                 # a row group per batch: units Ray Data can hand to different actors
                 atomic_write(path, partial(pq.write_table, nest_rows(states, size), row_group_size=1,
@@ -238,7 +240,8 @@ class RayEngine:
                 shutil.rmtree(d, ignore_errors=True)
                 d.mkdir(parents=True)
             kwargs = {"run": str(Path(job.run).resolve()), "config": _absolute(cfg),
-                      "config_hash": started.bundle.config_hash, "cwd": os.getcwd(), "ready_dir": str(ready.resolve())}
+                      "config_hash": started.bundle.config_hash, "cwd": os.getcwd(), "ready_dir": str(ready.resolve()),
+                      "offers": job.offers}
             batches = sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet"))
             t_pipe, t_wall = time.perf_counter(), time.time()
             # read_parquet gives small files one block (one actor would do everything): blocks of one batch row,

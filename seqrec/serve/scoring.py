@@ -16,7 +16,9 @@ machine, a Ray engine calls the very same function inside `map_batches` on actor
   with that item, with the propensity of the draw. The draw's uniform number is a hash of (seed, session key,
   rank), not a shared random stream: that is what makes the output independent of batching and resumable;
 - each row also carries `product_propensity` (P(item at this rank) = 1: the ranking is deterministic) and
-  `joint_propensity` = product_propensity * propensity, the probability of the (product, nudge) decision.
+  `joint_propensity` = product_propensity * propensity, the probability of the (product, nudge) decision;
+- with the run's offer learner (RUN/offers), each row also carries its session's offer: one (product, nudge)
+  decided by the learner's Q and the decision layer, with its propensities (seqrec/serve/offers.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -50,6 +51,16 @@ from seqrec.rl.qlearning.learner import Learner
 from seqrec.runs.config import saved_config
 from seqrec.runs.learner import build_learner
 from seqrec.runs.score_config import ScoreConfig
+from seqrec.serve.draws import draw_arms, session_keys, uniforms
+from seqrec.serve.offer_settings import OfferSettings
+from seqrec.serve.offers import (
+    OFFER_RANK,
+    OfferScorer,
+    decide_offers,
+    keep_columns,
+    load_offer_scorer,
+    offer_columns,
+)
 from seqrec.training.checkpoints import load_checkpoint
 
 SCORE_FORMAT = 1
@@ -83,10 +94,22 @@ class ScoringBundle:
     model_version: str              # run:checkpoint@step (+ retrieval, bandit), one value per run
     config_hash: str                # 16 hex digits over the run's files and the score settings
     info: dict                      # what the manifest reports: policy, index, null columns
+    offers: OfferScorer | None = None   # the run's offer learner (seqrec/serve/offers.py); None: no offer columns
 
     @property
     def device(self) -> torch.device:
         return next(self.learner.parameters()).device
+
+    @property
+    def state_columns(self) -> tuple[str, ...]:
+        """Input columns a session state carries (its first event's value): user features, the offers' profile."""
+        extra = self.offers.profile if self.offers is not None else ()
+        return tuple(dict.fromkeys((*self.user_spec.columns, *extra)))
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """Input columns scoring reads beyond the events' own: the state columns and the nudges shown."""
+        return tuple(dict.fromkeys((*self.state_columns, *keep_columns(self.offers))))
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -116,10 +139,12 @@ def _config_sha256(run: Path) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
+def load_bundle(run: str | Path, cfg: ScoreConfig, offers: OfferSettings | None = None) -> ScoringBundle:
     """Load what scoring needs from a run folder: learner (and retrieval model, index, blend), the prepared
-    vocabulary and popularity, and the nudge policy (RUN/bandit.json, else a fresh bandit of the run's [bandit]
-    config seeded by cfg.seed; by default epsilon-greedy, i.e. uniform over the arms allowed with each item)."""
+    vocabulary and popularity, the nudge policy (RUN/bandit.json, else a fresh bandit of the run's [bandit]
+    config seeded by cfg.seed; by default epsilon-greedy, i.e. uniform over the arms allowed with each item),
+    and, when `offers` is given, the offer learner (RUN/offers, unless it says not; seqrec/serve/offers.py: the
+    sessions then need its history column, which the engines' `bucket_states` builds)."""
     run = Path(run)
     run_cfg = saved_config(run)
     manifest = read_manifest(run_cfg.data)
@@ -187,6 +212,8 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
     else:
         arm_probs = _context_free_probabilities(bandit, arm_mask)
 
+    offer_scorer, offer_files, offer_info = load_offer_scorer(run, offers, vocab_ids.type, cfg.seed)
+    files.update(offer_files)   # nothing without offers: the hash of a run scored without them is unchanged
     window = int(manifest["config"]["window"])
     settings = {"format": SCORE_FORMAT, "top": cfg.top, "candidates": cfg.candidates, "checkpoint": cfg.checkpoint,
                 "seed": cfg.seed, "window": window, "gap": _gap_minutes(cfg, manifest),
@@ -204,10 +231,11 @@ def load_bundle(run: str | Path, cfg: ScoreConfig) -> ScoringBundle:
                       + (f" nprobe={index_cfg.nprobe}" if index_cfg.faiss_type == "ivf" else ""))
             if pipeline is not None else "none: the learner ranks the whole catalogue",
             "null_columns": null_columns, "session_gap_minutes": settings["gap"], "window": window,
-            "rerank": asdict(rerank)}
+            "rerank": asdict(rerank), "offers": offer_info}
     return ScoringBundle(learner, pipeline, rerank, vocab_ids, item_ids, popular, share, catalogue.ids,
                          tuple(catalogue.family_of(a) for a in catalogue.ids), arm_mask, arm_probs, contextual,
-                         window, user_spec, cfg.top, cfg.candidates, cfg.seed, version, config_hash, info)
+                         window, user_spec, cfg.top, cfg.candidates, cfg.seed, version, config_hash, info,
+                         offer_scorer)
 
 
 def _gap_minutes(cfg: ScoreConfig, manifest: dict) -> float:
@@ -335,48 +363,6 @@ def _user_features(bundle: ScoringBundle, sessions: pa.Table, rows: np.ndarray):
     return bundle.user_spec.encode(frame, len(rows))
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: (N,) uint64 -> (N,) uint64, well mixed (wrapping arithmetic)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _hash_column(col: pa.ChunkedArray) -> np.ndarray:
-    """(B,) uint64 hash of each value of an id column (ints and strings; deterministic across processes)."""
-    arr = col.combine_chunks()
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.cast(arr.type.value_type)
-    if pa.types.is_integer(arr.type):
-        return _mix(arr.fill_null(-1).to_numpy().astype(np.int64).view(np.uint64))
-    values = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)
-    return pd.util.hash_array(values).astype(np.uint64)
-
-
-def session_keys(sessions: pa.Table) -> np.ndarray:
-    """(B,) uint64 key of each session: a hash of its user id, session id (if any) and start time."""
-    h = _hash_column(sessions.column("user_id"))
-    if "session_id" in sessions.column_names:
-        h = _mix(h ^ _mix(_hash_column(sessions.column("session_id")) + np.uint64(1)))
-    start = sessions.column("session_start").combine_chunks().cast(pa.int64()).to_numpy().view(np.uint64)
-    return _mix(h ^ _mix(start + np.uint64(2)))
-
-
-def uniforms(keys: np.ndarray, rank: np.ndarray, seed: int) -> np.ndarray:
-    """(N,) uniforms in [0, 1) from (N,) session keys, (N,) ranks and the seed: the same for the same triple."""
-    salt = _mix(np.full(1, seed, np.uint64) + np.uint64(0x9E3779B97F4A7C15))
-    x = _mix(keys ^ salt) + rank.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    return (_mix(x) >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def draw_arms(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """(N, A) probabilities and (N,) uniforms -> (N,) arm per row by inverse CDF; never an arm of probability 0."""
-    cdf = np.cumsum(probs, axis=1)
-    arm = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=1)
-    last = probs.shape[1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)
-    return np.minimum(arm, last)
-
-
 @torch.no_grad()
 def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
     """Session states (one row each: user_id, [session_id], session_start, events, items, [user features])
@@ -426,7 +412,8 @@ def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
             pad = torch.full((1, bundle.window), OOV, dtype=torch.long, device=bundle.device)
             state[fallback] = bundle.learner.encode(pad).double().cpu().numpy()
         probs = bundle.bandit.probabilities_batch(state[row_session], bundle.arm_mask[flat])
-    u = uniforms(session_keys(sessions)[row_session], rank, bundle.seed)
+    keys = session_keys(sessions)  # (B,)
+    u = uniforms(keys[row_session], rank, bundle.seed)  # (N,)
     arm = draw_arms(probs, u)  # (N,)
     take = pa.array(row_session)
     cols = {"user_id": sessions.column("user_id").take(take)}
@@ -454,4 +441,7 @@ def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
     product_propensity = np.ones(len(arm))  # (N,)
     cols["product_propensity"] = pa.array(product_propensity, pa.float64())
     cols["joint_propensity"] = pa.array(joint_propensity(product_propensity, nudge_propensity), pa.float64())
+    if bundle.offers is not None:   # the session's offer by the offer learner, on each of its rows
+        offer = decide_offers(bundle.offers, sessions, uniforms(keys, np.full(n, OFFER_RANK), bundle.seed))
+        cols |= offer_columns(bundle.offers, offer, row_session)
     return pa.table(cols)

@@ -20,13 +20,15 @@ from seqrec.datasets.duplicates import event_times, id_codes
 from seqrec.datasets.schema import TIMESTAMP_TYPE
 
 
-def session_states(events: pa.Table, window: int, gap_us: int, columns: Sequence[str] = ()) -> pa.Table:
+def session_states(events: pa.Table, window: int, gap_us: int, columns: Sequence[str] = (),
+                   ends: bool = False) -> pa.Table:
     """Events of whole users (user_id, item_id, timestamp, optional session_id and `columns`) -> one row per
     session, sessions ordered by (user, start):
 
     user_id, [session_id], session_start (timestamp[us, UTC]), events (int32: the session's length),
     items (list of the last `window` item ids, oldest first), and each of `columns` present in `events` as
-    text, its value on the session's first event (user features for the two-tower's user tower).
+    text, its value on the session's first event (user features for the two-tower's user tower); with `ends`,
+    session_end (timestamp[us, UTC]): the time of the session's last event.
     """
     n = events.num_rows
     user = id_codes(events.column("user_id"))
@@ -54,6 +56,8 @@ def session_states(events: pa.Table, window: int, gap_us: int, columns: Sequence
     if has_session:
         out["session_id"] = events.column("session_id").take(head)
     out["session_start"] = pa.array(ts[first], pa.int64()).cast(TIMESTAMP_TYPE)
+    if ends:
+        out["session_end"] = pa.array(ts[last], pa.int64()).cast(TIMESTAMP_TYPE)
     out["events"] = pa.array(lengths.astype(np.int32))
     out["items"] = pa.ListArray.from_arrays(pa.array(offsets), item_ids)
     for c in columns:
