@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from seqrec.abtest.config import load_abtest_config
-from seqrec.core.config import ConfigError, from_dict
 from seqrec.datasets.offers import OfferRows, OfferVocab
 from seqrec.rl.bandits.joint import JointConfig
 from seqrec.rl.offers.config import OfferConfig
@@ -15,6 +13,8 @@ from seqrec.rl.offers.select import choose_candidate, compare_candidates, one_ho
 from seqrec.rl.ope.data import LoggedBandit
 from seqrec.rl.ope.estimators import OpeConfig
 
+from seqrec.abtest.config import load_abtest_config
+from seqrec.core.config import ConfigError, from_dict
 from seqrec.training.offers import fit_offer_q
 
 BOOT = OpeConfig(resamples=200, seed=0)
@@ -56,6 +56,12 @@ def test_select_epsilon_takes_the_least_exploration_the_floor_allows():
     assert [c["estimate"] for c in report["candidates"]] == pytest.approx([0.9, 0.95, 0.99])
     assert [c["eligible"] for c in report["candidates"]] == [True, True, False]
     assert chosen.epsilon == 0.1 and report["chosen"] == 1 and report["default"] == 0
+    # by point estimate: a tiny gain is taken (the shares mix the same two policies); none keeps the default
+    flat = cycled_log([50, 49])
+    kept = select_epsilon(flat, values, allowed, keep, decision, (0.1,), 0.0, 2, "snips", BOOT)
+    assert kept[0].epsilon == 0.1 and kept[1]["candidates"][1]["difference_low"] < 0   # 0.5 - e / 2 * 0.01
+    worse = cycled_log([40, 60])                                 # the values' favourite pays less than the other
+    assert select_epsilon(worse, values, allowed, keep, decision, (0.1,), 0.0, 2, "snips", BOOT)[0].epsilon == 0.2
     # no floor: the least exploration; a default below the floor gives way to the smallest share above it
     assert select_epsilon(log, values, allowed, keep, decision, (0.1, 0.02), 0.0, 2, "snips", BOOT)[0].epsilon == 0.02
     low = JointConfig(kind="epsilon_greedy", epsilon=0.01)

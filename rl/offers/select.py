@@ -56,9 +56,12 @@ def select_epsilon(log: LoggedBandit, values: np.ndarray, allowed: np.ndarray, k
     """The exploration share of an epsilon-greedy decision layer, chosen among decision.epsilon (the default)
     and `grid` on held-out offers (values, allowed (N, P, A); keep (N,) the rows of `log`). Exploration always
     costs value, so only shares that give each of the `n_pairs` pairs a customer may be offered at least the
-    propensity `floor` are eligible (epsilon / n_pairs >= floor); among them the one of the highest estimate
-    replaces the default only beyond chance. The default itself, when below the floor, gives way to the
-    smallest eligible share."""
+    propensity `floor` are eligible (epsilon / n_pairs >= floor); among them the one of the highest estimate is
+    taken. By point estimate, not beyond chance as for models: every candidate mixes the same two policies
+    (greedy, uniform), so V(epsilon) is linear in epsilon and the choice is the sign of one comparison, greedy
+    against uniform, whose point estimate is the best guess; no model is swapped on noise, and the floor, not
+    the estimate, bounds how little is explored. Ties keep the default; a default below the floor gives way to
+    the smallest eligible share."""
     if decision.kind != "epsilon_greedy":
         raise ValueError(f"offers.grid_epsilon chooses an epsilon_greedy decision layer; decision.kind is "
                          f"{decision.kind!r}")
@@ -72,8 +75,10 @@ def select_epsilon(log: LoggedBandit, values: np.ndarray, allowed: np.ndarray, k
     policies = [joint_probabilities(values, allowed, replace(decision, epsilon=e)).reshape(n, -1)[keep]
                 for e in shares]                                                              # (N, P * A) each
     estimates = compare_candidates(log, policies, estimator, config, base)
-    chosen = choose_candidate(estimates, base, eligible)
-    report = {"estimator": estimator, "min_propensity": floor, "pairs": n_pairs, "default": base, "chosen": chosen,
+    gain = np.array([e["difference"] if ok else -np.inf for e, ok in zip(estimates, eligible)])
+    chosen = int(np.argmax(gain)) if gain.max() > 0 else base
+    report = {"estimator": estimator, "rule": "point estimate under the floor", "min_propensity": floor,
+              "pairs": n_pairs, "default": base, "chosen": chosen,
               "candidates": [{"epsilon": e, "min_propensity": e / n_pairs, "eligible": ok, **est}
                              for e, ok, est in zip(shares, eligible, estimates)]}
     return replace(decision, epsilon=shares[chosen]), report

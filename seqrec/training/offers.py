@@ -328,6 +328,7 @@ def load_offers(folder: Path) -> tuple[FittedOffers, np.ndarray]:
     vocab = OfferVocab.from_dict(note["vocab"])
     raw = dict(note["config"])
     raw["profile"], raw["cross"] = tuple(raw["profile"]), tuple(raw.get("cross", ()))
+    raw["grid_cross"] = tuple(tuple(c) for c in raw.get("grid_cross", ()))
     cfg = OfferConfig(**raw)
     family = note.get("nudge_family")
     net = _saved_network(vocab, cfg, None if family is None else np.asarray(family),
