@@ -14,6 +14,7 @@ from seqrec.rl.ope.data import LoggedBandit
 from seqrec.rl.ope.estimators import OpeConfig
 
 from seqrec.abtest.config import load_abtest_config
+from seqrec.abtest.report import selection_sentence
 from seqrec.core.config import ConfigError, from_dict
 from seqrec.training.offers import fit_offer_q
 
@@ -140,3 +141,19 @@ def test_the_abtest_config_reads_the_grids_and_refuses_a_grid_epsilon_without_ep
     path.write_text('simulator = "sim.toml"\n[offers]\ngrid_epsilon = [0.01]\n[decision]\nkind = "softmax"\n')
     with pytest.raises(ConfigError, match="offers.grid_epsilon chooses the exploration share of an epsilon_greedy"):
         load_abtest_config(path)
+
+
+def test_the_report_names_each_candidate_and_the_choice():
+    est = {"estimate": 0.12, "low": 0.08, "high": 0.17, "difference": 0.0, "difference_low": 0.0,
+           "difference_high": 0.0}
+    sel = {"wide": {"estimator": "snips", "default": 0, "chosen": 0,
+                    "candidates": [{"wide_l2": 10.0, "cross": ["segment"], **est},
+                                   {"wide_l2": 3.0, "cross": ["segment"], **est, "estimate": 0.14}]},
+           "decision": {"estimator": "snips", "min_propensity": 2.5e-5, "pairs": 89, "default": 0, "chosen": 1,
+                        "candidates": [{"epsilon": 0.02, "eligible": True, **est},
+                                       {"epsilon": 0.0025, "eligible": True, **est},
+                                       {"epsilon": 0.001, "eligible": False, **est}]}}
+    text = selection_sentence(sel)
+    assert "wide_l2 3, cross segment: 14.00% [8.00%, 17.00%]" in text and "chosen wide_l2 10, cross segment." in text
+    assert "epsilon 0.001: 12.00% [8.00%, 17.00%] (below the floor)" in text and "chosen epsilon 0.0025." in text
+    assert selection_sentence({}) == ""
