@@ -111,6 +111,9 @@ def test_the_fit_chooses_the_cross_set_by_value_and_keeps_the_default_ridge_with
     report = fitted.info["selection"]["decision"]
     assert [c["epsilon"] for c in report["candidates"]] == [0.2, 0.05] and report["pairs"] == 4
     assert fitted.decision.epsilon == 0.05 and report["candidates"][1]["difference_low"] > 0
+    # a grid with no decision layer to choose for (a run file's learner) says so rather than dropping it silently
+    skipped = fit_offer_q(rows, vocab, cfg_eps)
+    assert "no decision layer" in skipped.info["selection"]["decision"]["skipped"] and skipped.decision is None
 
 
 @pytest.mark.parametrize("table, message", [

@@ -284,7 +284,7 @@ def selection_sentence(sel: dict) -> str:
         pick = w["candidates"][w["chosen"]]
         out += (f" The wide model's settings by {w['estimator']} (the default kept unless beaten beyond chance): "
                 f"{cands}; chosen wide_l2 {pick['wide_l2']:g}, cross {'+'.join(pick['cross']) or 'all'}.")
-    if "decision" in sel:
+    if "candidates" in sel.get("decision", {}):
         d = sel["decision"]
         cands = "; ".join(f"epsilon {c['epsilon']:g}: {pct(c)}" + ("" if c["eligible"] else " (below the floor)")
                           for c in d["candidates"])

@@ -171,9 +171,12 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
         decision, selection["decision"] = select_epsilon(
             logged_bandit(valid, p, a), q, valid_allowed, keep, decision, cfg.grid_epsilon, cfg.min_propensity,
             int(mask.sum()), _compared(cfg.select), OpeConfig(resamples=SELECT_RESAMPLES, seed=cfg.seed))
+    if valid is not None and cfg.grid_epsilon and decision is None:
+        selection["decision"] = {"skipped": "offers.grid_epsilon: no decision layer was given to choose for"}
     if selection:
         info["selection"] = selection
-    return FittedOffers(net, vocab, cfg, info, held_out, gate_model, decision if "decision" in selection else None)
+    chosen = decision if "candidates" in selection.get("decision", {}) else None
+    return FittedOffers(net, vocab, cfg, info, held_out, gate_model, chosen)
 
 
 def select_wide(train: OfferRows, valid: OfferRows, allowed: np.ndarray, vocab: OfferVocab, cfg: OfferConfig,
