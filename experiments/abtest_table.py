@@ -79,6 +79,30 @@ def table(world: str, rows: list[dict]) -> list[str]:
     return lines
 
 
+def selection(world: str, seeds: list[int], metrics: list[dict]) -> list[str]:
+    """What arm B's selection chose in each test (metrics.json["offers"]["selection"]), each candidate's held-out
+    estimate with its interval; nothing when the tests had no grids."""
+    if not any((m.get("offers") or {}).get("selection") for m in metrics):
+        return []
+
+    def est(c: dict) -> str:
+        return f"{pct(c['estimate'])} [{pct(c['low'])}, {pct(c['high'])}]"
+
+    lines = [f"Selection on the held-out customers ({world}; SNIPS, candidates in the order of the config, the chosen "
+             "in bold):", "", "| seed | epoch | wide_l2: estimate [interval] | epsilon: estimate [interval] |",
+             "|---|---|---|---|"]
+    for seed, m in zip(seeds, metrics):
+        o = m.get("offers") or {}
+        sel = o.get("selection") or {}
+        cells = []
+        for key, name in (("wide", "wide_l2"), ("decision", "epsilon")):
+            part = sel.get(key) or {}
+            cells.append("; ".join(("**{}**" if i == part["chosen"] else "{}").format(f"{c[name]:g}: {est(c)}")
+                                   for i, c in enumerate(part.get("candidates", []))) or "-")
+        lines.append(f"| {seed} | {o.get('best_epoch')} | {cells[0]} | {cells[1]} |")
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for the tests and table.md")
@@ -89,9 +113,10 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     out: list[str] = []
     for world in args.worlds.split(","):
-        rows = [row(s, run_one(args.out, s, world, args.arg)) for s in seeds]
-        out += table(world, rows)
-        print("\n".join(table(world, rows)), flush=True)
+        metrics = [run_one(args.out, s, world, args.arg) for s in seeds]
+        rows = [row(s, m) for s, m in zip(seeds, metrics)]
+        out += table(world, rows) + selection(world, seeds, metrics)
+        print("\n".join(table(world, rows) + selection(world, seeds, metrics)), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text("\n".join(out) + "\n")
 

@@ -42,10 +42,23 @@ class OfferConfig:
     select: str = "snips"           # snips | dr | loss: what picks the epoch
     refit: bool = False             # refit the chosen epochs on every customer (the gate values the fit before it)
     seed: int = 0
+    # selection by held-out value beyond the epoch (training/offers.py select_wide, select_decision): other ridge
+    # penalties and cross sets of the wide model, other exploration shares of an epsilon-greedy decision layer
+    # (the configured wide_l2, cross and epsilon are the defaults kept unless another is worth more beyond chance)
+    grid_wide_l2: tuple[float, ...] = ()
+    grid_cross: tuple[tuple[str, ...], ...] = ()
+    grid_epsilon: tuple[float, ...] = ()
+    min_propensity: float = 0.0     # exploration floor: every allowed pair's propensity at least this
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "profile", tuple(self.profile))
         object.__setattr__(self, "cross", tuple(self.cross))
+        object.__setattr__(self, "grid_wide_l2", tuple(self.grid_wide_l2))
+        object.__setattr__(self, "grid_epsilon", tuple(self.grid_epsilon))
+        if isinstance(self.grid_cross, str) or any(isinstance(c, str) for c in self.grid_cross):
+            raise ValueError(f"offers.grid_cross must be a list of lists of profile columns, e.g. "
+                             f"[[\"segment\"], [\"segment\", \"job\"]]; got {self.grid_cross!r}")
+        object.__setattr__(self, "grid_cross", tuple(tuple(c) for c in self.grid_cross))
         missing = [c for c in self.cross if c not in self.profile]
         if missing:
             raise ValueError(f"offers.cross names {missing}, not in offers.profile {list(self.profile)}")
@@ -70,6 +83,29 @@ class OfferConfig:
         check_real("offers.valid_fraction", self.valid_fraction, 0.0, 0.9)
         check_choice("offers.select", self.select, SELECT)
         check_int("offers.seed", self.seed, 0)
+        self._check_grids()
+
+    def _check_grids(self) -> None:
+        """The selection grids: values in range, cross sets of profile columns, only where they can be chosen."""
+        for v in self.grid_wide_l2:
+            check_real("offers.grid_wide_l2", v, 0.0, 1e9)
+        for cross in self.grid_cross:
+            missing = [c for c in cross if c not in self.profile]
+            if missing or not cross:
+                raise ValueError(f"offers.grid_cross: {list(cross)} must be a non-empty list of offers.profile "
+                                 f"columns {list(self.profile)}")
+        for v in self.grid_epsilon:
+            check_real("offers.grid_epsilon", v, 0.0, 1.0)
+        check_real("offers.min_propensity", self.min_propensity, 0.0, 1.0)
+        for key in ("grid_wide_l2", "grid_cross", "grid_epsilon"):
+            if getattr(self, key) and self.valid_fraction == 0:
+                raise ValueError(f"offers.{key} needs held-out customers to choose by: set offers.valid_fraction > 0")
+        if (self.grid_wide_l2 or self.grid_cross) and not (self.wide and self.head == "additive"):
+            raise ValueError("offers.grid_wide_l2 and offers.grid_cross choose the wide model fitted first: they "
+                             "need offers.wide = true and offers.head = \"additive\"")
+        for key in ("grid_wide_l2", "grid_cross", "grid_epsilon"):
+            if getattr(self, key) and self.select == "loss":
+                raise ValueError(f"offers.{key} chooses by off-policy value: set offers.select to snips or dr")
 
     def spec(self, rewards: Mapping[str, float]) -> OfferSpec:
         return OfferSpec(self.history, self.attribution_hours, dict(rewards), self.profile)

@@ -271,6 +271,9 @@ def _build(data: dict[str, Any], source: str, base_dir: str) -> AbTestConfig:
     if "seed" in decision_raw:
         raise ConfigError("decision.seed comes from the top-level seed; leave it out")
     decision = from_dict(JointConfig, decision_raw, "decision")
+    if offers.grid_epsilon and decision.kind != "epsilon_greedy":
+        raise ConfigError(f"offers.grid_epsilon chooses the exploration share of an epsilon_greedy decision layer; "
+                          f"decision.kind is {decision.kind!r}")
     gate = from_dict(Gate, _table("gate", data.get("gate", {})), "gate")
     return AbTestConfig(**top, training=training, model=model, arm_a=arm_a, arm_b=arm_b, ope=ope, offers=offers,
                         decision=decision, gate=gate, source=source, base_dir=base_dir)

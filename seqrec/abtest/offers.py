@@ -52,13 +52,14 @@ class OfferPolicy:
 
 
 def train_offers(sim: Simulator, log: CampaignLog, cfg: OfferConfig, rewards: dict[str, float],
-                 folder: Path) -> tuple[FittedOffers, dict]:
-    """Fit the offer Q learner on the campaign's event log; its checkpoint, vocabulary and config in `folder`."""
+                 folder: Path, decision: JointConfig | None = None) -> tuple[FittedOffers, dict]:
+    """Fit the offer Q learner on the campaign's event log; its checkpoint, vocabulary and config in `folder`.
+    With offers.grid_epsilon, `decision`'s exploration share is chosen too (fitted.decision)."""
     table = log.events.drop_columns(["session_id"])   # the log as train_pipeline writes it (one sequence a customer)
     vocab = OfferVocab.fit(table, cfg.profile, nudges=sim.arms, items=sim.product_ids)
     rows = offer_rows(table, vocab, cfg.spec(rewards))
     fitted = fit_offer_q(rows, vocab, cfg, nudge_mask=sim.nudge_mask, nudge_family=sim.arm_family,
-                         max_reward=max(max(rewards.values()), 1e-12))
+                         max_reward=max(max(rewards.values()), 1e-12), decision=decision)
     save_offers(folder / "offers", fitted, sim.nudge_mask, sim.arm_family, max(max(rewards.values()), 1e-12),
                 rewards)
     info = {"offers": len(rows), "reward_mean": float(rows.reward.mean()), **fitted.info}

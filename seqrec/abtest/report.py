@@ -267,7 +267,30 @@ def offers_sentence(o: dict, cfg: dict) -> str:
     return (f" The offer-level Q learner trained on its {o['offers']:,} offers (reward mean {_pct(o['reward_mean'])}; "
             f"gamma {cfg['gamma']:g}, {cfg['head']} head, history {cfg['history']}): "
             f"{o['train_offers']:,} offers of {100 * (1 - cfg['valid_fraction']):.0f}% of the customers, epoch "
-            f"{o.get('best_epoch')} of {o['epochs']} chosen by {o['select']} on the others' {o['valid_offers']:,}.")
+            f"{o.get('best_epoch')} of {o['epochs']} chosen by {o['select']} on the others' {o['valid_offers']:,}."
+            + selection_sentence(o.get("selection") or {}))
+
+
+def selection_sentence(sel: dict) -> str:
+    """What the grids compared on the held-out customers (each candidate's estimate and interval) and chose."""
+    def pct(c: dict) -> str:
+        return f"{_pct(c['estimate'])} [{_pct(c['low'])}, {_pct(c['high'])}]"
+
+    out = ""
+    if "wide" in sel:
+        w = sel["wide"]
+        cands = "; ".join(f"wide_l2 {c['wide_l2']:g}, cross {'+'.join(c['cross']) or 'all'}: {pct(c)}"
+                          for c in w["candidates"])
+        pick = w["candidates"][w["chosen"]]
+        out += (f" The wide model's settings by {w['estimator']} (the default kept unless beaten beyond chance): "
+                f"{cands}; chosen wide_l2 {pick['wide_l2']:g}, cross {'+'.join(pick['cross']) or 'all'}.")
+    if "candidates" in sel.get("decision", {}):
+        d = sel["decision"]
+        cands = "; ".join(f"epsilon {c['epsilon']:g}: {pct(c)}" + ("" if c["eligible"] else " (below the floor)")
+                          for c in d["candidates"])
+        out += (f" The exploration share by {d['estimator']} under the floor of {d['min_propensity']:g} a pair: "
+                f"{cands}; chosen epsilon {d['candidates'][d['chosen']]['epsilon']:g}.")
+    return out
 
 
 def gate_markdown(g: dict, b: dict, level: str) -> list[str]:

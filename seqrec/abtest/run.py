@@ -242,9 +242,11 @@ def _run(cfg: AbTestConfig, out: Path, calibration: str | Path | None, progress:
         t = clock()
         offer_cfg = dataclasses.replace(cfg.offers, seed=cfg.seed)
         say("training the offer-level Q learner on the same log")
-        fitted, offers_info = train_offers(sim, training, offer_cfg, dict(cfg.training.rewards), out / "training")
-        timings["offers_train_s"] = clock() - t
         decision = dataclasses.replace(cfg.decision, seed=cfg.seed)
+        fitted, offers_info = train_offers(sim, training, offer_cfg, dict(cfg.training.rewards), out / "training",
+                                           decision)
+        timings["offers_train_s"] = clock() - t
+        decision = fitted.decision or decision   # the exploration share chosen by held-out value, if a grid
         gate_fitted = dataclasses.replace(fitted, model=fitted.gate_model) if fitted.gate_model is not None else fitted
         gate_policy = OfferPolicy(sim, gate_fitted, decision, cfg.seed)
         gate_policy.observe(training.events)

@@ -36,11 +36,13 @@ from seqrec.rl.offers.decide import (
     bought_before,
     evaluable,
     grid,
+    in_grid,
     logged_bandit,
     policy_value,
     q_values,
 )
 from seqrec.rl.offers.model import OfferEnsemble, OfferQNet
+from seqrec.rl.offers.select import choose_candidate, compare_candidates, one_hot, select_epsilon
 from seqrec.rl.ope.compare import compare_policies
 from seqrec.rl.ope.data import LoggedBandit
 from seqrec.rl.ope.estimators import OpeConfig
@@ -61,6 +63,7 @@ class FittedOffers:
     info: dict = field(default_factory=dict)
     held_out: np.ndarray = field(default_factory=lambda: np.zeros(0))   # customers selection held out (as logged)
     gate_model: OfferQNet | OfferEnsemble | None = None   # with refit: the network before it (never saw held_out)
+    decision: JointConfig | None = None   # the decision layer chosen by held-out value (None: none was chosen)
 
 
 def split_customers(rows: OfferRows, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,9 +88,12 @@ def contact_targets(rows: OfferRows, q_next, gamma: float, nudge_mask: np.ndarra
 
 
 def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask: np.ndarray | None = None,
-                nudge_family: np.ndarray | None = None, max_reward: float = 1.0) -> FittedOffers:
+                nudge_family: np.ndarray | None = None, max_reward: float = 1.0,
+                decision: JointConfig | None = None) -> FittedOffers:
     """Fit the offer Q network on logged offers (module docstring). nudge_mask (P, A): nudges allowed with each
-    product (default all); nudge_family (A,): family index of each nudge (default: each its own)."""
+    product (default all); nudge_family (A,): family index of each nudge (default: each its own). With the
+    grids of cfg, the wide model's settings are chosen first and, given `decision`, its exploration share last,
+    each by held-out value (`select_wide`, `select_epsilon`); what was compared lands in info["selection"]."""
     p, a = len(vocab.items), len(vocab.nudges)
     mask = np.ones((p, a), bool) if nudge_mask is None else np.asarray(nudge_mask, bool)
     scale = max_reward / (1.0 - cfg.gamma)
@@ -104,6 +110,10 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
     valid_allowed = (evaluable(valid, allowed_pairs(bought_before(valid.history, p), mask)) if valid is not None
                      else None)
     seen: list[tuple[dict, dict, np.ndarray]] = []      # per epoch: metrics, weights, greedy action per valid row
+    selection: dict = {}
+    if valid is not None and (cfg.grid_wide_l2 or cfg.grid_cross):
+        cfg, selection["wide"] = select_wide(rows.take(train_rows), valid, valid_allowed, vocab, cfg, nudge_family,
+                                             mask, scale)
 
     def evaluate(model: OfferQNet | OfferEnsemble) -> Evaluation:
         q = q_values(model, valid.history, valid.profile)                       # (N, P, A)
@@ -155,7 +165,49 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
     gate_model = None
     if selected:   # refit on every customer: the gate values the network fitted without the held-out ones
         gate_model = selected[0] if len(selected) == 1 else OfferEnsemble(selected).eval()
-    return FittedOffers(net, vocab, cfg, info, held_out, gate_model)
+    if valid is not None and cfg.grid_epsilon and decision is not None:   # valued by the fit before any refit
+        keep = in_grid(valid, p, a)
+        q = q_values(gate_model if gate_model is not None else net, valid.history, valid.profile)   # (N, P, A)
+        decision, selection["decision"] = select_epsilon(
+            logged_bandit(valid, p, a), q, valid_allowed, keep, decision, cfg.grid_epsilon, cfg.min_propensity,
+            int(mask.sum()), _compared(cfg.select), OpeConfig(resamples=SELECT_RESAMPLES, seed=cfg.seed))
+    if valid is not None and cfg.grid_epsilon and decision is None:
+        selection["decision"] = {"skipped": "offers.grid_epsilon: no decision layer was given to choose for"}
+    if selection:
+        info["selection"] = selection
+    chosen = decision if "candidates" in selection.get("decision", {}) else None
+    return FittedOffers(net, vocab, cfg, info, held_out, gate_model, chosen)
+
+
+def select_wide(train: OfferRows, valid: OfferRows, allowed: np.ndarray, vocab: OfferVocab, cfg: OfferConfig,
+                nudge_family: np.ndarray | None, mask: np.ndarray, scale: float) -> tuple[OfferConfig, dict]:
+    """The wide model's ridge and cross set, chosen among cfg's (the default, first) and the grids' (every
+    combination) by the held-out value of each wide model's greedy policy (allowed (N, P, A): the pairs it
+    chooses among): the default unless the best beats it beyond chance (rl/offers/select.py). Each candidate
+    is the convex fit of epoch 0, seconds each; the deep epochs then refine the chosen one only."""
+    p, a = len(vocab.items), len(vocab.nudges)
+    keep = in_grid(valid, p, a)
+    candidates = [dataclasses.replace(cfg, wide_l2=l2, cross=cross)
+                  for cross in dict.fromkeys((cfg.cross, *cfg.grid_cross))
+                  for l2 in dict.fromkeys((cfg.wide_l2, *cfg.grid_wide_l2))]
+    policies = []
+    for c in candidates:
+        model, _ = _train(lambda c=c: _network(vocab, c, nudge_family, scale), train, c, mask, scale, 0, None)
+        q = q_values(model, valid.history, valid.profile)                                    # (N, P, A)
+        action = np.argmax(np.where(allowed, q, -np.inf).reshape(len(valid), -1), axis=1)   # (N,)
+        policies.append(one_hot(action[keep], p * a))
+    estimator = _compared(cfg.select)
+    estimates = compare_candidates(logged_bandit(valid, p, a), policies, estimator,
+                                   OpeConfig(resamples=SELECT_RESAMPLES, seed=cfg.seed))
+    chosen = choose_candidate(estimates)
+    return candidates[chosen], {
+        "estimator": estimator, "default": 0, "chosen": chosen,
+        "candidates": [{"wide_l2": c.wide_l2, "cross": list(c.cross), **e} for c, e in zip(candidates, estimates)]}
+
+
+def _compared(select: str) -> str:
+    """The estimator that compares candidates: the selection's, SNIPS when selection is by loss."""
+    return select if select in ("snips", "dr") else "snips"
 
 
 def choose_epoch(log: LoggedBandit, actions: list[np.ndarray], values: np.ndarray, losses: np.ndarray,
@@ -269,7 +321,8 @@ def save_offers(folder: Path, fitted: FittedOffers, nudge_mask: np.ndarray | Non
         "nudge_mask": None if nudge_mask is None else np.asarray(nudge_mask, bool).tolist(),
         "nudge_family": None if nudge_family is None else np.asarray(nudge_family, int).tolist(),
         "max_reward": float(max_reward), "rewards": None if rewards is None else dict(rewards),
-        "held_out": [] if fitted.config.refit else np.asarray(fitted.held_out).tolist()})
+        "held_out": [] if fitted.config.refit else np.asarray(fitted.held_out).tolist(),
+        "decision": None if fitted.decision is None else dataclasses.asdict(fitted.decision)})
 
 
 def load_offers(folder: Path) -> tuple[FittedOffers, np.ndarray]:
@@ -278,6 +331,7 @@ def load_offers(folder: Path) -> tuple[FittedOffers, np.ndarray]:
     vocab = OfferVocab.from_dict(note["vocab"])
     raw = dict(note["config"])
     raw["profile"], raw["cross"] = tuple(raw["profile"]), tuple(raw.get("cross", ()))
+    raw["grid_cross"] = tuple(tuple(c) for c in raw.get("grid_cross", ()))
     cfg = OfferConfig(**raw)
     family = note.get("nudge_family")
     net = _saved_network(vocab, cfg, None if family is None else np.asarray(family),
@@ -285,7 +339,9 @@ def load_offers(folder: Path) -> tuple[FittedOffers, np.ndarray]:
     net.load_state_dict(load_checkpoint(folder / "model.pt", "cpu")["model"])
     mask = note.get("nudge_mask")
     p, a = len(vocab.items), len(vocab.nudges)
-    fitted = FittedOffers(net.eval(), vocab, cfg, note["info"], np.asarray(note.get("held_out") or []))
+    chosen = note.get("decision")
+    fitted = FittedOffers(net.eval(), vocab, cfg, note["info"], np.asarray(note.get("held_out") or []),
+                          decision=None if chosen is None else JointConfig(**chosen))
     return fitted, np.ones((p, a), bool) if mask is None else np.asarray(mask, bool)
 
 
