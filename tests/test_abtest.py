@@ -114,7 +114,7 @@ def test_old_model_form_gives_the_same_config_as_the_run_tables():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d["encoder"].update(width=8), "unknown key encoder.width; valid keys in [encoder]: blocks, dim"),
+    (lambda d: d["encoder"].update(width=8), "unknown key encoder.width; valid keys in [encoder]: blocks, categories, dim"),
     (lambda d: d["encoder"].update(num_items=5), "encoder.num_items comes from the prepared data"),
     (lambda d: d["train"].update(seed=3), "train.seed comes from the top-level seed"),
     (lambda d: d["train"].update(max_step=3), "unknown key train.max_step; valid keys in [train]"),
@@ -158,7 +158,7 @@ def test_shipped_config_loads_and_explains_its_numbers():
     (lambda d: d["training"].update(policy="psychic"), "training.policy must be one of random, rules"),
     (lambda d: d["training"]["rewards"].pop("purchase"), "training.rewards must give every event type"),
     (lambda d: d["model"]["encoder"].update(width=8), "unknown key model.encoder.width; valid keys in "
-                                                      "[model.encoder]: blocks, dim"),
+                                                      "[model.encoder]: blocks, categories, dim"),
     (lambda d: d["model"]["encoder"].update(num_items=5), "model.encoder.num_items comes from the prepared data"),
     (lambda d: d["model"]["train"].update(seed=3), "model.train.seed comes from the top-level seed"),
     (lambda d: d["model"].update(optimiser={}), "unknown table [model.optimiser]; valid: [model.encoder]"),
