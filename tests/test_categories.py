@@ -106,3 +106,73 @@ def test_run_file_categories_true_reads_the_count_from_the_prepared_log(tmp_path
     assert "categories" not in run_config({"encoder": {"dim": 8}}, data=str(data)).to_dict()["encoder"]
     with pytest.raises(ConfigError, match="categories applies to algorithm"):
         run_config({"algorithm": "d3rlpy.dqn", "encoder": {"categories": True}}, data=str(data))
+
+
+# ------------------------------------------------- the mixture's category component ([head] copy_category)
+
+
+def test_category_component_by_hand_and_the_mixture_stays_a_distribution():
+    """p = g copy + (1 - g)(h w(c(i)) p(i | c(i)) + (1 - h) softmax): w the copy attention summed by category and
+    renormalised over positions with one, p(i | c) the add-one smoothed target counts within c."""
+    from seqrec.models.repeat import CopyMixer, mix_all
+
+    torch.manual_seed(0)
+    n = 10
+    codes = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3, 0])  # item 9 has no category
+    counts = torch.tensor([0, 0, 4, 0, 1, 2, 2, 0, 0, 5.0])
+    mixer = CopyMixer(6, 4, num_items=n)
+    mixer.set_within(counts, codes)
+    within = torch.tensor([0, 0, 5 / 8, 1 / 8, 2 / 8, 3 / 6, 3 / 6, 1 / 2, 1 / 2, 0])
+    torch.testing.assert_close(mixer.log_within.exp(), within)
+    items, state = torch.randn(n, 6), torch.randn(2, 6)
+    window = torch.tensor([[0, 3, 5, 9], [0, 0, 0, 9]])  # categories 1, 2 and none; only an item without one
+    cs = mixer.attend(state, window, items, codes, 4)
+    logits = state @ items.T
+    mixed = mix_all(cs, logits)
+    torch.testing.assert_close(mixed.exp().sum(1), torch.ones(2))
+    g = torch.sigmoid(mixer.gate(state).squeeze(1))
+    h = torch.sigmoid(mixer.cat_gate(state).squeeze(1))
+    cat = torch.softmax(logits, 1)
+    attn = cs.log_attn.exp()[0]  # positions 1, 2, 3 hold items 3, 5, 9
+    w1, w2 = attn[1] / (attn[1] + attn[2]), attn[2] / (attn[1] + attn[2])  # item 9's mass has no category
+    torch.testing.assert_close(mixed[0, 2].exp(), (1 - g[0]) * (h[0] * w1 * within[2] + (1 - h[0]) * cat[0, 2]))
+    torch.testing.assert_close(mixed[0, 6].exp(), (1 - g[0]) * (h[0] * w2 * within[6] + (1 - h[0]) * cat[0, 6]))
+    torch.testing.assert_close(mixed[0, 7].exp(), (1 - g[0]) * (1 - h[0]) * cat[0, 7])  # category 3 not browsed
+    # no category in the window: the component is off, g copy + (1 - g) softmax as without it
+    torch.testing.assert_close(mixed[1, 4].exp(), (1 - g[1]) * cat[1, 4])
+
+
+def test_category_component_needs_categories_and_copy():
+    with pytest.raises(ValueError, match="copy_category applies with copy = true only"):
+        HeadConfig(copy_category=True)
+    with pytest.raises(ValueError, match=r"copy_category needs item categories"):
+        Learner(EncoderConfig(num_items=10), HeadConfig(copy=True, copy_category=True), lr=0.01)
+
+
+def test_the_category_component_proposes_never_seen_items_of_the_browsed_category():
+    """The log of test_the_category_finds_next_items_never_seen_as_targets, with the mixture and its category
+    component: the held-out next items (never targets) are found through their category's popularity."""
+    cats, per = 20, 10
+    codes = torch.zeros(cats * per + 2, dtype=torch.long)
+    codes[2:] = torch.arange(cats * per) // per + 1
+    rng = np.random.default_rng(0)
+
+    def pairs(n: int, seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        c = rng.integers(0, cats, n)
+        first = c * per + rng.integers(0, per, n) + 2
+        nxt = c * per + (rng.integers(0, 5, n) if seen else rng.integers(5, per, n)) + 2
+        return torch.tensor(np.stack([np.zeros(n, int), first], 1)), torch.tensor(nxt)
+
+    torch.manual_seed(0)
+    enc = EncoderConfig(num_items=cats * per + 2, max_len=2, dim=16, dropout=0.0, categories=cats + 1)
+    model = Learner(enc, HeadConfig(copy=True, copy_aux=1.0, copy_category=True), lr=0.01)
+    model.set_item_categories(codes)
+    s, a = pairs(4000, seen=True)
+    model.set_item_counts(torch.bincount(a, minlength=cats * per + 2))
+    for step in range(100):
+        model.update({"state": s[step * 40:(step + 1) * 40], "action": a[step * 40:(step + 1) * 40]}, step, 0)
+    model.eval()
+    s, a = pairs(2000, seen=False)
+    with torch.no_grad():
+        top = model.scores(s).topk(10, dim=1).indices
+    assert float((top == a.unsqueeze(1)).any(1).float().mean()) > 0.8  # the 10 items of the category: all of them

@@ -29,12 +29,14 @@ class TwoHeadNet(nn.Module):
     mixture's log-probabilities, and Q values add kappa(state) x the copy attention on each window item, so the
     Q head values the mixture's actions (a repeat's worth is learnt by TD like any other item's)."""
 
-    def __init__(self, enc: EncoderConfig, q_head: bool, copy: bool = False) -> None:
+    def __init__(self, enc: EncoderConfig, q_head: bool, copy: bool = False, copy_category: bool = False) -> None:
         super().__init__()
+        if copy_category and not enc.categories:
+            raise ValueError("copy_category needs item categories: [encoder] categories = true")
         self.encoder = build_encoder(enc)
         self.q = nn.Linear(enc.dim, enc.num_items) if q_head else None
         # created only with copy: without it the parameters, their initial draws and state dicts are as before
-        self.copy = CopyMixer(enc.dim, enc.max_len) if copy else None
+        self.copy = CopyMixer(enc.dim, enc.max_len, enc.num_items if copy_category else None) if copy else None
         self.q_copy = nn.Linear(enc.dim, 1) if copy and q_head else None  # kappa(state): a repeat's extra Q
 
     def forward(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -58,7 +60,10 @@ class TwoHeadNet(nn.Module):
 
     def attend(self, items: torch.Tensor, state: torch.Tensor) -> CopyState:
         """(B, T) windows and their (B, D) states -> the copy attention and gate."""
-        return self.copy.attend(state, items, self.encoder.input_weight)
+        if self.copy.cat_gate is None:
+            return self.copy.attend(state, items, self.encoder.input_weight)
+        return self.copy.attend(state, items, self.encoder.input_weight, self.encoder.item_category,
+                                self.encoder.cfg.categories)
 
     def mixed_all(self, items: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """(B, I) the mixture's log-probabilities over the catalogue."""
@@ -138,7 +143,8 @@ class Learner(nn.Module):
         self.register_buffer("allowed", None if allowed is None else action_mask(enc.num_items, allowed),
                              persistent=False)
         n = 1 if head.variant == "ce" else 2
-        self.nets = nn.ModuleList([TwoHeadNet(enc, q_head=head.variant != "ce", copy=head.copy) for _ in range(n)])
+        self.nets = nn.ModuleList([TwoHeadNet(enc, head.variant != "ce", head.copy, head.copy_category)
+                                   for _ in range(n)])
         self.log_q: torch.Tensor | None = None  # sampler = "popularity": log sampling probabilities (set_item_counts)
         # fused Adam: one kernel over each (I, D) table instead of several passes (4x faster on CPU here)
         self.opts = [torch.optim.Adam(net.parameters(), lr=lr, fused=True) for net in self.nets]
@@ -159,8 +165,18 @@ class Learner(nn.Module):
 
     def set_item_counts(self, counts: torch.Tensor) -> None:
         """(I,) how often each item is a training target: the popularity sampler's distribution (sampler =
-        "popularity"); kept out of the state dict (training only)."""
+        "popularity"; kept out of the state dict, training only) and the popularity within each category of the
+        category component (copy_category; in the state dict, as scoring needs it). Call after
+        set_item_categories."""
         self.log_q = popularity_log_q(counts).to(self.nets[0].encoder.item_emb.weight.device)
+        for net in self.nets:
+            if net.copy is not None and net.copy.cat_gate is not None:
+                net.copy.set_within(counts.cpu(), net.encoder.item_category.cpu())
+
+    @property
+    def needs_item_counts(self) -> bool:
+        """Whether training must call set_item_counts (the popularity sampler, the category component)."""
+        return self.head.sampler == "popularity" or (self.head.copy and self.head.copy_category)
 
     # The seam for serving and re-ranking: the first network is the one that recommends; callers use these
     # rather than reaching into `nets`.

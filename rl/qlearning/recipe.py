@@ -5,11 +5,11 @@ from __future__ import annotations
 
 LOSSES = ("ce", "sampled", "gbce")   # full cross-entropy (default), sampled softmax with log-Q correction, gBCE
 SAMPLERS = ("uniform", "popularity")  # negatives of loss = "sampled": uniform over real items, or by target counts
-RECIPE_KEYS = ("loss", "loss_negatives", "sampler", "gbce_t", "label_smoothing", "copy", "copy_aux")
+RECIPE_KEYS = ("loss", "loss_negatives", "sampler", "gbce_t", "label_smoothing", "copy", "copy_aux", "copy_category")
 
 
 def check_recipe(loss: str, negatives: int, sampler: str, gbce_t: float, smoothing: float, copy: bool,
-                 copy_aux: float = 0.0) -> None:
+                 copy_aux: float = 0.0, copy_category: bool = False) -> None:
     """HeadConfig's checks of the recipe's keys (ValueError naming the key)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
@@ -29,5 +29,9 @@ def check_recipe(loss: str, negatives: int, sampler: str, gbce_t: float, smoothi
         raise ValueError(f"copy_aux must be a number >= 0, got {copy_aux!r}")
     if copy_aux and not copy:
         raise ValueError("copy_aux applies with copy = true only")
+    if not isinstance(copy_category, bool):
+        raise ValueError(f"copy_category must be a bool, got {copy_category!r}")
+    if copy_category and not copy:
+        raise ValueError("copy_category applies with copy = true only")
     if loss == "gbce" and (smoothing or copy):
         raise ValueError('loss = "gbce" is no softmax: label_smoothing and copy need loss = "ce" or "sampled"')

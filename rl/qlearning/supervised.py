@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from seqrec.datasets.schema import FIRST_ITEM
 
 from seqrec.models.catalogue import gathered_dot
-from seqrec.models.repeat import CopyState, log_mass
+from seqrec.models.repeat import CopyState, mix_at
 
 from .losses import HeadConfig, catalogue_ce
 
@@ -61,9 +61,9 @@ def smoothing_sampled(logp: torch.Tensor) -> torch.Tensor:
 
 
 def mixture_nll(cs: CopyState, catalogue_logp: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """(B,) catalogue log p(action) -> (B,) -log(g copy(action) + (1 - g) p(action)) (seqrec.models.repeat)."""
-    copied = cs.log_gate + log_mass(cs, action.unsqueeze(1)).squeeze(1)  # (B,)
-    return -torch.logaddexp(catalogue_logp + cs.log_rest, copied)
+    """(B,) catalogue log p(action) -> (B,) -log(g copy(action) + (1 - g) p(action)) (seqrec.models.repeat; with
+    the category component, its share too)."""
+    return -mix_at(cs, catalogue_logp.unsqueeze(1), action.unsqueeze(1)).squeeze(1)
 
 
 def popularity_log_q(counts: torch.Tensor) -> torch.Tensor:

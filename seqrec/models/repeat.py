@@ -9,6 +9,11 @@ p(i | window) = g * copy(i) + (1 - g) * softmax(catalogue scores)_i, with
 - g = sigmoid(w . state + c), from the encoder's state; g = 0 for a window with nothing to copy.
 The state windows of prepared transitions hold item ids only (no event types), so the attention knows each
 position's item and recency; an event type per position would be one more embedding added to the keys.
+With `[head] copy_category` (and `[encoder] categories`) a third component explores within the window's
+categories: p = g copy + (1 - g)(h cat + (1 - h) softmax), cat(i) = w(c(i)) p(i | c(i)), where w is the copy
+attention summed by the positions' categories (renormalised over items that have one) and p(i | c) the training
+targets' popularity within the category (add-one smoothed); h = sigmoid(v . state + e). An item never a target is
+then still proposed when the customer browses its category (on sparse logs most next items were never targets).
 Scores are log p (`mix_all`, `mix_at`): they rank as the mixture does. Inspired by RepeatNet (Ren et al. 2019);
 written for this package.
 """
@@ -32,13 +37,18 @@ class CopyState:
     copyable: torch.Tensor   # (B, T) bool: a real item (not padding, not OOV)
     log_attn: torch.Tensor   # (B, T) log attention; -inf where not copyable
     log_gate: torch.Tensor   # (B,) log g; -inf where nothing is copyable
-    log_rest: torch.Tensor   # (B,) log (1 - g); 0 where nothing is copyable
+    log_rest: torch.Tensor   # (B,) log of the catalogue softmax's share: (1 - g)(1 - h); 0 where nothing is copyable
+    log_cat_gate: torch.Tensor | None = None  # (B,) log (1 - g) h: the category component's share (copy_category)
+    log_cat: torch.Tensor | None = None       # (B, C) log w: the window's category weights
+    codes: torch.Tensor | None = None         # (I,) each item's category code (0: none)
+    log_within: torch.Tensor | None = None    # (I,) log p(i | c(i)); -inf for items without a category
 
 
 class CopyMixer(nn.Module):
     """The copy attention over a window's positions and the gate that mixes it with the catalogue."""
 
-    def __init__(self, dim: int, max_len: int) -> None:
+    def __init__(self, dim: int, max_len: int, num_items: int | None = None) -> None:
+        """`num_items` I: with the category component (copy_category)."""
         super().__init__()
         self.query = nn.Linear(dim, dim)           # state -> attention query
         self.recency = nn.Embedding(max_len, dim)  # R: added to the item's key, by recency
@@ -47,9 +57,24 @@ class CopyMixer(nn.Module):
         self.gate = nn.Linear(dim, 1)              # state -> logit of g
         nn.init.zeros_(self.gate.bias)
         self.scale = dim**-0.5
+        self.cat_gate = None
+        if num_items is not None:  # created only with the option: other state dicts stay as they were
+            self.cat_gate = nn.Linear(dim, 1)      # state -> logit of h
+            nn.init.zeros_(self.cat_gate.bias)
+            self.register_buffer("log_within", torch.full((num_items,), -torch.inf))  # (I,) set_within
 
-    def attend(self, state: torch.Tensor, window: torch.Tensor, items: torch.Tensor) -> CopyState:
-        """(B, D) states, (B, T) windows, (I, D) item table -> the window's CopyState."""
+    def set_within(self, counts: torch.Tensor, codes: torch.Tensor) -> None:
+        """(I,) training-target counts and (I,) category codes -> log p(i | c(i)), add-one smoothed."""
+        c = counts.double().clamp(min=0) + 1.0  # (I,)
+        has = codes > 0
+        per_cat = torch.zeros(int(codes.max()) + 1, dtype=torch.float64).scatter_add(0, codes, c * has)  # (C,)
+        within = torch.where(has, c / per_cat[codes].clamp(min=1.0), 0.0)
+        self.log_within.copy_(torch.where(has, within.log(), -torch.inf).float())
+
+    def attend(self, state: torch.Tensor, window: torch.Tensor, items: torch.Tensor,
+               codes: torch.Tensor | None = None, categories: int = 0) -> CopyState:
+        """(B, D) states, (B, T) windows, (I, D) item table -> the window's CopyState; with the category
+        component, (I,) category codes and their count C."""
         window = window.long()
         t = window.shape[1]
         recency = torch.arange(t - 1, -1, -1, device=window.device)  # (T,) newest = 0
@@ -63,7 +88,20 @@ class CopyMixer(nn.Module):
         gate = self.gate(state).squeeze(1)  # (B,)
         log_gate = torch.where(some, F.logsigmoid(gate), -torch.inf)  # (B,)
         log_rest = torch.where(some, F.logsigmoid(-gate), 0.0)  # (B,)
-        return CopyState(window, copyable, log_attn, log_gate, log_rest)
+        if self.cat_gate is None:
+            return CopyState(window, copyable, log_attn, log_gate, log_rest)
+        cats = codes[window]  # (B, T)
+        attn = log_attn.exp() * (cats > 0)  # (B, T) attention on positions whose item has a category
+        w = torch.zeros(window.shape[0], categories, dtype=attn.dtype, device=attn.device).scatter_add(1, cats, attn)
+        total = w.sum(dim=1, keepdim=True)  # (B, 1)
+        has = total.squeeze(1) > 0  # (B,)
+        # log of the renormalised weights; clamped inside the log so that empty categories pass no NaN gradient
+        log_cat = torch.where(w > 0, (w / total.clamp(min=1e-30)).clamp(min=1e-30).log(), -torch.inf)  # (B, C)
+        h = self.cat_gate(state).squeeze(1)  # (B,)
+        log_cat_gate = torch.where(has, log_rest + F.logsigmoid(h), -torch.inf)  # (B,)
+        log_rest = torch.where(has, log_rest + F.logsigmoid(-h), log_rest)  # (B,)
+        return CopyState(window, copyable, log_attn, log_gate, log_rest, log_cat_gate, log_cat, codes,
+                         self.log_within)
 
 
 def log_mass(cs: CopyState, ids: torch.Tensor) -> torch.Tensor:
@@ -83,8 +121,11 @@ def mass(cs: CopyState, ids: torch.Tensor) -> torch.Tensor:
 
 def mix_at(cs: CopyState, catalogue_logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """(B, K) catalogue log-probabilities of items `ids` (B, K) -> (B, K) log-probabilities under the mixture."""
-    return torch.logaddexp(catalogue_logp + cs.log_rest.unsqueeze(1),
-                           cs.log_gate.unsqueeze(1) + log_mass(cs, ids))
+    out = torch.logaddexp(catalogue_logp + cs.log_rest.unsqueeze(1), cs.log_gate.unsqueeze(1) + log_mass(cs, ids))
+    if cs.log_cat is None:
+        return out
+    explore = cs.log_cat_gate.unsqueeze(1) + cs.log_cat.gather(1, cs.codes[ids]) + cs.log_within[ids]  # (B, K)
+    return torch.logaddexp(out, explore)
 
 
 def mix_all(cs: CopyState, logits: torch.Tensor) -> torch.Tensor:
@@ -93,6 +134,9 @@ def mix_all(cs: CopyState, logits: torch.Tensor) -> torch.Tensor:
     training uses `mix_at` at the target."""
     logp = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # (B, I)
     out = logp + cs.log_rest.unsqueeze(1)  # (B, I) the catalogue's share
+    if cs.log_cat is not None:  # and the category component's: (B, I) w(c(i)) p(i | c(i))
+        explore = cs.log_cat.index_select(1, cs.codes) + cs.log_within.unsqueeze(0)
+        out = torch.logaddexp(out, cs.log_cat_gate.unsqueeze(1) + explore)
     ids = cs.window  # (B, T): every position's item gets its mixed value (pads keep theirs)
     mixed = mix_at(cs, logp.gather(1, ids), ids)  # (B, T)
     return out.scatter(1, ids, torch.where(cs.copyable, mixed, out.gather(1, ids)))

@@ -99,7 +99,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
     train_arrays = load_transitions(cfg.data, "train")
     if cfg.encoder.categories:  # each item's category code (datasets/features.py), kept in the checkpoints
         learner.set_item_categories(torch.from_numpy(item_category_codes(cfg.data, cfg.encoder.num_items)))
-    if cfg.algorithm == "seqrec" and cfg.head.sampler == "popularity":  # the sampler's distribution: target counts
+    if cfg.algorithm == "seqrec" and learner.needs_item_counts:  # the sampler's / the category component's counts
         learner.set_item_counts(torch.from_numpy(np.bincount(train_arrays["action"], minlength=cfg.encoder.num_items)))
     valid_part = distributed.split_rows(load_transitions(cfg.data, "valid"), rank)  # this rank's rows (all alone)
     sampler = EpochSampler(len(train_arrays["action"]), t_cfg.batch_size, t_cfg.seed)
