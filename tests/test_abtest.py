@@ -114,7 +114,8 @@ def test_old_model_form_gives_the_same_config_as_the_run_tables():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d["encoder"].update(width=8), "unknown key encoder.width; valid keys in [encoder]: blocks, categories, dim"),
+    (lambda d: d["encoder"].update(width=8),
+     "unknown key encoder.width; valid keys in [encoder]: blocks, categories, dim"),
     (lambda d: d["encoder"].update(num_items=5), "encoder.num_items comes from the prepared data"),
     (lambda d: d["train"].update(seed=3), "train.seed comes from the top-level seed"),
     (lambda d: d["train"].update(max_step=3), "unknown key train.max_step; valid keys in [train]"),
