@@ -176,3 +176,21 @@ def test_the_category_component_proposes_never_seen_items_of_the_browsed_categor
     with torch.no_grad():
         top = model.scores(s).topk(10, dim=1).indices
     assert float((top == a.unsqueeze(1)).any(1).float().mean()) > 0.8  # the 10 items of the category: all of them
+
+
+def test_categories_auto_follows_the_log(tmp_path):
+    """"auto": the count on a log with categories; 0 and no category component on one without (the recommended
+    configs run on both)."""
+    data = prepared_log(tmp_path)
+    auto = run_config({"encoder": {"categories": "auto", "dim": 8}, "head": {"copy": True, "copy_category": True}},
+                      data=str(data))
+    assert auto.encoder.categories == int(item_category_codes(data, auto.encoder.num_items).max()) + 1
+    assert auto.head.copy_category
+    events = pd.read_parquet(data / "events.parquet").drop(columns=["item_category"])
+    events.to_parquet(data / "events.parquet")
+    bare = run_config({"encoder": {"categories": "auto", "dim": 8}, "head": {"copy": True, "copy_category": True}},
+                      data=str(data))
+    assert bare.encoder.categories == 0 and not bare.head.copy_category
+    assert bare.to_dict() == run_config({"encoder": {"dim": 8}, "head": {"copy": True}}, data=str(data)).to_dict()
+    with pytest.raises(ConfigError, match="categories = true: .*no item_category column"):
+        run_config({"encoder": {"categories": True}}, data=str(data))

@@ -139,19 +139,31 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
     enc = {"num_items": manifest["catalogue_size"], "max_len": manifest["config"]["window"], **raw.get("encoder", {})}
     algorithm = raw.get("algorithm", "seqrec")
     _check_algorithm_sections(algorithm, raw)
-    if enc.get("categories") is True:  # the prepared data's category count (codes 1..K-1, 0 none)
-        if algorithm != "seqrec":
-            raise ConfigError('[encoder] categories applies to algorithm = "seqrec" (our heads) only')
-        try:
-            enc["categories"] = int(item_category_codes(data_dir, enc["num_items"]).max()) + 1
-        except FeatureError as e:
-            raise ConfigError(f"[encoder] categories = true: {e}") from None
-    elif enc.get("categories") is False:
-        enc["categories"] = 0
+    head, asked = dict(raw.get("head", {})), enc.get("categories", 0)
+    enc["categories"] = _categories(asked, data_dir, enc["num_items"], algorithm)
+    if not enc["categories"] and head.get("copy_category") is True and asked == "auto":
+        head["copy_category"] = False  # "auto" on a log without categories: the mixture without that component
     return RunConfig(data=str(data_dir), encoder=from_dict(EncoderConfig, enc, "encoder"),
-                     head=from_dict(HeadConfig, raw.get("head", {}), "head"),
+                     head=from_dict(HeadConfig, head, "head"),
                      train=from_dict(TrainConfig, raw.get("train", {}), "train"), algorithm=algorithm,
                      d3rlpy=from_dict(D3rlpyConfig, raw.get("d3rlpy", {}), "d3rlpy"), **_later_sections(raw))
+
+
+def _categories(value: Any, data_dir: str, num_items: int, algorithm: str) -> Any:
+    """[encoder] categories: true (the prepared log's category count; an error without categories), "auto" (the
+    count, or 0 for a log without them), false (0), or a count as config.json holds it."""
+    if value is False:
+        return 0
+    if value is not True and value != "auto":
+        return value  # a count (or a wrong value, which EncoderConfig names)
+    if algorithm != "seqrec":
+        raise ConfigError('[encoder] categories applies to algorithm = "seqrec" (our heads) only')
+    try:
+        return int(item_category_codes(data_dir, num_items).max()) + 1
+    except FeatureError as e:
+        if value == "auto":
+            return 0
+        raise ConfigError(f"[encoder] categories = true: {e}") from None
 
 
 def _later_sections(d: dict[str, Any]) -> dict[str, Any]:
