@@ -91,11 +91,14 @@ def main() -> None:
         for seed in seeds:
             metrics = run_one(model, seed, args.data, args.out, args.set, args.checkpoint)
             results.setdefault(model, []).append(metrics["test"])
-            baselines = {name: metrics[name]["test"] for name in ("popularity", "recent") if name in metrics}
+            baselines = {name: metrics[name]["test"] for name in ("popularity", "recent", "recent_category")
+                         if name in metrics}
             print(f"{model} seed {seed}: " + ", ".join(
                 f"{ev} {m} {metrics['test'].get(ev, {}).get(m, float('nan')):.4f}" for ev, m in COLUMNS), flush=True)
-    labels = (("popularity", "popularity"), ("recent", "recent items (the window again, newest first)"))
-    rows = [(label, [baselines.get(name, {})]) for name, label in labels] + list(results.items())
+    labels = (("popularity", "popularity"), ("recent", "recent items (the window again, newest first)"),
+              ("recent_category", "recent items, then the window's categories' popular items"))
+    rows = [(label, [baselines.get(name, {})]) for name, label in labels
+            if name in baselines or name != "recent_category"] + list(results.items())
     overall = markdown(rows, [f"{ev} {m.upper()}" for ev, m in COLUMNS],
                        lambda r, i: r.get(COLUMNS[i][0], {}).get(COLUMNS[i][1]))
     events = dict.fromkeys(ev for ev, _ in COLUMNS)  # purchase, view

@@ -194,3 +194,42 @@ def test_categories_auto_follows_the_log(tmp_path):
     assert bare.to_dict() == run_config({"encoder": {"dim": 8}, "head": {"copy": True}}, data=str(data)).to_dict()
     with pytest.raises(ConfigError, match="categories = true: .*no item_category column"):
         run_config({"encoder": {"categories": True}}, data=str(data))
+
+
+def test_category_rule_by_hand():
+    """The window newest first, then the browsed categories' items (newest category first, by popularity), then
+    the rest by popularity; padding and OOV never."""
+    from seqrec.training.evaluation import category_scorer
+
+    codes = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3, 0])
+    train = np.array([2, 2, 4, 5, 6, 6, 6, 7, 9, 9, 9, 9])  # counts: 2:2 4:1 5:1 6:3 7:1 9:4
+    score = category_scorer(train, 10, codes, torch.device("cpu"))
+    out = score(torch.tensor([[0, 3, 5, 3]]))  # window newest first: 3, 5; categories newest first: 1 (item 3), 2
+    order = out[0].argsort(descending=True).tolist()
+    # 3, 5 (window); category 1 (newest): 2 (count 2), 4 (1); category 2: 6 (3); then the rest: 9 (4), 7 (1), 8 (0)
+    assert order[:8] == [3, 5, 2, 4, 6, 9, 7, 8]
+    assert out[0, 0] < 0 and out[0, 1] < 0
+
+
+def test_a_run_with_categories_restores_from_its_checkpoint_and_is_evaluated_beside_the_category_rule(tmp_path):
+    """seqrec train with categories = true and the category component; the checkpoint alone restores the codes
+    and the within-category popularity; seqrec evaluate puts the category rule beside the model."""
+    from seqrec.runs.config import load_run_config
+    from seqrec.runs.evaluate import evaluate_run
+    from seqrec.runs.learner import build_learner
+    from seqrec.runs.train import train
+    from seqrec.training.checkpoints import load_checkpoint
+
+    data = prepared_log(tmp_path)
+    (tmp_path / "run.toml").write_text('[encoder]\ndim = 8\ncategories = true\n[head]\ncopy = true\n'
+                                       'copy_aux = 1.0\ncopy_category = true\n[train]\nmax_steps = 20\n'
+                                       'eval_every = 10\nbatch_size = 32\n')
+    cfg = load_run_config(tmp_path / "run.toml", [], str(data))
+    train(cfg, tmp_path / "run", progress=False)
+    loaded = build_learner(cfg, torch.device("cpu"))
+    loaded.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", torch.device("cpu"))["model"])
+    codes = torch.from_numpy(item_category_codes(data, cfg.encoder.num_items))
+    assert torch.equal(loaded.nets[0].encoder.item_category, codes)
+    assert torch.isfinite(loaded.nets[0].copy.log_within[codes > 0]).all()
+    metrics = evaluate_run(tmp_path / "run")
+    assert set(metrics["recent_category"]["test"]) == set(metrics["recent"]["test"])

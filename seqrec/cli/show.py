@@ -25,8 +25,9 @@ def metrics_table(metrics: dict, split: str) -> str:
     """Markdown table of a split's metrics per event type, model beside the popularity and recent baselines."""
     lines = [f"| {split} | events | HR@5 | NDCG@5 | HR@10 | NDCG@10 | HR@20 | NDCG@20 |", "|---" * 8 + "|"]
     blocks = [("model", metrics[split]), ("popularity", metrics["popularity"][split])]
-    if split in metrics.get("recent", {}):
-        blocks.append(("recent", metrics["recent"][split]))
+    for rule in ("recent", "recent_category"):
+        if split in metrics.get(rule, {}):
+            blocks.append((rule, metrics[rule][split]))
     if split in metrics.get("pipeline", {}):
         blocks.insert(1, ("pipeline", metrics["pipeline"][split]))
     for who, rows in blocks:
@@ -40,7 +41,7 @@ def repeat_table(metrics: dict, split: str) -> str:
     """Markdown table of a split's HR@10 / NDCG@10 on repeat targets (in the window) and explore targets (not),
     model (and pipeline) beside the baselines; empty where metrics.json has no such split (older files)."""
     blocks = [("model", metrics.get(split, {}))] + [(who, metrics.get(who, {}).get(split, {}))
-                                                    for who in ("pipeline", "popularity", "recent")]
+                                                    for who in ("pipeline", "popularity", "recent", "recent_category")]
     lines = []
     for who, rows in blocks:
         for ev, r in rows.items():

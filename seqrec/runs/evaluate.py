@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from seqrec.core.config import ConfigError
+from seqrec.datasets.features import item_category_codes
 from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
 from seqrec.models.device import pick_device
 from seqrec.retrieval.config import IndexConfig
@@ -13,13 +14,14 @@ from seqrec.runs.config import saved_config
 from seqrec.runs.learner import build_learner
 from seqrec.runs.pipeline import pipeline_report
 from seqrec.training.checkpoints import load_checkpoint
-from seqrec.training.evaluation import evaluate_arrays, popularity_scorer, recent_scorer
+from seqrec.training.evaluation import category_scorer, evaluate_arrays, popularity_scorer, recent_scorer
 
 
 def evaluate_run(run: Path, split: str = "test", protocol: str = "sessions", checkpoint: str = "best",
              pipeline: bool | None = None, index: IndexConfig | None = None) -> dict:
-    """Metrics of the run's checkpoint on `split`, with the popularity and recent-items baselines; merged into
-    metrics.json.
+    """Metrics of the run's checkpoint on `split`, with the popularity and recent-items baselines (and, for a run
+    with item categories, the recent-items rule then the window's categories' popular items: "recent_category");
+    merged into metrics.json.
 
     With a retrieval model (RUN/retrieval; `pipeline` None = when there is one, True = required, False = skip)
     also "pipeline" (retrieve + re-rank, same protocol), "recall" (candidate recall@K) and "pipeline_info"
@@ -45,9 +47,13 @@ def evaluate_run(run: Path, split: str = "test", protocol: str = "sessions", che
     arrays = load_transitions(cfg.data, split)
     model = evaluate_arrays(learner.scores, arrays, names, device, cfg.train.eval_batch_size, split_repeat=True)
     train_actions = load_transitions(cfg.data, "train")["action"]
+    makers = {"popularity": popularity_scorer, "recent": recent_scorer}
+    if cfg.encoder.categories:  # a category-aware model sits beside the category rule too
+        codes = item_category_codes(cfg.data, cfg.encoder.num_items)
+        makers["recent_category"] = lambda actions, n, dev: category_scorer(actions, n, codes, dev)
     baselines = {name: evaluate_arrays(make(train_actions, cfg.encoder.num_items, device), arrays, names, device,
                                        cfg.train.eval_batch_size, split_repeat=True)
-                 for name, make in (("popularity", popularity_scorer), ("recent", recent_scorer))}
+                 for name, make in makers.items()}
     has_tower = (run / "retrieval" / "checkpoints" / "last.pt").exists()
     if pipeline and not has_tower:
         raise ConfigError(f"{run}: no retrieval model for --pipeline (train with [retrieval] enabled = true)")

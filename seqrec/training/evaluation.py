@@ -56,6 +56,31 @@ def recent_scorer(train_actions: np.ndarray, num_items: int, device: torch.devic
     return score
 
 
+def category_scorer(train_actions: np.ndarray, num_items: int, codes: np.ndarray, device: torch.device):
+    """The recent-items rule, then the items of the window's categories (the newest category first, each by
+    training popularity), then the rest by popularity: the rule a category-aware model must beat. `codes` (I,)
+    each item's category code, 0 none (datasets.features.item_category_codes)."""
+    counts = item_counts(train_actions, num_items, device)
+    popular = counts / (counts.max() + 1.0)  # (I,) in [0, 1)
+    cats = torch.from_numpy(np.asarray(codes, np.int64)).to(device)  # (I,)
+    n_cats = int(cats.max()) + 1
+
+    def score(state: torch.Tensor) -> torch.Tensor:  # (B, T) windows -> (B, I)
+        b, t = state.shape
+        state = state.long()
+        recency = (1.0 + torch.arange(t, device=device, dtype=torch.float32)).expand(b, -1)  # (B, T) newest largest
+        pos_cats = cats[state]  # (B, T)
+        seen = torch.zeros(b, n_cats, device=device).scatter_reduce_(1, pos_cats, recency * (pos_cats > 0),
+                                                                     reduce="amax")  # (B, C) 0: not in window
+        cat_rank = seen.index_select(1, cats)  # (B, I) the item's category's recency, 0 if not browsed
+        out = torch.where(cat_rank > 0, 1.0 + cat_rank + popular, popular)  # (B, I) browsed categories above
+        out.scatter_reduce_(1, state, t + 2.0 + recency, reduce="amax")  # the window's items above all, newest first
+        out[:, : OOV + 1] = -1.0
+        return out
+
+    return score
+
+
 def selected_metric(metrics: dict, event: str, metric: str) -> float | None:
     """The selection metric; falls back to view events when the data has no events of the named type."""
     row = metrics.get(event) or metrics.get("view")
