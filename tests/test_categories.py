@@ -16,6 +16,18 @@ from seqrec.core.config import ConfigError
 from seqrec.models.encoders import PAD, EncoderConfig, build_encoder
 from seqrec.runs.config import run_config
 
+CATS, PER = 20, 10  # the log where only the category tells the next item: 20 categories of 10 items
+CODES = torch.cat([torch.zeros(2, dtype=torch.long), torch.arange(CATS * PER) // PER + 1])  # (I,) codes
+
+
+def category_pairs(rng: np.random.Generator, n: int, seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """n (window, next item) pairs: an item, then another of its category, among the category's first 5 items
+    (seen: the training targets) or its last 5 (never a training target)."""
+    c = rng.integers(0, CATS, n)
+    first = c * PER + rng.integers(0, PER, n) + 2
+    nxt = c * PER + (rng.integers(0, 5, n) if seen else rng.integers(5, PER, n)) + 2
+    return torch.tensor(np.stack([np.zeros(n, int), first], 1)), torch.tensor(nxt)
+
 
 def test_codes_by_hand(tmp_path):
     """Codes 1..K in sorted category order; an item's most frequent category (ties: the smallest); 0 elsewhere."""
@@ -64,22 +76,16 @@ def test_the_category_finds_next_items_never_seen_as_targets():
     """20 categories of 10 items; after an item comes another of its category. Training targets are the first 5
     items of each category only, so the last 5 are never a target: without categories the model cannot place
     them (HR@10 near 0), with categories their category's row ranks them among its 10 items."""
-    cats, per = 20, 10
-    items = np.arange(cats * per) + 2  # real items 2.. ; category of item i: (i - 2) // per + 1
-    codes = torch.zeros(cats * per + 2, dtype=torch.long)
-    codes[2:] = torch.from_numpy((items - 2) // per + 1)
+    codes = CODES
     rng = np.random.default_rng(0)
 
     def pairs(n: int, seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        c = rng.integers(0, cats, n)
-        first = c * per + rng.integers(0, per, n) + 2
-        nxt = c * per + (rng.integers(0, 5, n) if seen else rng.integers(5, per, n)) + 2
-        return torch.tensor(np.stack([np.zeros(n, int), first], 1)), torch.tensor(nxt)
+        return category_pairs(rng, n, seen)
 
     def hr10(with_categories: bool) -> float:
         torch.manual_seed(0)
-        enc = EncoderConfig(num_items=cats * per + 2, max_len=2, dim=16, dropout=0.0,
-                            categories=cats + 1 if with_categories else 0)
+        enc = EncoderConfig(num_items=CATS * PER + 2, max_len=2, dim=16, dropout=0.0,
+                            categories=CATS + 1 if with_categories else 0)
         model = Learner(enc, HeadConfig(), lr=0.01)
         if with_categories:
             model.set_item_categories(codes)
@@ -152,23 +158,18 @@ def test_category_component_needs_categories_and_copy():
 def test_the_category_component_proposes_never_seen_items_of_the_browsed_category():
     """The log of test_the_category_finds_next_items_never_seen_as_targets, with the mixture and its category
     component: the held-out next items (never targets) are found through their category's popularity."""
-    cats, per = 20, 10
-    codes = torch.zeros(cats * per + 2, dtype=torch.long)
-    codes[2:] = torch.arange(cats * per) // per + 1
+    codes = CODES
     rng = np.random.default_rng(0)
 
     def pairs(n: int, seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        c = rng.integers(0, cats, n)
-        first = c * per + rng.integers(0, per, n) + 2
-        nxt = c * per + (rng.integers(0, 5, n) if seen else rng.integers(5, per, n)) + 2
-        return torch.tensor(np.stack([np.zeros(n, int), first], 1)), torch.tensor(nxt)
+        return category_pairs(rng, n, seen)
 
     torch.manual_seed(0)
-    enc = EncoderConfig(num_items=cats * per + 2, max_len=2, dim=16, dropout=0.0, categories=cats + 1)
+    enc = EncoderConfig(num_items=CATS * PER + 2, max_len=2, dim=16, dropout=0.0, categories=CATS + 1)
     model = Learner(enc, HeadConfig(copy=True, copy_aux=1.0, copy_category=True), lr=0.01)
     model.set_item_categories(codes)
     s, a = pairs(4000, seen=True)
-    model.set_item_counts(torch.bincount(a, minlength=cats * per + 2))
+    model.set_item_counts(torch.bincount(a, minlength=CATS * PER + 2))
     for step in range(100):
         model.update({"state": s[step * 40:(step + 1) * 40], "action": a[step * 40:(step + 1) * 40]}, step, 0)
     model.eval()

@@ -13,12 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from seqrec.datasets.adapters import source_spec
 from seqrec.datasets.offers import OfferVocab
-from seqrec.datasets.prepare import PrepareConfig, prepare
 from seqrec.datasets.schema import FIRST_ITEM
-from seqrec.datasets.synthetic import SyntheticConfig, write_events
 from seqrec.rl.offers.decide import q_values
+from synthetic_data import prepared_log
 from test_offer_runs import RUN
 
 from seqrec.cli.main import main
@@ -35,13 +33,11 @@ def world(tmp_path_factory) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("score_offers")
-    log = d / "events.parquet"
-    write_events(SyntheticConfig(users=150, items=40, seed=3), log)
-    prepare([log], lambda p: source_spec("events", p), PrepareConfig(), d / "data")
+    data = prepared_log(d)  # d/events.parquet and its prepared folder
     (d / "run.toml").write_text(RUN)
-    train(load_run_config(d / "run.toml", [], str(d / "data")), d / "run", progress=False)
+    train(load_run_config(d / "run.toml", [], str(data)), d / "run", progress=False)
     torch.set_num_threads(threads)
-    return {"dir": d, "log": log, "run": d / "run"}
+    return {"dir": d, "log": d / "events.parquet", "run": d / "run"}
 
 
 def score(run: Path, log: Path, out: Path, *extra: str) -> tuple[pd.DataFrame, dict]:
