@@ -183,7 +183,7 @@ def check_grid_equals_pairs(head: str) -> None:
 
 
 def test_an_ensemble_saves_loads_and_averages_its_members(tmp_path):
-    from seqrec.training.offers import load_offers, save_offers
+    from seqrec.training.offer_store import load_offers, save_offers
 
     rows, _ = uniform_log(600, 3)
     vocab = OfferVocab(("p0", "p1"), ("n0", "n1"))

@@ -22,7 +22,7 @@ from test_offer_runs import RUN
 from seqrec.cli.main import main
 from seqrec.runs.config import load_run_config
 from seqrec.runs.train import train
-from seqrec.training.offers import load_offers
+from seqrec.training.offer_store import load_offers
 
 OFFER_COLUMNS = ["offer_item_id", "offer_nudge_id", "offer_q", "offer_joint_propensity", "offer_product_propensity"]
 

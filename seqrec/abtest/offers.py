@@ -22,7 +22,8 @@ from seqrec.campaign.simulator import Simulator
 from seqrec.datasets.offers import EventHistory, OfferVocab, offer_rows
 from seqrec.rl.bandits.joint import JointConfig
 from seqrec.rl.offers.decide import allowed_pairs, offer_probabilities, q_values
-from seqrec.training.offers import FittedOffers, OfferConfig, fit_offer_q, save_offers
+from seqrec.training.offer_store import FittedOffers, save_offers
+from seqrec.training.offers import OfferConfig, fit_offer_q
 
 
 class OfferPolicy:

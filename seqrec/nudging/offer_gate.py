@@ -24,7 +24,7 @@ from seqrec.rl.offers.decide import (
 from seqrec.rl.ope.compare import compare_policies
 from seqrec.rl.ope.estimators import OpeConfig
 from seqrec.rl.ope.models import CellMeanModel
-from seqrec.training.offers import load_offers
+from seqrec.training.offer_store import load_offers
 
 
 def offers_folder(spec: str) -> Path | None:

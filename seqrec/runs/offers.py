@@ -14,7 +14,8 @@ from seqrec.datasets.manifest import read_manifest
 from seqrec.datasets.offers import OfferError, OfferVocab, offer_rows
 from seqrec.nudging.catalogue import load_catalogue
 from seqrec.runs.config import RunConfig
-from seqrec.training.offers import fit_offer_q, save_offers
+from seqrec.training.offer_store import save_offers
+from seqrec.training.offers import fit_offer_q
 
 CATEGORY_COLUMNS = ("item_category", "product_category")   # item feature columns the catalogue's rules read
 

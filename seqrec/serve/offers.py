@@ -37,7 +37,7 @@ from seqrec.rl.bandits.joint import JointConfig
 from seqrec.rl.offers.decide import allowed_pairs, bought_before, offer_probabilities, q_values
 from seqrec.serve.draws import draw_arms
 from seqrec.serve.offer_settings import OfferSettings
-from seqrec.training.offers import FittedOffers, load_offers
+from seqrec.training.offer_store import FittedOffers, load_offers
 
 OFFER_COLUMNS = ("offer_item_id", "offer_nudge_id", "offer_q", "offer_joint_propensity", "offer_product_propensity")
 HISTORY = "offer_history"   # the states' column of each session's (W * 3) history codes

@@ -16,17 +16,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seqrec.core.io import atomic_write_json
 from seqrec.datasets.offers import FIRST_NUDGE, OfferRows, OfferVocab
 from seqrec.datasets.schema import FIRST_ITEM
 from seqrec.rl.bandits.joint import JointConfig
@@ -47,23 +42,10 @@ from seqrec.rl.ope.compare import compare_policies
 from seqrec.rl.ope.data import LoggedBandit
 from seqrec.rl.ope.estimators import OpeConfig
 from seqrec.rl.ope.models import Predictions
-from seqrec.training.checkpoints import load_checkpoint, save_checkpoint
 from seqrec.training.loop import Evaluation, Schedule, fit
+from seqrec.training.offer_store import FittedOffers, offer_network
 
 SELECT_RESAMPLES = 200   # bootstrap resamples of the paired comparison that may pick an earlier epoch
-
-
-@dataclass
-class FittedOffers:
-    """A fitted offer Q network with its vocabulary and what selection saw."""
-
-    model: OfferQNet | OfferEnsemble
-    vocab: OfferVocab
-    config: OfferConfig
-    info: dict = field(default_factory=dict)
-    held_out: np.ndarray = field(default_factory=lambda: np.zeros(0))   # customers selection held out (as logged)
-    gate_model: OfferQNet | OfferEnsemble | None = None   # with refit: the network before it (never saw held_out)
-    decision: JointConfig | None = None   # the decision layer chosen by held-out value (None: none was chosen)
 
 
 def split_customers(rows: OfferRows, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +85,7 @@ def fit_offer_q(rows: OfferRows, vocab: OfferVocab, cfg: OfferConfig, nudge_mask
                          f"customers among {len(np.unique(np.asarray(rows.user).astype(str)))}")
 
     def build() -> OfferQNet:
-        return _network(vocab, cfg, nudge_family, scale)
+        return offer_network(vocab, cfg, nudge_family, scale)
 
     greedy = JointConfig(kind="greedy", epsilon=0.0)
     valid = rows.take(valid_rows) if len(valid_rows) else None
@@ -192,7 +174,7 @@ def select_wide(train: OfferRows, valid: OfferRows, allowed: np.ndarray, vocab: 
                   for l2 in dict.fromkeys((cfg.wide_l2, *cfg.grid_wide_l2))]
     policies = []
     for c in candidates:
-        model, _ = _train(lambda c=c: _network(vocab, c, nudge_family, scale), train, c, mask, scale, 0, None)
+        model, _ = _train(lambda c=c: offer_network(vocab, c, nudge_family, scale), train, c, mask, scale, 0, None)
         q = q_values(model, valid.history, valid.profile)                                    # (N, P, A)
         action = np.argmax(np.where(allowed, q, -np.inf).reshape(len(valid), -1), axis=1)   # (N,)
         policies.append(one_hot(action[keep], p * a))
@@ -307,56 +289,3 @@ def fit_wide(model: OfferQNet, hist: torch.Tensor, prof: torch.Tensor, item: tor
         return loss
 
     opt.step(closure)
-
-
-def save_offers(folder: Path, fitted: FittedOffers, nudge_mask: np.ndarray | None = None,
-                nudge_family: np.ndarray | None = None, max_reward: float = 1.0,
-                rewards: Mapping[str, float] | None = None) -> None:
-    """FOLDER/model.pt (weights only, atomic, with a JSON sidecar) and FOLDER/offers.json (vocabulary, config,
-    masks, what selection saw): everything `load_offers` needs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(folder / "model.pt", {"model": fitted.model.state_dict()}, {"info": fitted.info})
-    atomic_write_json(folder / "offers.json", {
-        "vocab": fitted.vocab.to_dict(), "config": fitted.config.to_dict(), "info": fitted.info,
-        "nudge_mask": None if nudge_mask is None else np.asarray(nudge_mask, bool).tolist(),
-        "nudge_family": None if nudge_family is None else np.asarray(nudge_family, int).tolist(),
-        "max_reward": float(max_reward), "rewards": None if rewards is None else dict(rewards),
-        "held_out": [] if fitted.config.refit else np.asarray(fitted.held_out).tolist(),
-        "decision": None if fitted.decision is None else dataclasses.asdict(fitted.decision)})
-
-
-def load_offers(folder: Path) -> tuple[FittedOffers, np.ndarray]:
-    """A saved offer learner and its (P, A) nudge mask (all True when none was saved)."""
-    note = json.loads((folder / "offers.json").read_text())
-    vocab = OfferVocab.from_dict(note["vocab"])
-    raw = dict(note["config"])
-    raw["profile"], raw["cross"] = tuple(raw["profile"]), tuple(raw.get("cross", ()))
-    raw["grid_cross"] = tuple(tuple(c) for c in raw.get("grid_cross", ()))
-    cfg = OfferConfig(**raw)
-    family = note.get("nudge_family")
-    net = _saved_network(vocab, cfg, None if family is None else np.asarray(family),
-                         note["max_reward"] / (1 - cfg.gamma))
-    net.load_state_dict(load_checkpoint(folder / "model.pt", "cpu")["model"])
-    mask = note.get("nudge_mask")
-    p, a = len(vocab.items), len(vocab.nudges)
-    chosen = note.get("decision")
-    fitted = FittedOffers(net.eval(), vocab, cfg, note["info"], np.asarray(note.get("held_out") or []),
-                          decision=None if chosen is None else JointConfig(**chosen))
-    return fitted, np.ones((p, a), bool) if mask is None else np.asarray(mask, bool)
-
-
-def _network(vocab: OfferVocab, cfg: OfferConfig, nudge_family: np.ndarray | None, scale: float) -> OfferQNet:
-    """A fresh offer Q network for a vocabulary (nudge families: padding and unknown in families of their own)."""
-    family = None if nudge_family is None else torch.as_tensor(np.r_[[-2, -1], np.asarray(nudge_family, np.int64)])
-    names = [name for name, _ in vocab.profile]
-    cross = tuple(names.index(c) for c in cfg.cross) if cfg.cross else None
-    return OfferQNet(vocab.n_items, vocab.n_events, vocab.n_nudges, tuple(len(v) for _, v in vocab.profile),
-                     cfg.history, cfg, family, scale, cross)
-
-
-def _saved_network(vocab: OfferVocab, cfg: OfferConfig, nudge_family: np.ndarray | None,
-                   scale: float) -> OfferQNet | OfferEnsemble:
-    """The module a saved learner's weights load into: one network, or the ensemble of cfg.ensemble."""
-    if cfg.ensemble == 1:
-        return _network(vocab, cfg, nudge_family, scale)
-    return OfferEnsemble([_network(vocab, cfg, nudge_family, scale) for _ in range(cfg.ensemble)])
