@@ -97,8 +97,9 @@ def main() -> None:
                 f"{ev} {m} {metrics['test'].get(ev, {}).get(m, float('nan')):.4f}" for ev, m in COLUMNS), flush=True)
     labels = (("popularity", "popularity"), ("recent", "recent items (the window again, newest first)"),
               ("recent_category", "recent items, then the window's categories' popular items"))
+    # the category rule only where the runs have categories; the other two always (empty on old metrics.json)
     rows = [(label, [baselines.get(name, {})]) for name, label in labels
-            if name in baselines or name != "recent_category"] + list(results.items())
+            if name != "recent_category" or name in baselines] + list(results.items())
     overall = markdown(rows, [f"{ev} {m.upper()}" for ev, m in COLUMNS],
                        lambda r, i: r.get(COLUMNS[i][0], {}).get(COLUMNS[i][1]))
     events = dict.fromkeys(ev for ev, _ in COLUMNS)  # purchase, view

@@ -176,7 +176,7 @@ class Learner(nn.Module):
     @property
     def needs_item_counts(self) -> bool:
         """Whether training must call set_item_counts (the popularity sampler, the category component)."""
-        return self.head.sampler == "popularity" or (self.head.copy and self.head.copy_category)
+        return self.head.sampler == "popularity" or self.head.copy_category  # copy_category implies copy
 
     # The seam for serving and re-ranking: the first network is the one that recommends; callers use these
     # rather than reaching into `nets`.
