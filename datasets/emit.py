@@ -68,7 +68,7 @@ def emit(out: Path, per_bucket: list[dict], sessions: pa.Table, vocab: pa.Table,
         n = int(n_events[k])
         shapes = {"state": ((n, W), np.int32), "action": ((n,), np.int32), "event": ((n,), np.int8),
                   "reward": ((n,), np.float32), "next_state": ((n, W), np.int32), "done": ((n,), np.bool_),
-                  "session": ((n,), np.int64)}
+                  "session": ((n,), np.int64), "state_event": ((n, W), np.int8)}
         files.append({name: _NpyAppender(tdir / s / f"{name}.npy", dt, shp) for name, (shp, dt) in shapes.items()})
 
     split_dict = pa.array([*SPLITS, "loo"], pa.string())
@@ -138,6 +138,7 @@ def _emit_bucket(pb: dict, ctx: dict) -> tuple[pa.Table, list[dict[str, np.ndarr
     else:
         split = ctx["split_codes"][glob]
     state = S.windows(item, position, W)  # (N, W) over whole sessions, then cut per split
+    state_event = S.windows(event + 1, position, W)  # (N, W) event code + 1 of each window position, 0: padding
     parts = []
     for k in range(3):
         rows = np.flatnonzero(split == k)  # in session order
@@ -145,7 +146,7 @@ def _emit_bucket(pb: dict, ctx: dict) -> tuple[pa.Table, list[dict[str, np.ndarr
         parts.append({"state": state_k, "action": items_k, "event": event[rows],
                       "reward": ctx["rewards"][event[rows]], "next_state": S.next_windows(state_k, items_k),
                       "done": np.r_[sess_k[1:] != sess_k[:-1], True][:len(rows)],  # last step in this split
-                      "session": sess_k})
+                      "session": sess_k, "state_event": state_event[rows]})
     events = _events_table(t, glob, position, split, item, event, ctx["split_dict"], ctx["type_dict"])
     del t
     pb["path"].unlink()

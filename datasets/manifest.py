@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 
 from .readers import InputError
 
-FORMAT_VERSION = 2  # 2: rows_excluded / excluded_by_event, session sampling keys
+FORMAT_VERSION = 3  # 2: rows_excluded / excluded_by_event, session sampling keys; 3: state_event.npy
 SPLITS = ("train", "valid", "test")
 MANIFEST_KEYS = ("rows_read", "rows_kept", "rows_quarantined", "quarantine_reasons", "events_by_type",
                  "sessions", "items", "splits", "config", "inputs")
 TRANSITION_FILES = ("state", "action", "event", "reward", "next_state", "done", "session")
+STATE_EVENT = "state_event"  # (N, W) int8 event code + 1 per window position (0: padding); format 3 on
 OUTPUT_FILES = ("events.parquet", "sessions.parquet", "vocab.parquet", "quarantine.parquet")
 
 
@@ -41,7 +42,7 @@ def outputs_exist(folder: Path, manifest: dict | None = None) -> bool:
     given its `manifest`, also whole: every Parquet file's footer reads and every transition array holds the
     manifest's count of its split (a folder cut short by a kill or a partial copy is never re-used)."""
     needed = [folder / name for name in OUTPUT_FILES]
-    needed += [folder / "transitions" / s / f"{n}.npy" for s in SPLITS for n in TRANSITION_FILES]
+    needed += [folder / "transitions" / s / f"{n}.npy" for s in SPLITS for n in (*TRANSITION_FILES, STATE_EVENT)]
     if not all(p.exists() for p in needed):
         return False
     if manifest is None:
@@ -51,7 +52,7 @@ def outputs_exist(folder: Path, manifest: dict | None = None) -> bool:
             pq.read_metadata(folder / name)
         for s in SPLITS:
             rows = int(manifest["splits"][s]["events"])
-            for n in TRANSITION_FILES:
+            for n in (*TRANSITION_FILES, STATE_EVENT):
                 if len(np.load(folder / "transitions" / s / f"{n}.npy", mmap_mode="r")) != rows:
                     return False
     except (OSError, ValueError, KeyError, TypeError):
@@ -59,15 +60,32 @@ def outputs_exist(folder: Path, manifest: dict | None = None) -> bool:
     return True
 
 
-def load_transitions(folder: str | Path, split: str) -> dict[str, np.ndarray]:
-    """One split's transition arrays, memory-mapped (state, action, event, reward, next_state, done, session)."""
+def load_transitions(folder: str | Path, split: str, events: bool = False) -> dict[str, np.ndarray]:
+    """One split's transition arrays, memory-mapped (state, action, event, reward, next_state, done, session),
+    and state_event when the folder has it (prepared by format 3 on); `events`: it is needed (an error without)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     d = Path(folder) / "transitions" / split
     try:
-        return {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in TRANSITION_FILES}
+        arrays = {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in TRANSITION_FILES}
     except FileNotFoundError as e:
         raise InputError(f"{folder}: missing transitions for split {split!r} ({e.filename})") from None
+    if (d / f"{STATE_EVENT}.npy").exists():
+        arrays[STATE_EVENT] = np.load(d / f"{STATE_EVENT}.npy", mmap_mode="r")
+    elif events:
+        raise InputError(no_state_events(folder, split))
+    return arrays
+
+
+def has_state_events(folder: str | Path) -> bool:
+    """Whether every split of a prepared folder has its event windows (transitions/SPLIT/state_event.npy)."""
+    return all((Path(folder) / "transitions" / s / f"{STATE_EVENT}.npy").exists() for s in SPLITS)
+
+
+def no_state_events(folder: str | Path, split: str = "train") -> str:
+    """The one line for a folder prepared before event windows were written."""
+    return (f"{folder}: no transitions/{split}/{STATE_EVENT}.npy (prepared before event windows); re-run "
+            "`seqrec prepare` into it to use [encoder] events")
 
 
 def event_names(manifest: dict) -> tuple[str, ...]:

@@ -27,7 +27,10 @@ class TwoHeadNet(nn.Module):
 
     With `copy` the repeat-aware mixture (seqrec/models/repeat.py) sits on top: supervised scores are the
     mixture's log-probabilities, and Q values add kappa(state) x the copy attention on each window item, so the
-    Q head values the mixture's actions (a repeat's worth is learnt by TD like any other item's)."""
+    Q head values the mixture's actions (a repeat's worth is learnt by TD like any other item's).
+
+    With event types (EncoderConfig.event_types > 0) every window comes with its (B, T) event codes + 1 (`events`),
+    which reach the encoder's input rows and the copy attention's keys and logits; without them `events` is None."""
 
     def __init__(self, enc: EncoderConfig, q_head: bool, copy: bool = False, copy_category: bool = False) -> None:
         super().__init__()
@@ -36,20 +39,22 @@ class TwoHeadNet(nn.Module):
         self.encoder = build_encoder(enc)
         self.q = nn.Linear(enc.dim, enc.num_items) if q_head else None
         # created only with copy: without it the parameters, their initial draws and state dicts are as before
-        self.copy = CopyMixer(enc.dim, enc.max_len, enc.num_items if copy_category else None) if copy else None
+        self.copy = CopyMixer(enc.dim, enc.max_len, enc.num_items if copy_category else None,
+                              enc.event_types) if copy else None
         self.q_copy = nn.Linear(enc.dim, 1) if copy and q_head else None  # kappa(state): a repeat's extra Q
 
-    def forward(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, items: torch.Tensor,
+                events: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The catalogue's logits and the Q head's values (without the copy terms: see `mixed_all`)."""
-        state = self.encoder.encode(items)  # (B, D)
+        state = self.encoder.encode(items, events)  # (B, D)
         logits = self.encoder.score_all(state)  # (B, I)
         return logits, (scores(state, self.q.weight, self.q.bias) if self.q is not None else None)
 
-    def q_values(self, items: torch.Tensor) -> torch.Tensor:
+    def q_values(self, items: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) -> (B, I) Q values only (no supervised scores: saves a catalogue-wide matmul)."""
         if self.q is None:
             raise ValueError("this network has no Q head (variant 'ce')")
-        return scores(self.encoder.encode(items), self.q.weight, self.q.bias)  # (B, I)
+        return scores(self.encoder.encode(items, events), self.q.weight, self.q.bias)  # (B, I)
 
     def q_at(self, state: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(B, D) states, (B, K) item ids -> (B, K) Q values of just those items (K rows of the head,
@@ -58,20 +63,21 @@ class TwoHeadNet(nn.Module):
 
     # the copy-aware forms (copy = true): they need the window as well as its state
 
-    def attend(self, items: torch.Tensor, state: torch.Tensor) -> CopyState:
-        """(B, T) windows and their (B, D) states -> the copy attention and gate."""
+    def attend(self, items: torch.Tensor, state: torch.Tensor, events: torch.Tensor | None = None) -> CopyState:
+        """(B, T) windows, their (B, D) states (and (B, T) events) -> the copy attention and gate."""
         if self.copy.cat_gate is None:
-            return self.copy.attend(state, items, self.encoder.input_weight)
+            return self.copy.attend(state, items, self.encoder.input_weight, events=events)
         return self.copy.attend(state, items, self.encoder.input_weight, self.encoder.item_category,
-                                self.encoder.cfg.categories)
+                                self.encoder.cfg.categories, events=events)
 
-    def mixed_all(self, items: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    def mixed_all(self, items: torch.Tensor, state: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
         """(B, I) the mixture's log-probabilities over the catalogue."""
-        return mix_all(self.attend(items, state), self.encoder.score_all(state))
+        return mix_all(self.attend(items, state, events), self.encoder.score_all(state))
 
-    def mixed_q_all(self, items: torch.Tensor, state: torch.Tensor, cs: CopyState | None = None) -> torch.Tensor:
+    def mixed_q_all(self, items: torch.Tensor, state: torch.Tensor, cs: CopyState | None = None,
+                    events: torch.Tensor | None = None) -> torch.Tensor:
         """(B, I) Q values with each window item's copy term kappa(state) x attention."""
-        cs = self.attend(items, state) if cs is None else cs
+        cs = self.attend(items, state, events) if cs is None else cs
         q = scores(state, self.q.weight, self.q.bias)  # (B, I)
         extra = self.q_copy(state) * mass(cs, cs.window)  # (B, T); 0 at pads and OOV
         return q.scatter(1, cs.window, q.gather(1, cs.window) + extra)  # repeated items: the same value twice
@@ -82,10 +88,12 @@ class TwoHeadNet(nn.Module):
 
 
 def double_q_value(net: TwoHeadNet, other: TwoHeadNet, items: torch.Tensor,
-                   state: torch.Tensor | None = None, allowed: torch.Tensor | None = None) -> torch.Tensor:
+                   state: torch.Tensor | None = None, allowed: torch.Tensor | None = None,
+                   events: torch.Tensor | None = None) -> torch.Tensor:
     """Q'(x, argmax_a Q(x, a)) for windows `items` (B, T): the learning network picks the action among those that
     can be taken (real items, never padding or OOV; of those only `allowed`, an (I,) or (B, I) bool mask, if
-    given), the other copy values just that row. `state` is net's (B, D) encoding if at hand. (B,)
+    given), the other copy values just that row. `state` is net's (B, D) encoding if at hand; `events` the
+    windows' (B, T) event codes + 1 (with event types). (B,)
 
     No gradient flows through it. It runs under inference mode (no autograd bookkeeping at all: its two
     encoder passes run about 10% faster than under no_grad, same values), and the arg-max of net's Q values
@@ -93,24 +101,25 @@ def double_q_value(net: TwoHeadNet, other: TwoHeadNet, items: torch.Tensor,
     if net.q is None:
         raise ValueError("this network has no Q head (variant 'ce')")
     if net.copy is not None:
-        return _double_q_value_copy(net, other, items, state, allowed)
+        return _double_q_value_copy(net, other, items, state, allowed, events)
     with torch.inference_mode():
-        state = net.encoder.encode(items) if state is None else state  # (B, D)
+        state = net.encoder.encode(items, events) if state is None else state  # (B, D)
         best = masked_argmax(state, net.q.weight, net.q.bias, allowed).unsqueeze(1)  # (B, 1)
-        value = other.q_at(other.encoder.encode(items), best).squeeze(1)  # (B,)
+        value = other.q_at(other.encoder.encode(items, events), best).squeeze(1)  # (B,)
     return value.clone()  # a normal tensor again: an inference tensor cannot be saved for a backward pass
 
 
 def _double_q_value_copy(net: TwoHeadNet, other: TwoHeadNet, items: torch.Tensor,
-                         state: torch.Tensor | None, allowed: torch.Tensor | None = None) -> torch.Tensor:
+                         state: torch.Tensor | None, allowed: torch.Tensor | None = None,
+                         events: torch.Tensor | None = None) -> torch.Tensor:
     """double_q_value for copy-aware networks: the arg-max over net's Q with the copy terms, among the actions
     that can be taken (as double_q_value), valued by other's. (B,)"""
     with torch.inference_mode():
-        state = net.encoder.encode(items) if state is None else state  # (B, D)
-        q = net.mixed_q_all(items, state)  # (B, I)
+        state = net.encoder.encode(items, events) if state is None else state  # (B, D)
+        q = net.mixed_q_all(items, state, events=events)  # (B, I)
         best = row_argmax(q.masked_fill(~action_mask(q.shape[1], allowed).to(q.device), -torch.inf)).unsqueeze(1)
-        o_state = other.encoder.encode(items)  # (B, D)
-        value = other.mixed_q_at(o_state, other.attend(items, o_state), best).squeeze(1)  # (B,)
+        o_state = other.encoder.encode(items, events)  # (B, D)
+        value = other.mixed_q_at(o_state, other.attend(items, o_state, events), best).squeeze(1)  # (B,)
     return value.clone()
 
 
@@ -149,19 +158,26 @@ class Learner(nn.Module):
         # fused Adam: one kernel over each (I, D) table instead of several passes (4x faster on CPU here)
         self.opts = [torch.optim.Adam(net.parameters(), lr=lr, fused=True) for net in self.nets]
 
-    def scores(self, state: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, I) supervised scores of the first network: what the papers recommend from (with copy:
-        the mixture's log-probabilities)."""
+    def scores(self, state: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) windows (and their (B, T) events when `uses_events`) -> (B, I) supervised scores of the first
+        network: what the papers recommend from (with copy: the mixture's log-probabilities)."""
         enc = self.nets[0].encoder
         if self.nets[0].copy is not None:
-            return self.nets[0].mixed_all(state, enc.encode(state))
-        return enc.score_all(enc.encode(state))
+            return self.nets[0].mixed_all(state, enc.encode(state, events), events)
+        return enc.score_all(enc.encode(state, events))
 
-    def q_values(self, state: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, I) Q values of the first network (re-ranking, d3rlpy-style comparisons)."""
+    def q_values(self, state: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) (and events) -> (B, I) Q values of the first network (re-ranking, d3rlpy-style comparisons)."""
         if self.nets[0].copy is not None and self.has_q_head:
-            return self.nets[0].mixed_q_all(state, self.nets[0].encoder.encode(state))
-        return self.nets[0].q_values(state)
+            net = self.nets[0]
+            return net.mixed_q_all(state, net.encoder.encode(state, events), events=events)
+        return self.nets[0].q_values(state, events)
+
+    @property
+    def uses_events(self) -> bool:
+        """Whether every window comes with its (B, T) event codes + 1 (`[encoder] events`): scores, q_values,
+        encode and candidate_scores take them as `events`, and batches carry state_event and next_state_event."""
+        return self.enc.event_types > 0
 
     def set_item_counts(self, counts: torch.Tensor) -> None:
         """(I,) how often each item is a training target: the popularity sampler's distribution (sampler =
@@ -202,9 +218,9 @@ class Learner(nn.Module):
         if not self.scores_from_state:
             raise ValueError("copy = true: scores need the window, not only its state (use candidate_scores)")
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) windows -> (B, D) states of the first network's encoder."""
-        return self.nets[0].encoder.encode(items)
+    def encode(self, items: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) windows (and events) -> (B, D) states of the first network's encoder."""
+        return self.nets[0].encoder.encode(items, events)
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The first network's encoder weights (the two-tower's user tower starts from them)."""
@@ -228,14 +244,15 @@ class Learner(nn.Module):
         self._state_only()
         return self.nets[0].q_at(state, ids)
 
-    def candidate_scores(self, items: torch.Tensor,
-                         ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T) windows, (B, K) candidate ids -> (B, K) supervised scores and (B, K) Q values (None without
-        a Q head), from one encoding: dense product then gather, or K gathered rows (DENSE_PER_CANDIDATE)."""
+    def candidate_scores(self, items: torch.Tensor, ids: torch.Tensor,
+                         events: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T) windows, (B, K) candidate ids (and the windows' (B, T) events) -> (B, K) supervised scores and
+        (B, K) Q values (None without a Q head), from one encoding: dense product then gather, or K gathered rows
+        (DENSE_PER_CANDIDATE)."""
         net = self.nets[0]
-        state = net.encoder.encode(items)  # (B, D)
+        state = net.encoder.encode(items, events)  # (B, D)
         if net.copy is not None:  # the mixture needs the catalogue's log-sum-exp: the dense product
-            cs, logits = net.attend(items, state), net.encoder.score_all(state)  # (B, I)
+            cs, logits = net.attend(items, state, events), net.encoder.score_all(state)  # (B, I)
             sup = mix_candidates(cs, logits, logits.gather(1, ids), ids)  # (B, K)
             return sup, (net.mixed_q_at(state, cs, ids) if net.q is not None else None)
         if net.encoder.cfg.num_items <= DENSE_PER_CANDIDATE * ids.shape[1]:
@@ -259,21 +276,24 @@ class Learner(nn.Module):
         h = self.head
         g = step_generator(seed, step, batch["state"].device)
         s, a = batch["state"], batch["action"]
+        se, nse = self._batch_events(batch)  # (B, T) each, or None without event types
         plain = h.loss == "ce" and not h.label_smoothing and not h.copy  # the papers' loss, computed as always
         if h.variant == "ce":
             enc = self.nets[0].encoder
-            state = enc.encode(s)  # (B, D)
-            loss = weighted_ce(state, enc.output_weight, a) if plain else self._supervised(0, s, state, a, g).mean()
+            state = enc.encode(s, se)  # (B, D)
+            loss = (weighted_ce(state, enc.output_weight, a) if plain
+                    else self._supervised(0, s, state, a, g, events=se).mean())
             self._step(0, loss)
             return {"loss/ce": loss.item(), "loss/total": loss.item()}
 
         main = int(torch.randint(0, 2, (1,), generator=g, device=g.device).item())  # who learns this batch
         net, other = self.nets[main], self.nets[1 - main]
-        state = net.encoder.encode(s)  # (B, D)
-        cs = net.attend(s, state) if net.copy is not None else None
+        state = net.encoder.encode(s, se)  # (B, D)
+        cs = net.attend(s, state, se) if net.copy is not None else None
         q_pos = (net.q_at(state, a.unsqueeze(1)) if cs is None
                  else net.mixed_q_at(state, cs, a.unsqueeze(1))).squeeze(1)  # (B,) only the taken action's
-        next_value = double_q_value(net, other, batch["next_state"], allowed=self._allowed(batch.get("next_allowed")))
+        next_value = double_q_value(net, other, batch["next_state"], allowed=self._allowed(batch.get("next_allowed")),
+                                    events=nse)
         target = td_target(batch["reward"], batch["done"], next_value, h.gamma)
         td = td_loss(q_pos, target)
         stats = {"q/mean": q_pos.mean().item(), "q/target_mean": target.mean().item()}
@@ -284,7 +304,7 @@ class Learner(nn.Module):
             neg = sample_negatives(a, h.negatives, self.enc.num_items, g, here)  # (B, N)
             q_neg = net.q_at(state, neg) if cs is None else net.mixed_q_at(state, cs, neg)  # (B, N)
             # a negative earns reward 0 and leaves the state unchanged: its target values s itself
-            neg_target = h.gamma * double_q_value(net, other, s, state.detach(), here)  # (B,)
+            neg_target = h.gamma * double_q_value(net, other, s, state.detach(), here, se)  # (B,)
             td = td + td_loss(q_neg, neg_target.unsqueeze(1).expand_as(q_neg))
             if h.variant == "sa2c" and step >= h.warmup_steps:
                 weight = advantage(q_pos, q_neg, h.advantage_min, h.advantage_max)
@@ -296,11 +316,20 @@ class Learner(nn.Module):
         if plain:
             ce = weighted_ce(state, net.encoder.output_weight, a, weight)
         else:
-            per = self._supervised(main, s, state, a, g, cs)  # (B,)
+            per = self._supervised(main, s, state, a, g, cs, se)  # (B,)
             ce = (per * weight).mean() if weight is not None else per.mean()
         loss = ce + h.td_weight * td
         self._step(main, loss)
         return {"loss/ce": ce.item(), "loss/td": td.item(), "loss/total": loss.item(), **stats}
+
+    def _batch_events(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The batch's (B, T) state_event and next_state_event when the encoder has event types, else (None, None)."""
+        if not self.uses_events:
+            return None, None
+        if "state_event" not in batch or "next_state_event" not in batch:
+            raise ValueError("this learner has event types: batches need state_event and next_state_event "
+                             "(seqrec.training.sampler.to_batch with events=True)")
+        return batch["state_event"], batch["next_state_event"]
 
     def _allowed(self, per_state: torch.Tensor | None) -> torch.Tensor | None:
         """The actions a target may take: the learner's (I,) mask and a batch's (B, I) one, both if given;
@@ -310,11 +339,12 @@ class Learner(nn.Module):
         return per_state if self.allowed is None else per_state & self.allowed
 
     def _supervised(self, i: int, items: torch.Tensor, state: torch.Tensor, action: torch.Tensor,
-                    g: torch.Generator, cs: CopyState | None = None) -> torch.Tensor:
+                    g: torch.Generator, cs: CopyState | None = None,
+                    events: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) the supervised loss of network i under the head's recipe (rl/qlearning/supervised.py)."""
         net = self.nets[i]
         if net.copy is not None and cs is None:
-            cs = net.attend(items, state)
+            cs = net.attend(items, state, events)
         if self.head.sampler == "popularity" and self.log_q is None:
             raise ValueError('sampler = "popularity" needs the item counts: call set_item_counts first')
         return supervised_loss(self.head, state, net.encoder.output_weight, action, g, cs, self.log_q)

@@ -28,7 +28,7 @@ from seqrec.datasets.validate import EventTypes, Validator
 from seqrec.runs.config import saved_config
 from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.engines import KEEP_COLUMNS, READ_ROWS, one_thread_each, reader_defaults
-from seqrec.serve.scoring import ScoringBundle, load_bundle, score_batch
+from seqrec.serve.scoring import ScoringBundle, load_bundle, score_batch, state_event_codes
 from seqrec.serve.sessions_state import session_states
 
 ERRORS = ("quarantine", "raise")
@@ -83,7 +83,9 @@ class Run:
                                  "time as an earlier row)")
         kept = kept.take(pa.array(order[~dup]))
         gap = gap_us(float(self.bundle.info["session_gap_minutes"]))
-        states = session_states(kept, self.bundle.window, gap, self.bundle.user_spec.columns)
+        names = EventTypes.build(self.event_map, self.rewards).names  # the codes of kept's "event" column
+        states = session_states(kept, self.bundle.window, gap, self.bundle.user_spec.columns,
+                                event_codes=state_event_codes(self.bundle, kept, names))
         scored = score_states(self.bundle, states, self.config.batch_size, self.config.workers)
         frame = scored.to_pandas()
         fallback = scored.column("fallback").to_numpy(zero_copy_only=False) & (scored.column("rank").to_numpy() == 1)

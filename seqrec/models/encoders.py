@@ -1,7 +1,9 @@
 """Sequence encoders: a window of item ids -> a state vector, scored against item embeddings.
 
 Item ids are vocabulary indices: 0 = padding, 1 = out-of-vocabulary, real items 2..I-1. A state is the
-window of the last W items, left-padded with 0, int64 (B, T) with T <= max_len. Encoding (`encode`,
+window of the last W items, left-padded with 0, int64 (B, T) with T <= max_len. With `event_types` > 0 every
+call also takes the window's (B, T) event codes + 1 (0 at padding), and a position's input row adds its event
+type's row (zero at first: the model starts event-blind). Encoding (`encode`,
 `encode_all`) is kept apart from scoring (`score`, `score_all`): the supervised head, the Q head and
 two-tower retrieval meet at that seam.
 
@@ -59,6 +61,8 @@ class EncoderConfig:
     item_init_norm: float = 1.0  # expected L2 norm of an item row at initialisation (N(0, norm^2 / D) entries)
     gru_residual: bool = False  # GRU4Rec: state = GRU output + the item's input embedding (a residual connection)
     categories: int = 0         # K: item category codes 1..K-1 (0: none); an item's row is its own + its category's
+    event_types: int = 0        # E: event codes + 1 in 1..E-1 per position (0: off; index 0 = padding); a position's
+    # input row is then its item's row + its event type's (`[encoder] events`)
 
     def __post_init__(self) -> None:
         if self.kind not in ENCODER_KINDS:
@@ -88,6 +92,12 @@ class EncoderConfig:
             raise ValueError("categories = true is resolved to the prepared data's count by seqrec train; "
                              f"an encoder takes a count, got {self.categories!r}")
         check_int("categories", self.categories, 0)
+        if isinstance(self.event_types, bool):
+            raise ValueError("events = true is resolved to the prepared data's count by seqrec train; "
+                             f"an encoder takes a count, got {self.event_types!r}")
+        check_int("event_types", self.event_types, 0, 127)  # int8 codes + 1
+        if self.event_types == 1:
+            raise ValueError("event_types counts the padding row too: 0 (off) or >= 2")
 
 
 
@@ -138,6 +148,10 @@ class SequenceEncoder(nn.Module):
             self.cat_emb = nn.Embedding(cfg.categories, cfg.dim, padding_idx=0)
             nn.init.zeros_(self.cat_emb.weight)  # start as the id-only model; the category rows learn from all items
             self.register_buffer("item_category", torch.zeros(cfg.num_items, dtype=torch.long))  # (I,) codes
+        self.event_emb = None
+        if cfg.event_types:  # created only with events: other state dicts and initial draws stay as they were
+            self.event_emb = nn.Embedding(cfg.event_types, cfg.dim, padding_idx=0)
+            nn.init.zeros_(self.event_emb.weight)  # start as the event-blind model
 
     def set_item_categories(self, codes: torch.Tensor) -> None:
         """(I,) category code per catalogue index (0: none), from datasets.features.item_category_codes."""
@@ -162,30 +176,43 @@ class SequenceEncoder(nn.Module):
         """The (I, D) table that scores items: the input table when tied (with categories: id + category rows)."""
         return self._with_categories(self.item_emb.weight if self.out_emb is None else self.out_emb.weight)
 
-    def embed(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D) input rows (id + category), without building the whole table."""
+    def embed(self, items: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids (and (B, T) event codes + 1 with event types) -> (B, T, D) input rows (id + category +
+        event type), without building the whole table."""
         x = self.item_emb(items)
-        return x if self.cat_emb is None else x + self.cat_emb(self.item_category[items])
+        x = x if self.cat_emb is None else x + self.cat_emb(self.item_category[items])
+        return x if self.event_emb is None else x + self.event_emb(events)
 
-    def _ids(self, items: torch.Tensor) -> torch.Tensor:
-        """Check a (B, T) window and return it as int64 (d3rlpy hands ids over as float32)."""
+    def _ids(self, items: torch.Tensor, events: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Check a (B, T) window (and its (B, T) event codes + 1: needed exactly when the encoder has event types)
+        and return them as int64 (d3rlpy hands ids over as float32)."""
         if items.dim() != 2:
             raise ValueError(f"items must be (B, T), got shape {tuple(items.shape)}")
         if items.shape[1] > self.cfg.max_len:
             raise ValueError(f"window length {items.shape[1]} exceeds max_len={self.cfg.max_len}")
-        return items.long()  # (B, T)
+        if self.event_emb is None:
+            if events is not None:
+                raise ValueError("this encoder has no event types (EncoderConfig.event_types = 0): pass no events")
+            return items.long(), None  # (B, T)
+        if events is None:
+            raise ValueError("this encoder has event types: encode needs the window's (B, T) events")
+        if events.shape != items.shape:
+            raise ValueError(f"events must have the items' shape {tuple(items.shape)}, got {tuple(events.shape)}")
+        return items.long(), events.long()  # (B, T) each
 
-    def encode_all(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D): the state after every position, for training on every prefix."""
+    def encode_all(self, items: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids (and (B, T) event codes + 1 with event types) -> (B, T, D): the state after every position,
+        for training on every prefix."""
         raise NotImplementedError
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, D): the state after the last position, the one a recommendation starts from."""
-        return self.encode_all(items)[:, -1]  # (B, D)
+    def encode(self, items: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids (and events) -> (B, D): the state after the last position, the one a recommendation starts
+        from."""
+        return self.encode_all(items, events)[:, -1]  # (B, D)
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
         """Same as `encode`, so the module plugs in wherever an encoder (B, T) -> (B, D) is expected."""
-        return self.encode(items)
+        return self.encode(items, events)
 
     def score(self, state: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """(B, D) states and (B, K) candidate ids -> (B, K) dot products, to rank a shortlist."""
@@ -255,30 +282,31 @@ class SASRec(SequenceEncoder):
             return torch.arange(keep.shape[1] - 1, -1, -1, device=keep.device)  # (T,) newest = 0
         return (keep.long().cumsum(1) - 1).clamp(min=0)  # (B, T) oldest real item = 0
 
-    def _embed(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, T) ids -> input (B, T, D), keep mask (B, T, 1) of real items, allowed keys (B, T, T) per query."""
+    def _embed(self, items: torch.Tensor,
+               events: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T) ids (and events) -> input (B, T, D), keep mask (B, T, 1) of real items, allowed keys (B, T, T)."""
         t = items.shape[1]
         keep = (items != PAD).unsqueeze(-1)  # (B, T, 1)
-        x = self.embed(items) + self.pos_emb(self._positions(keep.squeeze(-1)))  # (B, T, D)
+        x = self.embed(items, events) + self.pos_emb(self._positions(keep.squeeze(-1)))  # (B, T, D)
         x = self.emb_dropout(x) * keep  # (B, T, D) pads carry nothing
         causal = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()  # (T, T) key <= query
         eye = torch.eye(t, dtype=torch.bool, device=items.device)  # (T, T)
         # A query sees earlier real items, and always itself: no row is fully masked, so no NaN.
         return x, keep, (causal & keep.transpose(1, 2)) | eye
 
-    def encode_all(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D) causal states; padded positions get `empty_state`."""
-        x, keep, allowed = self._embed(self._ids(items))
+    def encode_all(self, items: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids (and events) -> (B, T, D) causal states; padded positions get `empty_state`."""
+        x, keep, allowed = self._embed(*self._ids(items, events))
         for block in self.blocks:
             x = block(x, allowed) * keep  # (B, T, D)
         x = self.final_norm(x)  # (B, T, D)
         return torch.where(keep, x, self.empty_state)  # (B, T, D)
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, D) state after the last position; the last block runs for that position only
-        (`_Block.last`): in eval mode the same values as `encode_all(items)[:, -1]` up to rounding, in
+    def encode(self, items: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids (and events) -> (B, D) state after the last position; the last block runs for that position
+        only (`_Block.last`): in eval mode the same values as `encode_all(items)[:, -1]` up to rounding, in
         training mode the same distribution (its dropout masks are drawn for one row)."""
-        x, keep, allowed = self._embed(self._ids(items))
+        x, keep, allowed = self._embed(*self._ids(items, events))
         for block in self.blocks[:-1]:
             x = block(x, allowed) * keep  # (B, T, D)
         x = self.final_norm(self.blocks[-1].last(x, allowed))[:, 0]  # (B, D)
@@ -292,17 +320,18 @@ class GRU4Rec(SequenceEncoder):
         super().__init__(cfg)
         self.gru = nn.GRU(cfg.dim, cfg.dim, batch_first=True)
 
-    def encode_all(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D) hidden states; padded positions get `empty_state`.
+    def encode_all(self, items: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids (and events) -> (B, T, D) hidden states; padded positions get `empty_state`.
 
         A GRU's biases would change its state on pad inputs, so the real items are first moved to the front
         (a stable sort, order kept), run through the GRU, and the outputs moved back to their columns.
         """
-        items = self._ids(items)  # (B, T)
+        items, events = self._ids(items, events)  # (B, T) each
         keep = items != PAD  # (B, T)
         order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices  # (B, T)
         front = items.gather(1, order)  # (B, T) real items first, pads after
-        x = self.emb_dropout(self.embed(front)) * (front != PAD).unsqueeze(-1)  # (B, T, D)
+        front_events = None if events is None else events.gather(1, order)  # (B, T) their event types alike
+        x = self.emb_dropout(self.embed(front, front_events)) * (front != PAD).unsqueeze(-1)  # (B, T, D)
         h, _ = self.gru(x)  # (B, T, D) outputs at trailing pads are never used
         if self.cfg.gru_residual:
             h = h + x  # (B, T, D) the item itself reaches the state (and so its own score) unrotated

@@ -7,8 +7,9 @@ p(i | window) = g * copy(i) + (1 - g) * softmax(catalogue scores)_i, with
   copied), where r_t is the position's recency (0 for the newest item, counted from the right as the windows are
   left-padded, so the number of pads never matters) and E is the encoder's input item table;
 - g = sigmoid(w . state + c), from the encoder's state; g = 0 for a window with nothing to copy.
-The state windows of prepared transitions hold item ids only (no event types), so the attention knows each
-position's item and recency; an event type per position would be one more embedding added to the keys.
+With `[encoder] events` (event_types E > 0) the keys also add the position's event-type row V[e_t] and the
+logits a bias a[e_t] per event type (both zero at first), so the attention can prefer a carted or liked item:
+logits (W_q state) . (E[x_t] + R[r_t] + V[e_t]) / sqrt(D) + b[r_t] + a[e_t].
 With `[head] copy_category` (and `[encoder] categories`) a third component explores within the window's
 categories: p = g copy + (1 - g)(h cat + (1 - h) softmax), cat(i) = w(c(i)) p(i | c(i)), where w is the copy
 attention summed by the positions' categories (renormalised over items that have one) and p(i | c) the training
@@ -47,8 +48,8 @@ class CopyState:
 class CopyMixer(nn.Module):
     """The copy attention over a window's positions and the gate that mixes it with the catalogue."""
 
-    def __init__(self, dim: int, max_len: int, num_items: int | None = None) -> None:
-        """`num_items` I: with the category component (copy_category)."""
+    def __init__(self, dim: int, max_len: int, num_items: int | None = None, event_types: int = 0) -> None:
+        """`num_items` I: with the category component (copy_category); `event_types` E: with event types."""
         super().__init__()
         self.query = nn.Linear(dim, dim)           # state -> attention query
         self.recency = nn.Embedding(max_len, dim)  # R: added to the item's key, by recency
@@ -62,6 +63,11 @@ class CopyMixer(nn.Module):
             self.cat_gate = nn.Linear(dim, 1)      # state -> logit of h
             nn.init.zeros_(self.cat_gate.bias)
             self.register_buffer("log_within", torch.full((num_items,), -torch.inf))  # (I,) set_within
+        self.event_key = self.event_bias = None
+        if event_types:  # created only with events: other state dicts stay as they were
+            self.event_key = nn.Embedding(event_types, dim, padding_idx=0)  # V: added to the key, by event type
+            nn.init.zeros_(self.event_key.weight)
+            self.event_bias = nn.Parameter(torch.zeros(event_types))  # a: a logit per event type
 
     def set_within(self, counts: torch.Tensor, codes: torch.Tensor) -> None:
         """(I,) training-target counts and (I,) category codes -> log p(i | c(i)), add-one smoothed."""
@@ -72,14 +78,22 @@ class CopyMixer(nn.Module):
         self.log_within.copy_(torch.where(has, within.log(), -torch.inf).float())
 
     def attend(self, state: torch.Tensor, window: torch.Tensor, items: torch.Tensor,
-               codes: torch.Tensor | None = None, categories: int = 0) -> CopyState:
+               codes: torch.Tensor | None = None, categories: int = 0,
+               events: torch.Tensor | None = None) -> CopyState:
         """(B, D) states, (B, T) windows, (I, D) item table -> the window's CopyState; with the category
-        component, (I,) category codes and their count C."""
+        component, (I,) category codes and their count C; with event types, the (B, T) event codes + 1."""
         window = window.long()
         t = window.shape[1]
         recency = torch.arange(t - 1, -1, -1, device=window.device)  # (T,) newest = 0
         keys = F.embedding(window, items) + self.recency(recency)  # (B, T, D)
+        if self.event_key is not None:
+            if events is None:
+                raise ValueError("this copy attention has event types: attend needs the window's (B, T) events")
+            events = events.long()  # (B, T)
+            keys = keys + self.event_key(events)  # (B, T, D)
         logits = torch.einsum("btd,bd->bt", keys, self.query(state)) * self.scale + self.recency_bias[recency]
+        if self.event_bias is not None:
+            logits = logits + self.event_bias[events]  # (B, T)
         copyable = window >= FIRST_ITEM  # (B, T)
         some = copyable.any(dim=1)  # (B,)
         # rows with nothing to copy attend uniformly (finite, never used: their gate is 0)

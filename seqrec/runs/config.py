@@ -17,7 +17,14 @@ from typing import Any
 
 from seqrec.core.config import ConfigError, from_dict, load_toml
 from seqrec.datasets.features import FeatureError, item_category_codes
-from seqrec.datasets.manifest import data_path, read_manifest, stored_data_path
+from seqrec.datasets.manifest import (
+    data_path,
+    event_names,
+    has_state_events,
+    no_state_events,
+    read_manifest,
+    stored_data_path,
+)
 from seqrec.models.encoders import EncoderConfig
 from seqrec.retrieval.config import IndexConfig, RerankConfig, TwoTowerConfig, check_retrieval
 from seqrec.rl.bandits.policies import BanditConfig
@@ -67,13 +74,17 @@ class RunConfig:
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         check_retrieval(self.algorithm, self.head.variant, self.encoder.dim, self.retrieval, self.rerank)
+        if self.encoder.event_types and (self.algorithm != "seqrec" or self.retrieval.enabled):
+            raise ConfigError('[encoder] events applies to algorithm = "seqrec" (our heads) without [retrieval] (the '
+                              "two-tower model and d3rlpy's algorithms read item windows only); turn one of them off")
         run_bandit_config(bandit_dict(self.bandit))  # a kind fittable offline, seed 0 (the run's seeds apply)
         if self.bandit.seed:
             raise ConfigError("bandit.seed comes from the run's seed; leave it out")
         prepare_table(self.prepare)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"data": self.data, "encoder": _set_keys(self.encoder, EncoderConfig(num_items=3), ("categories",)),
+        new_encoder_keys = ("categories", "event_types")
+        d = {"data": self.data, "encoder": _set_keys(self.encoder, EncoderConfig(num_items=3), new_encoder_keys),
              "head": _set_keys(self.head, HeadConfig(), RECIPE_KEYS),
              "train": _set_keys(self.train, TrainConfig(), ("patience",))}
         if self.algorithm != "seqrec":  # runs of our own heads keep the config.json they always had
@@ -141,6 +152,10 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
     _check_algorithm_sections(algorithm, raw)
     head, asked = dict(raw.get("head", {})), enc.get("categories", 0)
     enc["categories"] = _categories(asked, data_dir, enc["num_items"], algorithm)
+    if "events" in enc:
+        if "event_types" in enc:
+            raise ConfigError('give [encoder] events (true, false or "auto") or event_types (a count), not both')
+        enc["event_types"] = _events(enc.pop("events"), data_dir, manifest, algorithm)
     if not enc["categories"] and head.get("copy_category") is True and asked == "auto":
         head["copy_category"] = False  # "auto" on a log without categories: the mixture without that component
     return RunConfig(data=str(data_dir), encoder=from_dict(EncoderConfig, enc, "encoder"),
@@ -164,6 +179,24 @@ def _categories(value: Any, data_dir: str, num_items: int, algorithm: str) -> An
         if value == "auto":
             return 0
         raise ConfigError(f"[encoder] categories = true: {e}") from None
+
+
+def _events(value: Any, data_dir: str, manifest: dict, algorithm: str) -> int:
+    """[encoder] events: true (the prepared log's event types + 1; an error on data without event windows), "auto"
+    (that count when the log has more than one event type and event windows, else 0), false (0)."""
+    if value is False:
+        return 0
+    if value is not True and value != "auto":
+        raise ConfigError(f'[encoder] events must be true, false or "auto", got {value!r}')
+    count = len(event_names(manifest)) + 1  # codes + 1, index 0 = padding
+    if value == "auto":
+        seen = sum(1 for n in manifest.get("events_by_type", {}).values() if n)
+        return count if algorithm == "seqrec" and seen > 1 and has_state_events(data_dir) else 0
+    if algorithm != "seqrec":
+        raise ConfigError('[encoder] events applies to algorithm = "seqrec" (our heads) only')
+    if not has_state_events(data_dir):
+        raise ConfigError(f"[encoder] events = true: {no_state_events(data_dir)}")
+    return count
 
 
 def _later_sections(d: dict[str, Any]) -> dict[str, Any]:

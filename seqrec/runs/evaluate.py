@@ -44,8 +44,10 @@ def evaluate_run(run: Path, split: str = "test", protocol: str = "sessions", che
     learner.load_state_dict(load_checkpoint(path, device)["model"])
     learner.eval()
     names = event_names(manifest)
-    arrays = load_transitions(cfg.data, split)
-    model = evaluate_arrays(learner.scores, arrays, names, device, cfg.train.eval_batch_size, split_repeat=True)
+    events = cfg.encoder.event_types > 0  # [encoder] events: the learner reads the windows' event types
+    arrays = load_transitions(cfg.data, split, events)
+    model = evaluate_arrays(learner.scores, arrays, names, device, cfg.train.eval_batch_size, split_repeat=True,
+                            events=events)
     train_actions = load_transitions(cfg.data, "train")["action"]
     makers = {"popularity": popularity_scorer, "recent": recent_scorer}
     if cfg.encoder.categories:  # a category-aware model sits beside the category rule too

@@ -79,7 +79,25 @@ def check_model_tables(raw: dict[str, Any], where: str = "") -> None:
         if not isinstance(given, dict):
             raise ConfigError(f"[{where}{name}] must be a table, got {given!r}")
         base = ENCODER_PLACEHOLDERS if name == "encoder" else {}
+        if name == "encoder":
+            given = encoder_keys(given, where)
         from_dict(classes[name], {**base, **given}, f"{where}{name}")
+
+
+def encoder_keys(given: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """[encoder] as EncoderConfig takes it before the prepared data is known: `events` checked and turned into
+    `event_types`, `categories` = true / "auto" left out (seqrec train resolves both against the data)."""
+    given = dict(given)
+    if "events" in given:
+        events = given.pop("events")
+        if events not in (True, False, "auto") or isinstance(events, int) and not isinstance(events, bool):
+            raise ConfigError(f'{where}encoder.events must be true, false or "auto", got {events!r}')
+        if "event_types" in given:
+            raise ConfigError(f"give {where}encoder.events (true, false or \"auto\") or event_types (a count), "
+                              "not both")
+    if given.get("categories") is True or given.get("categories") == "auto":
+        given.pop("categories")
+    return given
 
 
 def model_classes() -> dict[str, type]:

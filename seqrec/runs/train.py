@@ -96,12 +96,13 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
         distributed.broadcast_module(learner)  # every rank starts from rank 0's weights
         distributed.sync_gradients(learner.opts, rank.world)  # gradients averaged before each optimiser step
 
-    train_arrays = load_transitions(cfg.data, "train")
+    events = cfg.encoder.event_types > 0  # [encoder] events: the windows' event types reach the learner
+    train_arrays = load_transitions(cfg.data, "train", events)
     if cfg.encoder.categories:  # each item's category code (datasets/features.py), kept in the checkpoints
         learner.set_item_categories(torch.from_numpy(item_category_codes(cfg.data, cfg.encoder.num_items)))
     if cfg.algorithm == "seqrec" and learner.needs_item_counts:  # the sampler's / the category component's counts
         learner.set_item_counts(torch.from_numpy(np.bincount(train_arrays["action"], minlength=cfg.encoder.num_items)))
-    valid_part = distributed.split_rows(load_transitions(cfg.data, "valid"), rank)  # this rank's rows (all alone)
+    valid_part = distributed.split_rows(load_transitions(cfg.data, "valid", events), rank)  # this rank's rows
     sampler = EpochSampler(len(train_arrays["action"]), t_cfg.batch_size, t_cfg.seed)
     rows = [f"|{sec}.{k}|{v}|" for sec, d in cfg.to_dict().items() if isinstance(d, dict) for k, v in d.items()]
     rows.insert(0, f"|algorithm|{cfg.algorithm}|")
@@ -111,14 +112,15 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
 
     def step_fn(step: int) -> dict[str, float]:
         learner.train()
-        batch = to_batch(train_arrays, distributed.shard_rows(sampler.indices(step), rank), device)
+        batch = to_batch(train_arrays, distributed.shard_rows(sampler.indices(step), rank), device, events)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             return learner.update(batch, step, t_cfg.seed)
 
     def evaluate_fn() -> Evaluation:
         learner.eval()
         metrics = distributed.gather_metrics(
-            rank, evaluate_arrays(learner.scores, valid_part, names, device, t_cfg.eval_batch_size), names)
+            rank, evaluate_arrays(learner.scores, valid_part, names, device, t_cfg.eval_batch_size, events=events),
+            names)
         scalars = {f"metrics/{ev}_{m}": v for ev, row in metrics.items() for m, v in row.items() if m != "count"}
         return Evaluation(metrics, selected_metric(metrics, event, metric), scalars)
 

@@ -51,7 +51,7 @@ from seqrec.datasets.validate import EventTypes
 from seqrec.runs.score_config import ScoreConfig
 from seqrec.serve.offer_settings import OfferSettings
 from seqrec.serve.offers import END, offer_states
-from seqrec.serve.scoring import ScoringBundle, load_bundle
+from seqrec.serve.scoring import ScoringBundle, load_bundle, state_event_codes
 from seqrec.serve.sessions_state import session_states
 
 MANIFEST_FORMAT = 3  # 2: rows carry product_propensity and joint_propensity; 3: and a run's offers (offer_*
@@ -211,7 +211,8 @@ def bucket_states(events: pa.Table, bundle: ScoringBundle, gap: int, event_names
     """A bucket's events -> its session states (seqrec/serve/sessions_state.py), with each session's offer
     history when the bundle has an offer learner (seqrec/serve/offers.py); `event_names`: scatter's event types."""
     offers = bundle.offers is not None
-    states = session_states(events, bundle.window, gap, bundle.state_columns, ends=offers)
+    states = session_states(events, bundle.window, gap, bundle.state_columns, ends=offers,
+                            event_codes=state_event_codes(bundle, events, event_names))
     if offers:
         states = offer_states(states, events, bundle.offers, event_names).drop_columns([END])
     return states

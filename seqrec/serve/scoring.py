@@ -7,7 +7,8 @@ machine, a Ray engine calls the very same function inside `map_batches` on actor
 (bundle, batch) gives the same rows in any process, in any order of batches:
 
 - the state of a session is its last W item ids (`items`, oldest first), mapped through the run's vocabulary
-  here (unknown ids -> the out-of-vocabulary index 1);
+  here (unknown ids -> the out-of-vocabulary index 1); for a run with `[encoder] events` also their event types
+  (`item_events`: the run's event code + 1 of each, `state_event_codes`), which the learner reads beside them;
 - with a retrieval model (RUN/retrieval) the two-tower retrieves `candidates` items through the index and the
   learner re-ranks them (seqrec/rerank.py); without one the learner's supervised scores over the whole
   catalogue give the candidates and the same blend ranks them (two_tower_score is then null);
@@ -36,7 +37,7 @@ import torch
 
 from seqrec.core.config import ConfigError
 from seqrec.datasets.inputs import file_sha256
-from seqrec.datasets.manifest import read_manifest
+from seqrec.datasets.manifest import event_names, read_manifest
 from seqrec.datasets.schema import FIRST_ITEM, OOV
 from seqrec.nudging.catalogue import NudgeCatalogue, default_catalogue_path, load_catalogue
 from seqrec.retrieval.config import RerankConfig
@@ -95,6 +96,7 @@ class ScoringBundle:
     config_hash: str                # 16 hex digits over the run's files and the score settings
     info: dict                      # what the manifest reports: policy, index, null columns
     offers: OfferScorer | None = None   # the run's offer learner (seqrec/serve/offers.py); None: no offer columns
+    event_names: tuple[str, ...] | None = None  # the run's event types by code when its learner reads them; else None
 
     @property
     def device(self) -> torch.device:
@@ -171,6 +173,10 @@ def load_bundle(run: str | Path, cfg: ScoreConfig, offers: OfferSettings | None 
         version += f",retrieval:{tower_path.stem}@{_step(tower_path)}"
     elif rerank.w_tt:
         rerank = replace(rerank, w_tt=0.0)  # no two-tower score to weigh
+    names = event_names(manifest) if isinstance(learner, Learner) and learner.uses_events else None
+    if names is not None and pipeline is not None:
+        raise ConfigError(f"{run}: a learner with [encoder] events cannot be re-ranked after the two-tower retrieval "
+                          "(it reads item windows only)")
 
     data = Path(run_cfg.data)
     vocab = pq.read_table(data / "vocab.parquet").sort_by("index")
@@ -235,7 +241,7 @@ def load_bundle(run: str | Path, cfg: ScoreConfig, offers: OfferSettings | None 
     return ScoringBundle(learner, pipeline, rerank, vocab_ids, item_ids, popular, share, catalogue.ids,
                          tuple(catalogue.family_of(a) for a in catalogue.ids), arm_mask, arm_probs, contextual,
                          window, user_spec, cfg.top, cfg.candidates, cfg.seed, version, config_hash, info,
-                         offer_scorer)
+                         offer_scorer, names)
 
 
 def _gap_minutes(cfg: ScoreConfig, manifest: dict) -> float:
@@ -278,16 +284,50 @@ def _context_free_probabilities(bandit: Bandit, mask: np.ndarray) -> np.ndarray:
 def window_matrix(bundle: ScoringBundle, items: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A list column of item ids (oldest first) -> (B, W) int64 catalogue indices, left-padded with 0; unknown
     ids (and ids of the wrong type) map to OOV = 1; only the last W ids of a longer list count."""
-    lists = items.combine_chunks() if isinstance(items, pa.ChunkedArray) else items
-    b, w = len(lists), bundle.window
-    offsets = lists.offsets.to_numpy().astype(np.int64)
-    values = lists.values.slice(offsets[0], offsets[-1] - offsets[0])
-    offsets -= offsets[0]
+    offsets, values = _list_parts(items)
     if values.type != bundle.vocab_ids.type:
         values = pc.cast(values, bundle.vocab_ids.type, safe=False) if pa.types.is_string(
             bundle.vocab_ids.type) else pa.array([None] * len(values), bundle.vocab_ids.type)
     index = pc.index_in(values, value_set=bundle.vocab_ids).fill_null(OOV - FIRST_ITEM)
     index = index.to_numpy().astype(np.int64) + FIRST_ITEM  # (N,) catalogue indices
+    return _left_padded(offsets, index, bundle.window)
+
+
+def event_matrix(bundle: ScoringBundle, item_events: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The `item_events` list column (event code + 1 per item, aligned with `items`) -> (B, W) int64, left-padded
+    with 0 as window_matrix pads the items."""
+    offsets, values = _list_parts(item_events)
+    return _left_padded(offsets, values.to_numpy(zero_copy_only=False).astype(np.int64), bundle.window)
+
+
+def state_event_codes(bundle: ScoringBundle, events: pa.Table, names: list[str] | tuple[str, ...]) -> np.ndarray | None:
+    """(N,) the run's event code + 1 of each event (its "event" column holds codes of `names`, the scoring job's
+    event types), for session_states' item_events; None when the learner does not read event types. An event type
+    the run was not prepared with stops scoring with one line (the model has no row for it)."""
+    if bundle.event_names is None:
+        return None
+    run_code = {n: i + 1 for i, n in enumerate(bundle.event_names)}
+    lut = np.array([run_code.get(n, -1) for n in names] or [-1], np.int64)  # (E',) scoring code -> run code + 1
+    codes = lut[events.column("event").to_numpy(zero_copy_only=False).astype(np.int64)] if events.num_rows \
+        else np.zeros(0, np.int64)  # (N,)
+    if (codes < 0).any():
+        name = names[int(events.column("event").to_numpy(zero_copy_only=False)[np.flatnonzero(codes < 0)[0]])]
+        raise ConfigError(f"event type {name!r} is not one the run was trained on ({', '.join(bundle.event_names)}): "
+                          "its learner reads event types ([encoder] events); map it to one of those or drop it")
+    return codes
+
+
+def _list_parts(lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """A list column -> its (B + 1,) offsets from 0 and its (N,) values."""
+    lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+    offsets = lists.offsets.to_numpy().astype(np.int64)
+    values = lists.values.slice(offsets[0], offsets[-1] - offsets[0])
+    return offsets - offsets[0], values
+
+
+def _left_padded(offsets: np.ndarray, index: np.ndarray, w: int) -> np.ndarray:
+    """(B + 1,) list offsets and (N,) values -> (B, W) int64, each list's last W values right-aligned, 0 before."""
+    b = len(offsets) - 1
     lengths = np.diff(offsets)  # (B,)
     row = np.repeat(np.arange(b), lengths)  # (N,)
     col = w - lengths[row] + (np.arange(len(index)) - offsets[:-1][row])  # (N,) newest item in column W - 1
@@ -297,21 +337,23 @@ def window_matrix(bundle: ScoringBundle, items: pa.ChunkedArray | pa.Array) -> n
     return out
 
 
-def _learner_candidates(bundle: ScoringBundle, items: torch.Tensor) -> Candidates:
+def _learner_candidates(bundle: ScoringBundle, items: torch.Tensor, events: torch.Tensor | None = None) -> Candidates:
     """No retrieval model: the learner's supervised scores over the whole catalogue give the K candidates
-    (padding and OOV excluded), then the run's blend of supervised score and Q value ranks them."""
+    (padding and OOV excluded), then the run's blend of supervised score and Q value ranks them. `events`: the
+    windows' (B, W) event codes + 1 for a learner that reads them."""
     learner, k = bundle.learner, min(bundle.candidates, len(bundle.vocab_ids))
+    ev = {} if events is None else {"events": events}
     if isinstance(learner, Learner) and learner.scores_from_state:
-        state = learner.encode(items)  # (B, D)
+        state = learner.encode(items, **ev)  # (B, D)
         full = learner.padded_supervised(state)  # (B, I') row-padded, padding columns -inf
         full[:, :FIRST_ITEM] = -torch.inf
         sup, ids = torch.topk(full, k, dim=1)  # (B, K) each
         q = learner.q_at(state, ids) if learner.has_q_head else None
     else:
-        full = learner.scores(items).clone()  # (B, I)
+        full = learner.scores(items, **ev).clone()  # (B, I)
         full[:, :FIRST_ITEM] = -torch.inf
         sup, ids = torch.topk(full, k, dim=1)
-        q = learner.q_values(items).gather(1, ids) if learner.has_q_head else None
+        q = learner.q_values(items, **ev).gather(1, ids) if learner.has_q_head else None
     valid = ids >= FIRST_ITEM  # (B, K)
     tt = torch.full_like(sup, torch.nan)
     final = blend(tt, sup, q, replace(bundle.rerank, w_tt=0.0), valid)  # (B, K)
@@ -344,10 +386,11 @@ def _retrieve_rerank(bundle: ScoringBundle, items: torch.Tensor, users) -> Candi
     return Candidates(kept, tt.gather(1, order), sup, q, final.gather(1, order))
 
 
-def _candidates(bundle: ScoringBundle, items: torch.Tensor, users) -> Candidates:
-    """The ranked top of (B, T) windows: retrieve + re-rank, or the learner alone without a retrieval model."""
+def _candidates(bundle: ScoringBundle, items: torch.Tensor, users, events: torch.Tensor | None = None) -> Candidates:
+    """The ranked top of (B, T) windows (and their (B, T) events for a learner that reads them): retrieve +
+    re-rank, or the learner alone without a retrieval model."""
     if bundle.pipeline is None:
-        return _learner_candidates(bundle, items)
+        return _learner_candidates(bundle, items, events)
     if isinstance(bundle.learner, Learner) and bundle.learner.scores_from_state:  # copy = true: through the seam
         return _retrieve_rerank(bundle, items, users)
     return pipeline_batch(bundle.pipeline, items, users, bundle.top, bundle.candidates)
@@ -372,6 +415,8 @@ def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
     """
     n = sessions.num_rows
     items = window_matrix(bundle, sessions.column("items"))  # (B, W)
+    events = event_matrix(bundle, sessions.column("item_events")) if bundle.event_names is not None else None
+    ev = {}  # the learner's events keyword: set per chunk for a learner that reads event types
     known = (items >= FIRST_ITEM).sum(1)  # (B,)
     top = min(bundle.top, len(bundle.vocab_ids))
     ids = np.zeros((n, top), np.int64)
@@ -387,13 +432,15 @@ def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
         padded = np.r_[rows, np.repeat(rows[-1:], -len(rows) % ROW_MULTIPLE)]  # (b',)
         n_rows = len(rows)
         x = torch.from_numpy(items[padded]).to(bundle.device)  # (b', W)
-        c = _candidates(bundle, x, _user_features(bundle, sessions, padded))
+        if events is not None:
+            ev = {"events": torch.from_numpy(events[padded]).to(bundle.device)}  # (b', W)
+        c = _candidates(bundle, x, _user_features(bundle, sessions, padded), **ev)
         k = c.ids.shape[1]
         ids[rows, :k] = c.ids[:n_rows].cpu().numpy()
         for j, t in enumerate((c.two_tower, c.supervised, c.q, c.final)):
             scores[j, rows, :k] = t[:n_rows].float().cpu().numpy()
         if state is not None:
-            state[rows] = bundle.learner.encode(x)[:n_rows].double().cpu().numpy()  # (b, D)
+            state[rows] = bundle.learner.encode(x, **ev)[:n_rows].double().cpu().numpy()  # (b, D)
     fallback = (ids >= FIRST_ITEM).sum(1) == 0  # (B,) no known item, or no candidate found
     p = len(bundle.popular)
     ids[fallback] = 0
@@ -410,7 +457,8 @@ def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
     else:
         if fallback.any():  # the context of a session without a known item: the encoding of an unknown window
             pad = torch.full((1, bundle.window), OOV, dtype=torch.long, device=bundle.device)
-            state[fallback] = bundle.learner.encode(pad).double().cpu().numpy()
+            pad_ev = {} if events is None else {"events": torch.zeros_like(pad)}  # (1, W) no known event type
+            state[fallback] = bundle.learner.encode(pad, **pad_ev).double().cpu().numpy()
         probs = bundle.bandit.probabilities_batch(state[row_session], bundle.arm_mask[flat])
     keys = session_keys(sessions)  # (B,)
     u = uniforms(keys[row_session], rank, bundle.seed)  # (N,)

@@ -21,14 +21,16 @@ from seqrec.datasets.schema import TIMESTAMP_TYPE
 
 
 def session_states(events: pa.Table, window: int, gap_us: int, columns: Sequence[str] = (),
-                   ends: bool = False) -> pa.Table:
+                   ends: bool = False, event_codes: np.ndarray | None = None) -> pa.Table:
     """Events of whole users (user_id, item_id, timestamp, optional session_id and `columns`) -> one row per
     session, sessions ordered by (user, start):
 
     user_id, [session_id], session_start (timestamp[us, UTC]), events (int32: the session's length),
     items (list of the last `window` item ids, oldest first), and each of `columns` present in `events` as
     text, its value on the session's first event (user features for the two-tower's user tower); with `ends`,
-    session_end (timestamp[us, UTC]): the time of the session's last event.
+    session_end (timestamp[us, UTC]): the time of the session's last event; with `event_codes` ((N,) int, one per
+    event: the run's event code + 1, as prepare's state_event holds them), item_events (list of int8 aligned
+    with items).
     """
     n = events.num_rows
     user = id_codes(events.column("user_id"))
@@ -60,6 +62,9 @@ def session_states(events: pa.Table, window: int, gap_us: int, columns: Sequence
         out["session_end"] = pa.array(ts[last], pa.int64()).cast(TIMESTAMP_TYPE)
     out["events"] = pa.array(lengths.astype(np.int32))
     out["items"] = pa.ListArray.from_arrays(pa.array(offsets), item_ids)
+    if event_codes is not None:
+        codes = pa.array(np.asarray(event_codes)[order[rows]].astype(np.int8))  # (sum counts,)
+        out["item_events"] = pa.ListArray.from_arrays(pa.array(offsets), codes)
     for c in columns:
         if c in events.column_names:
             col = events.column(c).take(head)

@@ -11,17 +11,23 @@ from seqrec.training.metrics import RankingMetrics, repeat_targets, target_ranks
 
 @torch.no_grad()
 def evaluate_arrays(score_fn, arrays: dict[str, np.ndarray], event_names: tuple[str, ...], device: torch.device,
-                    batch_size: int = 1024, split_repeat: bool = False) -> dict[str, dict]:
+                    batch_size: int = 1024, split_repeat: bool = False, events: bool = False) -> dict[str, dict]:
     """HR/NDCG@k per event type: every transition's action is a target ranked over the whole catalogue.
 
-    split_repeat: each event type's row also gets "repeat" and "explore" (targets in their window or not)."""
+    split_repeat: each event type's row also gets "repeat" and "explore" (targets in their window or not);
+    events: score_fn takes the windows' (B, T) event codes + 1 too (arrays["state_event"]; [encoder] events)."""
     metrics = RankingMetrics(event_names)
     n = len(arrays["action"])
     for lo in range(0, n, batch_size):
         idx = np.arange(lo, min(lo + batch_size, n))
         state = torch.from_numpy(np.asarray(arrays["state"][idx], np.int64)).to(device)
         target = torch.from_numpy(np.asarray(arrays["action"][idx], np.int64)).to(device)
-        ranks = target_ranks(score_fn(state).float(), target)
+        if events:
+            state_event = torch.from_numpy(np.asarray(arrays["state_event"][idx], np.int64)).to(device)  # (B, T)
+            scores = score_fn(state, state_event)  # (B, I)
+        else:
+            scores = score_fn(state)  # (B, I)
+        ranks = target_ranks(scores.float(), target)
         repeat = repeat_targets(state, target) if split_repeat else None  # (B,) bool
         metrics.add(ranks, torch.from_numpy(np.asarray(arrays["event"][idx], np.int64)), repeat)
     return metrics.result()

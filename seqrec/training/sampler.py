@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from seqrec.core.config import ConfigError
+from seqrec.datasets.sessions import next_windows
 
 
 class EpochSampler:
@@ -33,12 +34,21 @@ class EpochSampler:
         return np.sort(out)  # sorted: friendlier reads from the memory-mapped arrays
 
 
-def to_batch(arrays: dict[str, np.ndarray], idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-    """Rows `idx` of the transition arrays as tensors on `device`."""
-    return {
+def to_batch(arrays: dict[str, np.ndarray], idx: np.ndarray, device: torch.device,
+             events: bool = False) -> dict[str, torch.Tensor]:
+    """Rows `idx` of the transition arrays as tensors on `device`; with `events`, also "state_event" (B, W) and
+    "next_state_event" (B, W), the next state's derived as prepare derives next_state (each row's own event + 1
+    appended)."""
+    batch = {
         "state": torch.from_numpy(np.asarray(arrays["state"][idx], np.int64)).to(device),
         "next_state": torch.from_numpy(np.asarray(arrays["next_state"][idx], np.int64)).to(device),
         "action": torch.from_numpy(np.asarray(arrays["action"][idx], np.int64)).to(device),
         "reward": torch.from_numpy(np.asarray(arrays["reward"][idx], np.float32)).to(device),
         "done": torch.from_numpy(np.asarray(arrays["done"][idx], np.bool_)).to(device),
     }
+    if events:
+        state_event = np.asarray(arrays["state_event"][idx], np.int64)  # (B, W)
+        nxt = next_windows(state_event, np.asarray(arrays["event"][idx], np.int64) + 1)  # (B, W)
+        batch["state_event"] = torch.from_numpy(state_event).to(device)
+        batch["next_state_event"] = torch.from_numpy(nxt).to(device)
+    return batch
