@@ -273,8 +273,9 @@ def test_events_true_needs_event_windows_and_auto_follows_the_data(tmp_path, car
 def test_scoring_reads_the_event_types_and_matches_the_learner(runs, tmp_path):
     """seqrec score on raw events ranks as the learner does on the hand-built (items, events) windows, and moving
     the cart to another position moves the top item with it."""
-    from seqrec.serve.scoring import load_bundle
+    from seqrec.api.run import open_run
     from seqrec.runs.score_config import ScoreConfig
+    from seqrec.serve.scoring import load_bundle
 
     run = runs[True]
     learner = restored(run)
@@ -296,5 +297,25 @@ def test_scoring_reads_the_event_types_and_matches_the_learner(runs, tmp_path):
             want = learner.scores(items, events)[:, 2:].argmax(1) + 2  # (2,) the learner's own first item
         first = df[df["rank"] == 1]["item_id"].tolist()
         assert first == [vocab[int(i) - 2] for i in want]
+        api = open_run(run).score(pd.read_parquet(log))  # the notebook API cuts its own sessions: the same rows
+        assert api[api["rank"] == 1].sort_values("user_id")["item_id"].tolist() == first
         top[cart] = first
     assert top[1] == [101, 111] and top[3] == [103, 113]  # the carted item, wherever it is
+
+
+def test_scoring_an_event_type_the_run_does_not_know(runs, tmp_path, capsys):
+    """An unknown raw event name is quarantined as always; a type added by the scoring job's event map, which the
+    run's model has no row for, stops scoring with one line."""
+    log = write_log(tmp_path / "in.parquet", [(0, 0, 100, "view"), (0, 0, 101, "share"), (0, 0, 102, "cart")])
+    assert main(["score", "--run", str(runs[True]), "--input", str(log), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 0
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["quarantine_reasons"] == {"unknown_event_type": 1} and m["sessions"]["scored"] == 1
+    capsys.readouterr()
+    assert main(["score", "--run", str(runs[True]), "--input", str(log), "--out", str(tmp_path / "o2"),
+                 "--no-progress", "--event-map", "share=1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "event type 'share' is not one the run was trained on" in err
+    # a run without events scores the same input as it always did: the new type is just another event
+    assert main(["score", "--run", str(runs[False]), "--input", str(log), "--out", str(tmp_path / "o3"),
+                 "--no-progress", "--event-map", "share=1.5"]) == 0
