@@ -319,3 +319,31 @@ def test_scoring_an_event_type_the_run_does_not_know(runs, tmp_path, capsys):
     # a run without events scores the same input as it always did: the new type is just another event
     assert main(["score", "--run", str(runs[False]), "--input", str(log), "--out", str(tmp_path / "o3"),
                  "--no-progress", "--event-map", "share=1.5"]) == 0
+
+
+@pytest.mark.parametrize("variant", ["snqn", "sa2c"])
+def test_q_heads_read_the_event_windows_of_states_and_next_states(cart_data, variant):
+    """The TD target values next states with their own event windows: changing only next_state_event changes the
+    double-Q value; a batch without event windows is refused."""
+    from seqrec.rl.qlearning.learner import Learner, double_q_value
+    from seqrec.rl.qlearning.losses import HeadConfig
+    from seqrec.training.sampler import to_batch
+
+    torch.manual_seed(0)
+    a = load_transitions(cart_data, "train", events=True)
+    enc = EncoderConfig(num_items=int(read_manifest(cart_data)["catalogue_size"]), max_len=W, dim=8, dropout=0.0,
+                        event_types=5)
+    learner = Learner(enc, HeadConfig(variant=variant, copy=True, copy_aux=1.0), lr=0.01)
+    for step in range(5):
+        batch = to_batch(a, np.arange(step * 32, step * 32 + 32), torch.device("cpu"), events=True)
+        stats = learner.update(batch, step, 0)
+        assert all(np.isfinite(v) for v in stats.values())
+    net, other = learner.nets
+    with torch.no_grad():
+        net.encoder.event_emb.weight.normal_()
+        net.copy.event_bias.normal_()
+    nxt, ev = batch["next_state"], batch["next_state_event"]
+    shuffled = ev.roll(1, dims=1) * (nxt != 0)  # other event types at the same real positions
+    assert not torch.equal(double_q_value(net, other, nxt, events=ev), double_q_value(net, other, nxt, events=shuffled))
+    with pytest.raises(ValueError, match="batches need state_event and next_state_event"):
+        learner.update({k: v for k, v in batch.items() if k != "next_state_event"}, 9, 0)
