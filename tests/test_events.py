@@ -327,6 +327,7 @@ def test_q_heads_read_the_event_windows_of_states_and_next_states(cart_data, var
     double-Q value; a batch without event windows is refused."""
     from seqrec.rl.qlearning.learner import Learner, double_q_value
     from seqrec.rl.qlearning.losses import HeadConfig
+
     from seqrec.training.sampler import to_batch
 
     torch.manual_seed(0)
