@@ -263,6 +263,8 @@ def test_events_true_needs_event_windows_and_auto_follows_the_data(tmp_path, car
         run_config({"algorithm": "d3rlpy.dqn", "encoder": {"events": True}}, data=str(cart_data))
     with pytest.raises(ConfigError, match="events applies to algorithm"):
         run_config({"encoder": {"events": True, "dim": 16}, "retrieval": {"enabled": True}}, data=str(cart_data))
+    assert run_config({"encoder": {"events": "auto", "dim": 16}, "retrieval": {"enabled": True}},
+                      data=str(cart_data)).encoder.event_types == 0  # "auto": on only where events can be passed
     with pytest.raises(ConfigError, match="events must be true, false or"):
         run_config({"encoder": {"events": "yes"}}, data=str(cart_data))
 

@@ -155,7 +155,8 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
     if "events" in enc:
         if "event_types" in enc:
             raise ConfigError('give [encoder] events (true, false or "auto") or event_types (a count), not both')
-        enc["event_types"] = _events(enc.pop("events"), data_dir, manifest, algorithm)
+        retrieval = raw.get("retrieval", {}).get("enabled", False) is True
+        enc["event_types"] = _events(enc.pop("events"), data_dir, manifest, algorithm, retrieval)
     if not enc["categories"] and head.get("copy_category") is True and asked == "auto":
         head["copy_category"] = False  # "auto" on a log without categories: the mixture without that component
     return RunConfig(data=str(data_dir), encoder=from_dict(EncoderConfig, enc, "encoder"),
@@ -181,9 +182,10 @@ def _categories(value: Any, data_dir: str, num_items: int, algorithm: str) -> An
         raise ConfigError(f"[encoder] categories = true: {e}") from None
 
 
-def _events(value: Any, data_dir: str, manifest: dict, algorithm: str) -> int:
+def _events(value: Any, data_dir: str, manifest: dict, algorithm: str, retrieval: bool) -> int:
     """[encoder] events: true (the prepared log's event types + 1; an error on data without event windows), "auto"
-    (that count when the log has more than one event type and event windows, else 0), false (0)."""
+    (that count when the log has more than one event type and event windows and the run can pass them: our heads
+    without [retrieval]; else 0), false (0)."""
     if value is False:
         return 0
     if value is not True and value != "auto":
@@ -191,7 +193,8 @@ def _events(value: Any, data_dir: str, manifest: dict, algorithm: str) -> int:
     count = len(event_names(manifest)) + 1  # codes + 1, index 0 = padding
     if value == "auto":
         seen = sum(1 for n in manifest.get("events_by_type", {}).values() if n)
-        return count if algorithm == "seqrec" and seen > 1 and has_state_events(data_dir) else 0
+        usable = algorithm == "seqrec" and not retrieval
+        return count if usable and seen > 1 and has_state_events(data_dir) else 0
     if algorithm != "seqrec":
         raise ConfigError('[encoder] events applies to algorithm = "seqrec" (our heads) only')
     if not has_state_events(data_dir):
