@@ -62,6 +62,7 @@ from seqrec.serve.offers import (
     load_offer_scorer,
     offer_columns,
 )
+from seqrec.serve.windows import event_windows, item_windows, run_event_codes
 from seqrec.training.checkpoints import load_checkpoint
 
 SCORE_FORMAT = 1
@@ -284,57 +285,19 @@ def _context_free_probabilities(bandit: Bandit, mask: np.ndarray) -> np.ndarray:
 def window_matrix(bundle: ScoringBundle, items: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A list column of item ids (oldest first) -> (B, W) int64 catalogue indices, left-padded with 0; unknown
     ids (and ids of the wrong type) map to OOV = 1; only the last W ids of a longer list count."""
-    offsets, values = _list_parts(items)
-    if values.type != bundle.vocab_ids.type:
-        values = pc.cast(values, bundle.vocab_ids.type, safe=False) if pa.types.is_string(
-            bundle.vocab_ids.type) else pa.array([None] * len(values), bundle.vocab_ids.type)
-    index = pc.index_in(values, value_set=bundle.vocab_ids).fill_null(OOV - FIRST_ITEM)
-    index = index.to_numpy().astype(np.int64) + FIRST_ITEM  # (N,) catalogue indices
-    return _left_padded(offsets, index, bundle.window)
+    return item_windows(items, bundle.vocab_ids, bundle.window)
 
 
 def event_matrix(bundle: ScoringBundle, item_events: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """The `item_events` list column (event code + 1 per item, aligned with `items`) -> (B, W) int64, left-padded
     with 0 as window_matrix pads the items."""
-    offsets, values = _list_parts(item_events)
-    return _left_padded(offsets, values.to_numpy(zero_copy_only=False).astype(np.int64), bundle.window)
+    return event_windows(item_events, bundle.window)
 
 
 def state_event_codes(bundle: ScoringBundle, events: pa.Table, names: list[str] | tuple[str, ...]) -> np.ndarray | None:
-    """(N,) the run's event code + 1 of each event (its "event" column holds codes of `names`, the scoring job's
-    event types), for session_states' item_events; None when the learner does not read event types. An event type
-    the run was not prepared with stops scoring with one line (the model has no row for it)."""
-    if bundle.event_names is None:
-        return None
-    run_code = {n: i + 1 for i, n in enumerate(bundle.event_names)}
-    lut = np.array([run_code.get(n, -1) for n in names] or [-1], np.int64)  # (E',) scoring code -> run code + 1
-    codes = lut[events.column("event").to_numpy(zero_copy_only=False).astype(np.int64)] if events.num_rows \
-        else np.zeros(0, np.int64)  # (N,)
-    if (codes < 0).any():
-        name = names[int(events.column("event").to_numpy(zero_copy_only=False)[np.flatnonzero(codes < 0)[0]])]
-        raise ConfigError(f"event type {name!r} is not one the run was trained on ({', '.join(bundle.event_names)}): "
-                          "its learner reads event types ([encoder] events); map it to one of those or drop it")
-    return codes
-
-
-def _list_parts(lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """A list column -> its (B + 1,) offsets from 0 and its (N,) values."""
-    lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
-    offsets = lists.offsets.to_numpy().astype(np.int64)
-    values = lists.values.slice(offsets[0], offsets[-1] - offsets[0])
-    return offsets - offsets[0], values
-
-
-def _left_padded(offsets: np.ndarray, index: np.ndarray, w: int) -> np.ndarray:
-    """(B + 1,) list offsets and (N,) values -> (B, W) int64, each list's last W values right-aligned, 0 before."""
-    b = len(offsets) - 1
-    lengths = np.diff(offsets)  # (B,)
-    row = np.repeat(np.arange(b), lengths)  # (N,)
-    col = w - lengths[row] + (np.arange(len(index)) - offsets[:-1][row])  # (N,) newest item in column W - 1
-    keep = col >= 0
-    out = np.zeros((b, w), np.int64)
-    out[row[keep], col[keep]] = index[keep]
-    return out
+    """(N,) the run's event code + 1 of each event of `events` (whose "event" column holds codes of `names`, the
+    scoring job's event types), for session_states' item_events; None when the learner reads no event types."""
+    return None if bundle.event_names is None else run_event_codes(events.column("event"), names, bundle.event_names)
 
 
 def _learner_candidates(bundle: ScoringBundle, items: torch.Tensor, events: torch.Tensor | None = None) -> Candidates:
