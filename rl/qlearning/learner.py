@@ -173,6 +173,17 @@ class Learner(nn.Module):
             return net.mixed_q_all(state, net.encoder.encode(state, events), events=events)
         return self.nets[0].q_values(state, events)
 
+    def mixture_parts(self, items: torch.Tensor,
+                      events: torch.Tensor | None = None) -> tuple[CopyState, torch.Tensor]:
+        """(B, T) windows (and events) -> the first network's copy attention and gates, and its (B, I) catalogue
+        logits: the parts `scores` mixes (copy = true), for analyses that vary the mixing
+        (experiments/mixture_gates.py)."""
+        net = self.nets[0]
+        if net.copy is None:
+            raise ValueError("this learner has no repeat-aware mixture ([head] copy = false)")
+        state = net.encoder.encode(items, events)  # (B, D)
+        return net.attend(items, state, events), net.encoder.score_all(state)
+
     @property
     def uses_events(self) -> bool:
         """Whether every window comes with its (B, T) event codes + 1 (`[encoder] events`): scores, q_values,
