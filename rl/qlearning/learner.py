@@ -32,7 +32,8 @@ class TwoHeadNet(nn.Module):
     With event types (EncoderConfig.event_types > 0) every window comes with its (B, T) event codes + 1 (`events`),
     which reach the encoder's input rows and the copy attention's keys and logits; without them `events` is None."""
 
-    def __init__(self, enc: EncoderConfig, q_head: bool, copy: bool = False, copy_category: bool = False) -> None:
+    def __init__(self, enc: EncoderConfig, q_head: bool, copy: bool = False, copy_category: bool = False,
+                 copy_calibrate: bool = False) -> None:
         super().__init__()
         if copy_category and not enc.categories:
             raise ValueError("copy_category needs item categories: [encoder] categories = true")
@@ -40,7 +41,7 @@ class TwoHeadNet(nn.Module):
         self.q = nn.Linear(enc.dim, enc.num_items) if q_head else None
         # created only with copy: without it the parameters, their initial draws and state dicts are as before
         self.copy = CopyMixer(enc.dim, enc.max_len, enc.num_items if copy_category else None,
-                              enc.event_types) if copy else None
+                              enc.event_types, copy_calibrate) if copy else None
         self.q_copy = nn.Linear(enc.dim, 1) if copy and q_head else None  # kappa(state): a repeat's extra Q
 
     def forward(self, items: torch.Tensor,
@@ -152,7 +153,8 @@ class Learner(nn.Module):
         self.register_buffer("allowed", None if allowed is None else action_mask(enc.num_items, allowed),
                              persistent=False)
         n = 1 if head.variant == "ce" else 2
-        self.nets = nn.ModuleList([TwoHeadNet(enc, head.variant != "ce", head.copy, head.copy_category)
+        self.nets = nn.ModuleList([TwoHeadNet(enc, head.variant != "ce", head.copy, head.copy_category,
+                                              head.copy_calibrate)
                                    for _ in range(n)])
         self.log_q: torch.Tensor | None = None  # sampler = "popularity": log sampling probabilities (set_item_counts)
         # fused Adam: one kernel over each (I, D) table instead of several passes (4x faster on CPU here)
@@ -183,6 +185,13 @@ class Learner(nn.Module):
             raise ValueError("this learner has no repeat-aware mixture ([head] copy = false)")
         state = net.encoder.encode(items, events)  # (B, D)
         return net.attend(items, state, events), net.encoder.score_all(state)
+
+    def set_gate_shift(self, copy: float, category: float) -> None:
+        """The mixture's gate offsets (copy_calibrate), in every network: logit g + copy, logit h + category."""
+        if self.nets[0].copy is None:
+            raise ValueError("this learner has no repeat-aware mixture ([head] copy = false)")
+        for net in self.nets:
+            net.copy.set_gate_shift(copy, category)
 
     @property
     def uses_events(self) -> bool:

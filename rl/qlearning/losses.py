@@ -43,6 +43,7 @@ class HeadConfig:
     copy: bool = False              # the repeat-aware mixture (seqrec/models/repeat.py) scores and trains
     copy_aux: float = 0.0           # copy: weight of the catalogue's own loss next to the mixture's
     copy_category: bool = False     # copy: a third component, popular items of the window's categories
+    copy_calibrate: bool = False    # copy_category: after training, the gates' offsets chosen on validation
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -60,7 +61,7 @@ class HeadConfig:
         if self.actor_weights not in ACTOR_WEIGHTS:
             raise ValueError(f"actor_weights must be one of {', '.join(ACTOR_WEIGHTS)}, got {self.actor_weights!r}")
         check_recipe(self.loss, self.loss_negatives, self.sampler, self.gbce_t, self.label_smoothing, self.copy,
-                     self.copy_aux, self.copy_category)
+                     self.copy_aux, self.copy_category, self.copy_calibrate)
 
 
 def td_target(reward: torch.Tensor, done: torch.Tensor, future: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 LOSSES = ("ce", "sampled", "gbce")   # full cross-entropy (default), sampled softmax with log-Q correction, gBCE
 SAMPLERS = ("uniform", "popularity")  # negatives of loss = "sampled": uniform over real items, or by target counts
-RECIPE_KEYS = ("loss", "loss_negatives", "sampler", "gbce_t", "label_smoothing", "copy", "copy_aux", "copy_category")
+RECIPE_KEYS = ("loss", "loss_negatives", "sampler", "gbce_t", "label_smoothing", "copy", "copy_aux", "copy_category",
+               "copy_calibrate")
 
 
 def check_recipe(loss: str, negatives: int, sampler: str, gbce_t: float, smoothing: float, copy: bool,
-                 copy_aux: float = 0.0, copy_category: bool = False) -> None:
+                 copy_aux: float = 0.0, copy_category: bool = False, copy_calibrate: bool = False) -> None:
     """HeadConfig's checks of the recipe's keys (ValueError naming the key)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
@@ -33,5 +34,9 @@ def check_recipe(loss: str, negatives: int, sampler: str, gbce_t: float, smoothi
         raise ValueError(f"copy_category must be a bool, got {copy_category!r}")
     if copy_category and not copy:
         raise ValueError("copy_category applies with copy = true only")
+    if not isinstance(copy_calibrate, bool):
+        raise ValueError(f"copy_calibrate must be a bool, got {copy_calibrate!r}")
+    if copy_calibrate and not copy_category:
+        raise ValueError("copy_calibrate applies with copy_category = true only")
     if loss == "gbce" and (smoothing or copy):
         raise ValueError('loss = "gbce" is no softmax: label_smoothing and copy need loss = "ce" or "sampled"')

@@ -15,6 +15,9 @@ categories: p = g copy + (1 - g)(h cat + (1 - h) softmax), cat(i) = w(c(i)) p(i 
 attention summed by the positions' categories (renormalised over items that have one) and p(i | c) the training
 targets' popularity within the category (add-one smoothed); h = sigmoid(v . state + e). An item never a target is
 then still proposed when the customer browses its category (on sparse logs most next items were never targets).
+With `[head] copy_calibrate` the two gate logits get offsets (s_g, s_h), chosen after training on the validation
+split (seqrec/training/calibrate.py) and kept in the checkpoint: the gates are fitted on training targets, which the
+catalogue's softmax has memorised, so in-sample they overrate its share.
 Scores are log p (`mix_all`, `mix_at`): they rank as the mixture does. Inspired by RepeatNet (Ren et al. 2019);
 written for this package.
 """
@@ -48,8 +51,10 @@ class CopyState:
 class CopyMixer(nn.Module):
     """The copy attention over a window's positions and the gate that mixes it with the catalogue."""
 
-    def __init__(self, dim: int, max_len: int, num_items: int | None = None, event_types: int = 0) -> None:
-        """`num_items` I: with the category component (copy_category); `event_types` E: with event types."""
+    def __init__(self, dim: int, max_len: int, num_items: int | None = None, event_types: int = 0,
+                 calibrated: bool = False) -> None:
+        """`num_items` I: with the category component (copy_category); `event_types` E: with event types;
+        `calibrated`: with the gates' offsets (copy_calibrate)."""
         super().__init__()
         self.query = nn.Linear(dim, dim)           # state -> attention query
         self.recency = nn.Embedding(max_len, dim)  # R: added to the item's key, by recency
@@ -63,11 +68,19 @@ class CopyMixer(nn.Module):
             self.cat_gate = nn.Linear(dim, 1)      # state -> logit of h
             nn.init.zeros_(self.cat_gate.bias)
             self.register_buffer("log_within", torch.full((num_items,), -torch.inf))  # (I,) set_within
+        # (s_g, s_h): set_gate_shift; created only with the option, so other state dicts stay as they were
+        self.register_buffer("gate_shift", torch.zeros(2) if calibrated else None)
         self.event_key = self.event_bias = None
         if event_types:  # created only with events: other state dicts stay as they were
             self.event_key = nn.Embedding(event_types, dim, padding_idx=0)  # V: added to the key, by event type
             nn.init.zeros_(self.event_key.weight)
             self.event_bias = nn.Parameter(torch.zeros(event_types))  # a: a logit per event type
+
+    def set_gate_shift(self, copy: float, category: float) -> None:
+        """The offsets added to the logits of g and h (copy_calibrate)."""
+        if self.gate_shift is None:
+            raise ValueError("this mixture has no gate offsets ([head] copy_calibrate = false)")
+        self.gate_shift.copy_(torch.tensor([float(copy), float(category)]))
 
     def set_within(self, counts: torch.Tensor, codes: torch.Tensor) -> None:
         """(I,) training-target counts and (I,) category codes -> log p(i | c(i)), add-one smoothed."""
@@ -100,6 +113,8 @@ class CopyMixer(nn.Module):
         logits = torch.where(copyable | ~some.unsqueeze(1), logits, -torch.inf)  # (B, T)
         log_attn = torch.where(copyable, torch.log_softmax(logits, dim=1), -torch.inf)  # (B, T)
         gate = self.gate(state).squeeze(1)  # (B,)
+        if self.gate_shift is not None:
+            gate = gate + self.gate_shift[0]
         log_gate = torch.where(some, F.logsigmoid(gate), -torch.inf)  # (B,)
         log_rest = torch.where(some, F.logsigmoid(-gate), 0.0)  # (B,)
         if self.cat_gate is None:
@@ -112,6 +127,8 @@ class CopyMixer(nn.Module):
         # log of the renormalised weights; clamped inside the log so that empty categories pass no NaN gradient
         log_cat = torch.where(w > 0, (w / total.clamp(min=1e-30)).clamp(min=1e-30).log(), -torch.inf)  # (B, C)
         h = self.cat_gate(state).squeeze(1)  # (B,)
+        if self.gate_shift is not None:
+            h = h + self.gate_shift[1]
         log_cat_gate = torch.where(has, log_rest + F.logsigmoid(h), -torch.inf)  # (B,)
         log_rest = torch.where(has, log_rest + F.logsigmoid(-h), log_rest)  # (B,)
         return CopyState(window, copyable, log_attn, log_gate, log_rest, log_cat_gate, log_cat, codes,

@@ -159,6 +159,7 @@ def run_config(raw: dict[str, Any], overrides: list[str] = (), data: str | None 
         enc["event_types"] = _events(enc.pop("events"), data_dir, manifest, algorithm, retrieval)
     if not enc["categories"] and head.get("copy_category") is True and asked == "auto":
         head["copy_category"] = False  # "auto" on a log without categories: the mixture without that component
+        head["copy_calibrate"] = False  # and without its gates' calibration
     return RunConfig(data=str(data_dir), encoder=from_dict(EncoderConfig, enc, "encoder"),
                      head=from_dict(HeadConfig, head, "head"),
                      train=from_dict(TrainConfig, raw.get("train", {}), "train"), algorithm=algorithm,

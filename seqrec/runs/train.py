@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from seqrec.core.config import ConfigError
-from seqrec.core.io import atomic_write
+from seqrec.core.io import atomic_write, atomic_write_json
 from seqrec.core.lock import output_lock
 from seqrec.datasets.features import item_category_codes
 from seqrec.datasets.manifest import event_names, load_transitions, read_manifest
@@ -25,6 +25,7 @@ from seqrec.retrieval.tower_training import train_two_tower
 from seqrec.runs.config import RunConfig, same_run, saved_config, saved_dict
 from seqrec.runs.learner import build_learner
 from seqrec.training import distributed
+from seqrec.training.calibrate import calibrate_checkpoint
 from seqrec.training.checkpoints import last_checkpoint, load_checkpoint
 from seqrec.training.evaluation import evaluate_arrays, selected_metric
 from seqrec.training.loop import (
@@ -54,6 +55,9 @@ def train(cfg: RunConfig, out: Path, resume: bool = False, progress: bool | None
         with output_lock(out, "seqrec train"):
             return _train(cfg, out, resume, progress, device, None)
     distributed.check_supported(rank, cfg.algorithm, cfg.train.batch_size)
+    if cfg.head.copy_calibrate:
+        raise ConfigError("[head] copy_calibrate chooses the gates on validation in one process: train it without "
+                          "torchrun (or --nproc_per_node=1)")
     device = distributed.rank_device(rank, device)
     with output_lock(out, "seqrec train") if rank.main else nullcontext(), distributed.process_group(rank, device):
         return _train(cfg, out, resume, progress, device, rank)
@@ -139,6 +143,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: bool | None, devic
     write_hparams(writer, {"algorithm": cfg.algorithm, **flat_hparams(tables)}, fitted)  # the HParams dashboard
     writer.close()
     result = fitted.as_dict()
+    if cfg.head.copy_calibrate and main and (ckpt_dir / "best.pt").exists():  # the gates' offsets, on validation
+        result["calibration"] = calibrate_checkpoint(learner, ckpt_dir / "best.pt",
+                                                     lambda: evaluate_fn().value, device)
+        atomic_write_json(out / "calibration.json", result["calibration"], indent=2)
     if cfg.retrieval.enabled and main:  # the two-tower candidate generator, into out/retrieval (rank 0 alone)
         result["retrieval"] = train_retrieval(cfg, out, resume, progress)
     if main:  # the nudge bandit, fitted offline on the training split's logged nudges (seqrec/nudging/fit.py)
