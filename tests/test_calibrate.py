@@ -116,3 +116,16 @@ def test_auto_categories_on_a_log_without_them_drop_the_calibration(tmp_path):
     bare = run_config({"encoder": {"categories": "auto", "dim": 8}, "head": head}, data=str(data))
     assert not bare.head.copy_category and not bare.head.copy_calibrate
     assert bare.to_dict() == run_config({"encoder": {"dim": 8}, "head": {"copy": True}}, data=str(data)).to_dict()
+
+
+def test_seqrec_train_reports_the_chosen_offsets(tmp_path, capsys):
+    from seqrec.cli.main import main
+
+    data = prepared_log(tmp_path)
+    (tmp_path / "run.toml").write_text('[encoder]\ndim = 8\ncategories = true\n[head]\ncopy = true\n'
+                                       'copy_category = true\ncopy_calibrate = true\n[train]\nmax_steps = 10\n'
+                                       'eval_every = 10\nbatch_size = 32\n')
+    assert main(["train", "--config", str(tmp_path / "run.toml"), "--data", str(data),
+                 "--out", str(tmp_path / "run")]) == 0
+    chosen = json.loads((tmp_path / "run" / "calibration.json").read_text())["chosen"]
+    assert f"offsets (copy, category) = {tuple(chosen)}" in capsys.readouterr().out

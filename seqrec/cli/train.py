@@ -48,5 +48,10 @@ def run(args: argparse.Namespace) -> int:
     best = result["best"]
     print(f"trained {out} to step {result['step']}: best {cfg.train.select_metric} = "
           f"{best if best is None else round(best, 4)} at step {result['best_step']}")
+    if "calibration" in result:  # [head] copy_calibrate
+        cal, value = result["calibration"], result["calibration"]["metric"]
+        print(f"  gates calibrated on validation: offsets (copy, category) = {tuple(cal['chosen'])}, "
+              f"{cfg.train.select_metric} = {value if value is None else round(value, 4)} "
+              f"(every pair in {out / 'calibration.json'})")
     print(f"  checkpoints: {out / 'checkpoints'}   TensorBoard: tensorboard --logdir {out / 'tb'}")
     return 0
