@@ -74,8 +74,12 @@ MODELS = {"gru4rec": ("gru", "ce"), "sasrec": ("sasrec", "ce"), "sasrec-sqn": ("
           "d3rlpy-dqn": ("sasrec", "d3rlpy.dqn"),
           # the repeat-aware mixture (`[head] copy = true, copy_aux = 1`, as next_item.toml): the same products
           "sasrec-copy": ("sasrec", "ce+copy"), "gru4rec-copy": ("gru", "ce+copy"),
-          "sasrec-sqn-copy": ("sasrec", "sqn+copy")}
+          "sasrec-sqn-copy": ("sasrec", "sqn+copy"),
+          # the Taobao step of next_item.toml: item categories and the mixture's category component as well
+          "sasrec-copy-category": ("sasrec", "ce+copy+category")}
 COPY = "+copy"
+CATEGORY = "+category"
+BENCH_CATEGORIES = 1000  # random category codes 1..1000 for the +category variants (Taobao's slice: 3,000 or so)
 # catalogue-wide products per training step by head variant: (fwd, grad_state, grad_weight); see the docstring
 MATMULS = {"ce": (1, 1, 1), "sqn": (2, 1, 1), "sac": (2, 1, 1), "snqn": (3, 1, 1), "sa2c": (3, 1, 1),
            "d3rlpy.dqn": (3, 1, 1)}
@@ -178,6 +182,15 @@ def make_learner(variant: str, enc: EncoderConfig, batch: int, device: torch.dev
         from seqrec.rl.d3rlpy_bridge.config import D3rlpyConfig
 
         return D3rlpyLearner(variant, enc, D3rlpyConfig(), batch_size=batch, lr=0.005, gamma=0.5, device=device)
+    if variant.endswith(COPY + CATEGORY):
+        head = HeadConfig(variant=variant.removesuffix(COPY + CATEGORY), copy=True, copy_aux=1.0, copy_category=True)
+        learner = Learner(enc, head, lr=0.005).to(device)
+        g = torch.Generator().manual_seed(0)
+        codes = torch.randint(1, BENCH_CATEGORIES + 1, (enc.num_items,), generator=g)
+        codes[:FIRST_ITEM] = 0  # padding and OOV have none
+        learner.set_item_categories(codes)
+        learner.set_item_counts(torch.randint(0, 5, (enc.num_items,), generator=g))
+        return learner
     if variant.endswith(COPY):
         head = HeadConfig(variant=variant.removesuffix(COPY), copy=True, copy_aux=1.0)
     else:
@@ -192,7 +205,7 @@ def run_one(model: str, items: int, args: argparse.Namespace, device: torch.devi
     kind, variant = MODELS[model]
     torch.manual_seed(args.seed)
     enc = EncoderConfig(kind=kind, num_items=items, max_len=args.window, dim=args.dim, blocks=1, heads=1,
-                        dropout=0.1)
+                        dropout=0.1, categories=BENCH_CATEGORIES + 1 if variant.endswith(CATEGORY) else 0)
     learner = make_learner(variant, enc, args.batch, device)
     learner.train()
     b = args.batch
@@ -219,7 +232,7 @@ def run_one(model: str, items: int, args: argparse.Namespace, device: torch.devi
     for k, v in after.items():
         mm[k] += v
     t_mm = {k: median(v) for k, v in mm.items()}
-    counts = dict(zip(SHAPES, MATMULS[variant.removesuffix(COPY)]))
+    counts = dict(zip(SHAPES, MATMULS[variant.removesuffix(CATEGORY).removesuffix(COPY)]))
     bound_step_s = sum(counts[k] * t_mm[k] for k in SHAPES)
     # the strict bound: the forward product at the fastest of its output layouts
     best = {**t_mm, "fwd": min(t_mm["fwd"], t_mm["fwd_padded"], t_mm["fwd_blocked"])}
@@ -387,7 +400,7 @@ def main() -> None:
           "the forward product at the fastest of its three layouts (plain, rows padded as seqrec/catalogue.py writes "
           "the CE logits, or in transposed blocks as its scores_argmax computes the double-Q arg-max). Products per "
           "step: "
-          + ", ".join(f"{m} {sum(MATMULS[MODELS[m][1].removesuffix(COPY)])}" for m in models)
+          + ", ".join(f"{m} {sum(MATMULS[MODELS[m][1].removesuffix(CATEGORY).removesuffix(COPY)])}" for m in models)
           + f". RSS after import torch: {median([r['baseline_rss_mib'] for r in rows]):,.0f} MiB (in every peak).")
     busy = [f"{r['model']} at {r['items']:,}" for r in rows if r["mm_drift"] > 0.25 and r["t_mm"]["fwd"] > 1e-3]
     if busy:

@@ -66,10 +66,11 @@ class TwoHeadNet(nn.Module):
 
     def attend(self, items: torch.Tensor, state: torch.Tensor, events: torch.Tensor | None = None) -> CopyState:
         """(B, T) windows, their (B, D) states (and (B, T) events) -> the copy attention and gate."""
+        rows = self.encoder.item_rows(items.long())  # (B, T, D): the window's rows, not the (I, D) table
         if self.copy.cat_gate is None:
-            return self.copy.attend(state, items, self.encoder.input_weight, events=events)
-        return self.copy.attend(state, items, self.encoder.input_weight, self.encoder.item_category,
-                                self.encoder.cfg.categories, events=events)
+            return self.copy.attend(state, items, rows, events=events)
+        return self.copy.attend(state, items, rows, self.encoder.item_category, self.encoder.cfg.categories,
+                                events=events)
 
     def mixed_all(self, items: torch.Tensor, state: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
         """(B, I) the mixture's log-probabilities over the catalogue."""

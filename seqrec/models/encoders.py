@@ -176,11 +176,15 @@ class SequenceEncoder(nn.Module):
         """The (I, D) table that scores items: the input table when tied (with categories: id + category rows)."""
         return self._with_categories(self.item_emb.weight if self.out_emb is None else self.out_emb.weight)
 
+    def item_rows(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D) their rows of `input_weight` (id + category), without building the whole table."""
+        x = self.item_emb(items)
+        return x if self.cat_emb is None else x + self.cat_emb(self.item_category[items])
+
     def embed(self, items: torch.Tensor, events: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids (and (B, T) event codes + 1 with event types) -> (B, T, D) input rows (id + category +
         event type), without building the whole table."""
-        x = self.item_emb(items)
-        x = x if self.cat_emb is None else x + self.cat_emb(self.item_category[items])
+        x = self.item_rows(items)
         return x if self.event_emb is None else x + self.event_emb(events)
 
     def _ids(self, items: torch.Tensor, events: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -93,12 +93,14 @@ class CopyMixer(nn.Module):
     def attend(self, state: torch.Tensor, window: torch.Tensor, items: torch.Tensor,
                codes: torch.Tensor | None = None, categories: int = 0,
                events: torch.Tensor | None = None) -> CopyState:
-        """(B, D) states, (B, T) windows, (I, D) item table -> the window's CopyState; with the category
-        component, (I,) category codes and their count C; with event types, the (B, T) event codes + 1."""
+        """(B, D) states, (B, T) windows, and the (I, D) item table or the window's own (B, T, D) rows of it (no
+        catalogue-wide gather: cheaper when the table is built, as with categories) -> the window's CopyState; with
+        the category component, (I,) category codes and their count C; with event types, the (B, T) codes + 1."""
         window = window.long()
         t = window.shape[1]
         recency = torch.arange(t - 1, -1, -1, device=window.device)  # (T,) newest = 0
-        keys = F.embedding(window, items) + self.recency(recency)  # (B, T, D)
+        rows = items if items.dim() == 3 else F.embedding(window, items)  # (B, T, D)
+        keys = rows + self.recency(recency)  # (B, T, D)
         if self.event_key is not None:
             if events is None:
                 raise ValueError("this copy attention has event types: attend needs the window's (B, T) events")
