@@ -24,8 +24,7 @@ from seqrec.datasets.manifest import event_names, load_transitions, read_manifes
 
 from seqrec.models.repeat import CopyState, mix_all
 from seqrec.runs.config import saved_config
-from seqrec.runs.learner import build_learner
-from seqrec.training.checkpoints import load_checkpoint
+from seqrec.runs.learner import trained_learner
 from seqrec.training.evaluation import category_scorer, evaluate_arrays, recent_scorer
 
 SHIFTS = (0.0, 2.0, 4.0, 8.0, 20.0)
@@ -90,9 +89,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = saved_config(args.run)
     dev = torch.device("cpu")
-    learner = build_learner(cfg, dev)
-    learner.load_state_dict(load_checkpoint(args.run / "checkpoints" / "best.pt", dev)["model"])
-    learner.eval()
+    learner, _ = trained_learner(cfg, args.run, dev)
     names = event_names(read_manifest(cfg.data))
     arrays = load_transitions(cfg.data, args.split, events=learner.uses_events)
     actions = load_transitions(cfg.data, "train")["action"]

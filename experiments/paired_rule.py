@@ -17,8 +17,7 @@ from seqrec.datasets.features import item_category_codes
 from seqrec.datasets.manifest import load_transitions
 
 from seqrec.runs.config import saved_config
-from seqrec.runs.learner import build_learner
-from seqrec.training.checkpoints import load_checkpoint
+from seqrec.runs.learner import trained_learner
 from seqrec.training.evaluation import category_scorer, popularity_scorer, recent_scorer
 from seqrec.training.metrics import target_ranks
 
@@ -60,9 +59,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = saved_config(args.run)
     dev = torch.device("cpu")
-    learner = build_learner(cfg, dev)
-    learner.load_state_dict(load_checkpoint(args.run / "checkpoints" / "best.pt", dev)["model"])
-    learner.eval()
+    learner, _ = trained_learner(cfg, args.run, dev)
     arrays = load_transitions(cfg.data, args.split, events=learner.uses_events)
     actions = load_transitions(cfg.data, "train")["action"]
     n_items = cfg.encoder.num_items

@@ -11,9 +11,8 @@ from seqrec.datasets.manifest import event_names, load_transitions, read_manifes
 from seqrec.models.device import pick_device
 from seqrec.retrieval.config import IndexConfig
 from seqrec.runs.config import saved_config
-from seqrec.runs.learner import build_learner
+from seqrec.runs.learner import trained_learner
 from seqrec.runs.pipeline import pipeline_report
-from seqrec.training.checkpoints import load_checkpoint
 from seqrec.training.evaluation import category_scorer, evaluate_arrays, popularity_scorer, recent_scorer
 
 
@@ -35,14 +34,7 @@ def evaluate_run(run: Path, split: str = "test", protocol: str = "sessions", che
         raise ConfigError(f"--protocol {protocol} needs data prepared with --split "
                           f"{'loo' if protocol == 'loo' else 'random or temporal'}; {cfg.data} has {prepared_as!r}")
     device = pick_device(cfg.train.device)
-    path = run / "checkpoints" / f"{checkpoint}.pt"
-    if not path.exists():
-        path = run / "checkpoints" / "last.pt"
-    if not path.exists():
-        raise ConfigError(f"{run}: no checkpoint; train the run first")
-    learner = build_learner(cfg, device)
-    learner.load_state_dict(load_checkpoint(path, device)["model"])
-    learner.eval()
+    learner, path = trained_learner(cfg, run, device, checkpoint)
     names = event_names(manifest)
     events = cfg.encoder.event_types > 0  # [encoder] events: the learner reads the windows' event types
     arrays = load_transitions(cfg.data, split, events)

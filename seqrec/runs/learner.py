@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from seqrec.core.config import ConfigError
 from seqrec.rl.qlearning.learner import Learner
 from seqrec.runs.config import RunConfig
+from seqrec.training.checkpoints import load_checkpoint
 
 
 def build_learner(cfg: RunConfig, device: torch.device, allowed: torch.Tensor | None = None) -> torch.nn.Module:
@@ -20,3 +24,18 @@ def build_learner(cfg: RunConfig, device: torch.device, allowed: torch.Tensor | 
 
     return D3rlpyLearner(cfg.algorithm, cfg.encoder, cfg.d3rlpy, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
                          gamma=cfg.head.gamma, device=device, allowed=allowed)
+
+
+def trained_learner(cfg: RunConfig, run: Path, device: torch.device,
+                    checkpoint: str = "best") -> tuple[torch.nn.Module, Path]:
+    """The run's learner restored from checkpoints/CHECKPOINT.pt (else last.pt), in eval mode, and that path;
+    a ConfigError when the run has neither."""
+    path = run / "checkpoints" / f"{checkpoint}.pt"
+    if not path.exists():
+        path = run / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise ConfigError(f"{run}: no checkpoint; train the run first")
+    learner = build_learner(cfg, device)
+    learner.load_state_dict(load_checkpoint(path, device)["model"])
+    learner.eval()
+    return learner, path
