@@ -46,7 +46,8 @@ def test_best_checkpoint_is_the_step_with_the_best_metric(data, tmp_path, monkey
     values = iter([0.2, 0.5, 0.5, 0.1])
     seen: dict[int, dict] = {}     # evaluation number -> the learner's weights at that evaluation
 
-    def fixed(score_fn, arrays, names, device, batch_size=1024):
+    def fixed(score_fn, arrays, names, device, batch_size=1024, split_repeat=False, events=False):
+        assert not events  # this run has no event types
         learner = score_fn.__self__
         seen[len(seen)] = {k: v.detach().clone() for k, v in learner.state_dict().items()}
         return {"purchase": {"ndcg@10": next(values), "count": 1}}
