@@ -164,7 +164,8 @@ class SequenceEncoder(nn.Module):
 
     def _with_categories(self, table: torch.Tensor) -> torch.Tensor:
         """(I, D) id rows -> (I, D) id rows + their categories' rows (padding's stays 0: code 0 is a zero row)."""
-        return table if self.cat_emb is None else table + self.cat_emb.weight[self.item_category]
+        # index_select, not [ ]: its backward is one index_add, half the time of advanced indexing's index_put
+        return table if self.cat_emb is None else table + self.cat_emb.weight.index_select(0, self.item_category)
 
     @property
     def input_weight(self) -> torch.Tensor:
