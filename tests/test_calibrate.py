@@ -42,7 +42,7 @@ def test_the_offsets_move_the_gates_by_hand():
     window = torch.tensor([[0, 2, 4], [3, 5, 2]])
     z_g, z_h = mixer.gate(state).squeeze(1), mixer.cat_gate(state).squeeze(1)
     mixer.set_gate_shift(2.0, -3.0)
-    cs = mixer.attend(state, window, items, codes, 3)
+    cs = mixer.attend(state, window, items[window], codes, 3)
     g, h = torch.sigmoid(z_g + 2.0), torch.sigmoid(z_h - 3.0)
     torch.testing.assert_close(cs.log_gate.exp(), g)
     torch.testing.assert_close(cs.log_cat_gate.exp(), (1 - g) * h)

@@ -132,7 +132,7 @@ def test_category_component_by_hand_and_the_mixture_stays_a_distribution():
     torch.testing.assert_close(mixer.log_within.exp(), within)
     items, state = torch.randn(n, 6), torch.randn(2, 6)
     window = torch.tensor([[0, 3, 5, 9], [0, 0, 0, 9]])  # categories 1, 2 and none; only an item without one
-    cs = mixer.attend(state, window, items, codes, 4)
+    cs = mixer.attend(state, window, items[window], codes, 4)
     logits = state @ items.T
     mixed = mix_all(cs, logits)
     torch.testing.assert_close(mixed.exp().sum(1), torch.ones(2))

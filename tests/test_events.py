@@ -188,7 +188,7 @@ def test_copy_attention_logits_by_hand():
         mixer.recency_bias.copy_(torch.tensor([0.1, 0.2, 0.3]))
     table, state = torch.randn(6, 4), torch.randn(1, 4)
     window, events = torch.tensor([[2, 4, 5]]), torch.tensor([[1, 3, 2]])
-    cs = mixer.attend(state, window, table, events=events)
+    cs = mixer.attend(state, window, table[window], events=events)
     q = mixer.query(state)[0]
     recency = [2, 1, 0]
     logits = torch.stack([
@@ -196,7 +196,7 @@ def test_copy_attention_logits_by_hand():
         + mixer.event_bias[e] for x, r, e in zip(window[0].tolist(), recency, events[0].tolist(), strict=True)])
     torch.testing.assert_close(cs.log_attn[0], torch.log_softmax(logits, 0))
     with pytest.raises(ValueError, match="needs the window's"):
-        mixer.attend(state, window, table)
+        mixer.attend(state, window, table[window])
 
 
 # ---------------------------------------------------------------------------------- learning and config

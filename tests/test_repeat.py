@@ -45,7 +45,7 @@ def test_mixture_is_a_distribution_and_copies_only_window_items():
     mixer = CopyMixer(8, 6)
     items, state = torch.randn(NUM_ITEMS, 8), torch.randn(3, 8)
     window = torch.tensor([[0, 0, 5, 7, 5, 9], [0, 0, 0, 0, 0, 0], [1, 3, 4, 1, 2, 3]])  # repeats; empty; OOV
-    cs = mixer.attend(state, window, items)
+    cs = mixer.attend(state, window, items[window])  # the window's rows
     logits = state @ items.T
     mixed = mix_all(cs, logits)
     torch.testing.assert_close(mixed.exp().sum(1), torch.ones(3))

@@ -90,16 +90,15 @@ class CopyMixer(nn.Module):
         within = torch.where(has, c / per_cat[codes].clamp(min=1.0), 0.0)
         self.log_within.copy_(torch.where(has, within.log(), -torch.inf).float())
 
-    def attend(self, state: torch.Tensor, window: torch.Tensor, items: torch.Tensor,
+    def attend(self, state: torch.Tensor, window: torch.Tensor, rows: torch.Tensor,
                codes: torch.Tensor | None = None, categories: int = 0,
                events: torch.Tensor | None = None) -> CopyState:
-        """(B, D) states, (B, T) windows, and the (I, D) item table or the window's own (B, T, D) rows of it (no
-        catalogue-wide gather: cheaper when the table is built, as with categories) -> the window's CopyState; with
-        the category component, (I,) category codes and their count C; with event types, the (B, T) codes + 1."""
+        """(B, D) states, (B, T) windows and their (B, T, D) rows of the encoder's input item table (gathered for
+        the window alone: no catalogue-wide table) -> the window's CopyState; with the category component, (I,)
+        category codes and their count C; with event types, the (B, T) codes + 1."""
         window = window.long()
         t = window.shape[1]
         recency = torch.arange(t - 1, -1, -1, device=window.device)  # (T,) newest = 0
-        rows = items if items.dim() == 3 else F.embedding(window, items)  # (B, T, D)
         keys = rows + self.recency(recency)  # (B, T, D)
         if self.event_key is not None:
             if events is None:

@@ -37,6 +37,7 @@ from seqrec.runs.file_config import (
     SECTIONS,
     TOP_LEVEL_KEYS,
     bandit_dict,
+    check_events,
     check_run_file,
     check_sections,
     offers_table,
@@ -187,17 +188,16 @@ def _events(value: Any, data_dir: str, manifest: dict, algorithm: str, retrieval
     """[encoder] events: true (the prepared log's event types + 1; an error on data without event windows), "auto"
     (that count when the log has more than one event type and event windows and the run can pass them: our heads
     without [retrieval]; else 0), false (0)."""
+    check_events(value)
     if value is False:
         return 0
-    if value is not True and value != "auto":
-        raise ConfigError(f'[encoder] events must be true, false or "auto", got {value!r}')
     count = len(event_names(manifest)) + 1  # codes + 1, index 0 = padding
     if value == "auto":
         seen = sum(1 for n in manifest.get("events_by_type", {}).values() if n)
         usable = algorithm == "seqrec" and not retrieval
         return count if usable and seen > 1 and has_state_events(data_dir) else 0
-    if algorithm != "seqrec":
-        raise ConfigError('[encoder] events applies to algorithm = "seqrec" (our heads) only')
+    if algorithm != "seqrec":  # RunConfig refuses it, with retrieval too: no data to read for the count
+        return count
     if not has_state_events(data_dir):
         raise ConfigError(f"[encoder] events = true: {no_state_events(data_dir)}")
     return count

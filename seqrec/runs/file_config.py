@@ -84,14 +84,18 @@ def check_model_tables(raw: dict[str, Any], where: str = "") -> None:
         from_dict(classes[name], {**base, **given}, f"{where}{name}")
 
 
+def check_events(value: Any, where: str = "") -> None:
+    """[encoder] events is true, false or "auto" (a ConfigError naming the key otherwise)."""
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ConfigError(f'{where}encoder.events must be true, false or "auto", got {value!r}')
+
+
 def encoder_keys(given: dict[str, Any], where: str = "") -> dict[str, Any]:
     """[encoder] as EncoderConfig takes it before the prepared data is known: `events` checked and turned into
     `event_types`, `categories` = true / "auto" left out (seqrec train resolves both against the data)."""
     given = dict(given)
     if "events" in given:
-        events = given.pop("events")
-        if events not in (True, False, "auto") or isinstance(events, int) and not isinstance(events, bool):
-            raise ConfigError(f'{where}encoder.events must be true, false or "auto", got {events!r}')
+        check_events(given.pop("events"), where)
         if "event_types" in given:
             raise ConfigError(f"give {where}encoder.events (true, false or \"auto\") or event_types (a count), "
                               "not both")

@@ -288,12 +288,6 @@ def window_matrix(bundle: ScoringBundle, items: pa.ChunkedArray | pa.Array) -> n
     return item_windows(items, bundle.vocab_ids, bundle.window)
 
 
-def event_matrix(bundle: ScoringBundle, item_events: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """The `item_events` list column (event code + 1 per item, aligned with `items`) -> (B, W) int64, left-padded
-    with 0 as window_matrix pads the items."""
-    return event_windows(item_events, bundle.window)
-
-
 def state_event_codes(bundle: ScoringBundle, events: pa.Table, names: list[str] | tuple[str, ...]) -> np.ndarray | None:
     """(N,) the run's event code + 1 of each event of `events` (whose "event" column holds codes of `names`, the
     scoring job's event types), for session_states' item_events; None when the learner reads no event types."""
@@ -378,7 +372,8 @@ def score_batch(bundle: ScoringBundle, sessions: pa.Table) -> pa.Table:
     """
     n = sessions.num_rows
     items = window_matrix(bundle, sessions.column("items"))  # (B, W)
-    events = event_matrix(bundle, sessions.column("item_events")) if bundle.event_names is not None else None
+    # (B, W) event codes + 1, padded as the items are, for a learner that reads event types
+    events = event_windows(sessions.column("item_events"), bundle.window) if bundle.event_names is not None else None
     ev = {}  # the learner's events keyword: set per chunk for a learner that reads event types
     known = (items >= FIRST_ITEM).sum(1)  # (B,)
     top = min(bundle.top, len(bundle.vocab_ids))
